@@ -1,0 +1,78 @@
+// Row-major GEMM on raw pointers, straight into the BLAS that torch ships.
+//
+// Why not at::mm: the recurrence issues one small GEMM per time step, and the
+// dispatcher costs several microseconds per call, more than the GEMM itself
+// at small sizes (this is exactly what makes nn.RNN slow on CPU). torch's x86
+// wheels link MKL statically and export its Fortran sgemm_/dgemm_; we bind to
+// them weakly and fall back to at::mm_out on a build that lacks them.
+#pragma once
+
+#include <ATen/ATen.h>
+#include <cstdint>
+
+extern "C" {
+void sgemm_(const char* ta, const char* tb, const int* m, const int* n, const int* k,
+            const float* alpha, const float* a, const int* lda, const float* b,
+            const int* ldb, const float* beta, float* c, const int* ldc)
+    __attribute__((weak));
+void dgemm_(const char* ta, const char* tb, const int* m, const int* n, const int* k,
+            const double* alpha, const double* a, const int* lda, const double* b,
+            const int* ldb, const double* beta, double* c, const int* ldc)
+    __attribute__((weak));
+}
+
+namespace rnnattn::cpu {
+
+inline bool fortran_blas_available() { return sgemm_ != nullptr && dgemm_ != nullptr; }
+
+// Fallback through ATen: wraps the pointers without copying.
+template <typename T>
+void gemm_aten(bool ta, bool tb, int64_t m, int64_t n, int64_t k, T alpha,
+               const T* a, int64_t lda, const T* b, int64_t ldb, T beta, T* c,
+               int64_t ldc) {
+  auto opts = at::TensorOptions().dtype(c10::CppTypeToScalarType<T>::value);
+  auto A = ta ? at::from_blob(const_cast<T*>(a), {k, m}, {lda, 1}, opts).t()
+              : at::from_blob(const_cast<T*>(a), {m, k}, {lda, 1}, opts);
+  auto B = tb ? at::from_blob(const_cast<T*>(b), {n, k}, {ldb, 1}, opts).t()
+              : at::from_blob(const_cast<T*>(b), {k, n}, {ldb, 1}, opts);
+  auto C = at::from_blob(c, {m, n}, {ldc, 1}, opts);
+  if (beta == T(0)) {
+    C.copy_(at::mm(A, B).mul_(alpha));
+  } else {
+    C.mul_(beta).add_(at::mm(A, B), alpha);
+  }
+}
+
+// C[m,n] = alpha * op(A)[m,k] @ op(B)[k,n] + beta * C, all row-major.
+// op(A) = A (m x k, leading dim lda) or, with ta, A^T where A is k x m.
+// beta == 0 overwrites C (NaN in C does not leak, as in BLAS).
+template <typename T>
+void gemm(bool ta, bool tb, int64_t m, int64_t n, int64_t k, T alpha, const T* a,
+          int64_t lda, const T* b, int64_t ldb, T beta, T* c, int64_t ldc) {
+  if (m == 0 || n == 0) return;
+  if (k == 0) {
+    for (int64_t i = 0; i < m; ++i)
+      for (int64_t j = 0; j < n; ++j)
+        c[i * ldc + j] = beta == T(0) ? T(0) : beta * c[i * ldc + j];
+    return;
+  }
+  TORCH_CHECK(m <= INT32_MAX && n <= INT32_MAX && k <= INT32_MAX,
+              "rnnattn: GEMM dimension exceeds the BLAS 32-bit index range");
+  if (!fortran_blas_available()) {
+    gemm_aten<T>(ta, tb, m, n, k, alpha, a, lda, b, ldb, beta, c, ldc);
+    return;
+  }
+  // Row-major C = op(A) op(B) is column-major C^T = op(B)^T op(A)^T, so the
+  // operands swap places and keep their transpose flags.
+  const char tra = tb ? 'T' : 'N';
+  const char trb = ta ? 'T' : 'N';
+  const int M = static_cast<int>(n), N = static_cast<int>(m), K = static_cast<int>(k);
+  const int LDA = static_cast<int>(ldb), LDB = static_cast<int>(lda), LDC = static_cast<int>(ldc);
+  if constexpr (std::is_same_v<T, float>) {
+    sgemm_(&tra, &trb, &M, &N, &K, &alpha, b, &LDA, a, &LDB, &beta, c, &LDC);
+  } else {
+    dgemm_(&tra, &trb, &M, &N, &K, &alpha, b, &LDA, a, &LDB, &beta, c, &LDC);
+  }
+}
+
+}  // namespace rnnattn::cpu

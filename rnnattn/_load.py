@@ -1,0 +1,16 @@
+"""Loads the compiled extension, which registers torch.ops.rnnattn.*."""
+import torch  # noqa: F401  (the extension links against torch's libraries)
+
+try:
+    from . import _C  # noqa: F401
+except ImportError as err:  # pragma: no cover - exercised by a subprocess test
+    raise ImportError(
+        "rnnattn: the compiled extension rnnattn._C could not be loaded "
+        f"({err}). It is built when the package is installed: run "
+        "`pip install --no-build-isolation .` in the source tree with the torch "
+        "you will use already installed (a C++17 compiler is needed; see README). "
+        "If you are running from the source tree, the package there has no "
+        "built extension: build it in place with `python setup.py build_ext --inplace`."
+    ) from err
+
+WITH_CUDA = bool(_C.with_cuda)

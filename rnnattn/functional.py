@@ -1,0 +1,58 @@
+"""Multi-layer, bidirectional RNN as composition of the fused one-layer op.
+
+The layout of ``weights`` and ``hx`` is exactly ``torch.nn.RNN``'s
+(``_flat_weights``: per layer, per direction ``w_ih, w_hh[, b_ih, b_hh]``;
+``hx``: ``(num_layers * num_directions, B, H)``), so a module can hand its
+parameters over unchanged.
+"""
+from typing import Callable, List, Optional, Sequence, Tuple
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from . import ops
+
+LayerFn = Callable[..., Tuple[Tensor, Tensor]]
+
+
+def rnn(
+    input: Tensor,
+    batch_sizes: Optional[Tensor],
+    hx: Tensor,
+    weights: Sequence[Tensor],
+    num_layers: int,
+    bias: bool,
+    bidirectional: bool,
+    relu: bool = False,
+    dropout: float = 0.0,
+    training: bool = False,
+    layer: LayerFn = ops.rnn_layer,
+) -> Tuple[Tensor, Tensor]:
+    """Runs a stack of RNN layers on time-major input.
+
+    ``input`` is ``(T, B, I)`` or, with ``batch_sizes``, the ``(N, I)`` data of
+    a PackedSequence. Dropout (as in ``nn.RNN``) is applied to the output of
+    every layer but the last when ``training``. ``layer`` is the one-layer,
+    one-direction function: the fused op by default, the reference in tests.
+
+    Returns ``(output, h_n)`` with ``output`` ``(T, B, D*H)`` (or ``(N, D*H)``)
+    and ``h_n`` ``(num_layers * D, B, H)``.
+    """
+    directions = 2 if bidirectional else 1
+    per = 4 if bias else 2
+    h_n: List[Tensor] = []
+    x = input
+    for l in range(num_layers):
+        outs: List[Tensor] = []
+        for d in range(directions):
+            k = l * directions + d
+            w = weights[k * per : (k + 1) * per]
+            b_ih, b_hh = (w[2], w[3]) if bias else (None, None)
+            out, h = layer(x, batch_sizes, hx[k], w[0], w[1], b_ih, b_hh, relu, d == 1)
+            outs.append(out)
+            h_n.append(h)
+        x = outs[0] if directions == 1 else torch.cat(outs, dim=-1)
+        if dropout > 0 and training and l < num_layers - 1:
+            x = F.dropout(x, p=dropout, training=True)
+    return x, torch.stack(h_n, 0)
