@@ -104,12 +104,12 @@ std::tuple<at::Tensor, at::Tensor> rnn_forward_cpu(
   out_shape.back() = s.hidden;
   auto output = at::empty(out_shape, x.options());
   auto h_n = hx.contiguous().clone();
-  at::Tensor bias;
-  if (b_ih.has_value()) bias = (*b_ih + *b_hh).contiguous();
+  // One bias vector (b_ih + b_hh, or zeros) keeps the pointwise loop branch-free.
+  at::Tensor bias = b_ih.has_value() ? (*b_ih + *b_hh).contiguous() : at::zeros({s.hidden}, x.options());
   AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "rnnattn::rnn_forward", [&] {
     forward_kernel<scalar_t>(s, sched, x.data_ptr<scalar_t>(), wi.data_ptr<scalar_t>(),
                              wh.data_ptr<scalar_t>(),
-                             bias.defined() ? bias.data_ptr<scalar_t>() : nullptr,
+                             bias.data_ptr<scalar_t>(),
                              output.data_ptr<scalar_t>(), h_n.data_ptr<scalar_t>(), relu,
                              reverse);
   });
