@@ -101,18 +101,34 @@ __device__ A block_sum(A v, A* red) {
   return s;
 }
 
+// Steps a warp takes at once: their row loads are in flight together, and
+// their online-softmax updates fold into one pass over the accumulator.
+constexpr int kRows = 4;
+
+// The scores of rows xr[0..kRows) for head h (warp-uniform results); rows
+// with use[i] == false are not read and score -inf.
 template <typename T, typename A, bool kLinear>
-__device__ __forceinline__ A score_of(const PoolArgs<T>& p, int64_t b, int64_t t, int64_t h,
-                                      const T* xt, int lane) {
+__device__ __forceinline__ void scores_of(const PoolArgs<T>& p, int64_t b, int64_t t,
+                                          int64_t h, const T* const (&xr)[kRows],
+                                          const bool (&use)[kRows], int lane, A (&e)[kRows]) {
   if constexpr (kLinear) {
     const T* wh = p.w + h * p.dim;
-    A part = 0;
+    A part[kRows] = {};
     for (int64_t d = lane; d < p.dim; d += 32) {
-      part += static_cast<A>(xt[d]) * static_cast<A>(wh[d]);
+      const A wv = static_cast<A>(wh[d]);
+#pragma unroll
+      for (int i = 0; i < kRows; ++i) {
+        if (use[i]) part[i] += static_cast<A>(xr[i][d]) * wv;
+      }
     }
-    return warp_sum(part);
+#pragma unroll
+    for (int i = 0; i < kRows; ++i) e[i] = use[i] ? warp_sum(part[i]) : A(-INFINITY);
   } else {
-    return static_cast<A>(p.sc[b * p.sc_sb + t * p.sc_st + h * p.sc_sh]);
+#pragma unroll
+    for (int i = 0; i < kRows; ++i) {
+      e[i] = use[i] ? static_cast<A>(p.sc[b * p.sc_sb + (t + i) * p.sc_st + h * p.sc_sh])
+                    : A(-INFINITY);
+    }
   }
 }
 
@@ -157,37 +173,59 @@ __global__ void __launch_bounds__(kMaxWarps * 32)
       l[h] = A(0);
     }
     __syncwarp();
-    // This warp's steps, online softmax (see csrc/cpu/attention.cpp).
-    for (int64_t t = u.t0 + warp; t < u.tv; t += nw) {
-      if (!kept(p, u.b, t)) continue;  // warp-uniform
-      const T* xt = p.x + u.b * p.x_sb + t * p.x_st;
+    // This warp's steps, kRows at a time, online softmax: with M' the max of
+    // the running max m and the new scores,
+    //   acc = exp(m - M') acc + sum_i exp(e_i - M') H_i,  l likewise,  m = M'.
+    for (int64_t tb = u.t0 + int64_t(warp) * kRows; tb < u.tv; tb += int64_t(nw) * kRows) {
+      const T* xr[kRows];
+      bool use[kRows];
+#pragma unroll
+      for (int r = 0; r < kRows; ++r) {
+        const int64_t t = tb + r;
+        use[r] = t < u.tv && kept(p, u.b, t);  // warp-uniform
+        xr[r] = p.x + u.b * p.x_sb + (use[r] ? t : 0) * p.x_st;
+      }
       for (int64_t h = 0; h < k; ++h) {
-        const A e = score_of<T, A, kLinear>(p, u.b, t, h, xt, lane);
-        if (lane == 0) out.ebuf[(u.b * k + h) * T_ + t] = e;
-        const A mh = m[h], lh = l[h];
-        A r, q, m_new, l_new;
-        bool touch = true;
-        if (e > mh) {  // new running max: rescale (r = 0 the first time)
-          r = exp(mh - e);
-          q = A(1);
-          m_new = e;
-          l_new = r * lh + A(1);
-        } else if (e != kNegInf) {  // a -inf score weighs 0; NaN propagates
-          r = A(1);
-          q = exp(e - mh);
-          m_new = mh;
-          l_new = lh + q;
-        } else {
-          touch = false;
-        }
-        if (touch) {
-          A* ah = acc + h * D;
-          for (int64_t d = lane; d < D; d += 32) ah[d] = r * ah[d] + q * static_cast<A>(xt[d]);
-          __syncwarp();
-          if (lane == 0) {
-            m[h] = m_new;
-            l[h] = l_new;
+        A e[kRows];
+        scores_of<T, A, kLinear>(p, u.b, tb, h, xr, use, lane, e);
+        if (lane == 0) {
+#pragma unroll
+          for (int r = 0; r < kRows; ++r) {
+            if (use[r]) out.ebuf[(u.b * k + h) * T_ + tb + r] = e[r];
           }
+        }
+        const A mh = m[h];
+        A mx = mh;
+        bool add[kRows], any = false;
+#pragma unroll
+        for (int r = 0; r < kRows; ++r) {
+          mx = fmax(mx, e[r]);  // skips NaN; NaN then propagates through q below
+          add[r] = use[r] && e[r] != kNegInf;  // a -inf score weighs 0
+          any = any || add[r];
+        }
+        if (!any) continue;  // warp-uniform
+        // 0 the first time (mh = -inf); NaN if the only scores so far are NaN.
+        const A scale = exp(mh - mx);
+        A q[kRows];
+        A lsum = scale * l[h];
+#pragma unroll
+        for (int r = 0; r < kRows; ++r) {
+          q[r] = add[r] ? exp(e[r] - mx) : A(0);
+          lsum += q[r];
+        }
+        A* ah = acc + h * D;
+        for (int64_t d = lane; d < D; d += 32) {
+          A v = scale * ah[d];
+#pragma unroll
+          for (int r = 0; r < kRows; ++r) {
+            if (add[r]) v += q[r] * static_cast<A>(xr[r][d]);
+          }
+          ah[d] = v;
+        }
+        __syncwarp();  // every lane has read m[h], l[h]
+        if (lane == 0) {
+          m[h] = mx;
+          l[h] = lsum;
         }
         __syncwarp();
       }
@@ -197,7 +235,7 @@ __global__ void __launch_bounds__(kMaxWarps * 32)
     // NaN scores reach the result as they do on the CPU).
     for (int64_t h = threadIdx.x; h < k; h += blockDim.x) {
       A M = kNegInf;
-      for (int w = 0; w < nw; ++w) M = max(M, sm_m[w * k + h]);
+      for (int w = 0; w < nw; ++w) M = fmax(M, sm_m[w * k + h]);
       A L = 0;
       for (int w = 0; w < nw; ++w) {
         const A lw = sm_l[w * k + h];
@@ -246,11 +284,11 @@ struct BwdArgs {
   A* ws;       // global dw accumulators (grid, nw, k, D), or null: shared memory
 };
 
-// Shared memory: s [k], red [nw], a and de [nw][k]; then dw [nw][k][D] if
-// dw_part and not ws.
+// Shared memory: s [k], red [nw], a and de [nw][k][kRows]; then dw
+// [nw][k][D] if dw_part and not ws.
 template <typename A>
 size_t bwd_smem_small(int nw, int64_t k) {
-  return sizeof(A) * (k + nw + 2 * nw * k);
+  return sizeof(A) * (k + nw + 2 * nw * k * kRows);
 }
 
 template <typename T, typename A, bool kLinear>
@@ -262,15 +300,15 @@ __global__ void __launch_bounds__(kMaxWarps * 32)
   A* sm_s = reinterpret_cast<A*>(smem_raw);
   A* sm_red = sm_s + k;
   A* sm_a = sm_red + nw;
-  A* sm_de = sm_a + nw * k;
+  A* sm_de = sm_a + nw * k * kRows;
   A* dw_all = nullptr;
   if (kLinear && g.dw_part) {
-    dw_all = g.ws ? g.ws + static_cast<int64_t>(blockIdx.x) * nw * k * D : sm_de + nw * k;
+    dw_all = g.ws ? g.ws + static_cast<int64_t>(blockIdx.x) * nw * k * D : sm_de + nw * k * kRows;
     for (int64_t j = threadIdx.x; j < nw * k * D; j += blockDim.x) dw_all[j] = A(0);
   }
   A* dw = dw_all ? dw_all + warp * k * D : nullptr;
-  A* a_w = sm_a + warp * k;
-  A* de_w = sm_de + warp * k;
+  A* a_w = sm_a + warp * k * kRows;  // [k][kRows]
+  A* de_w = sm_de + warp * k * kRows;
   // The scores op needs g_t (dots with H) only for grad_scores.
   const bool need_de = kLinear || g.dsc != nullptr;
   __syncthreads();
@@ -297,52 +335,86 @@ __global__ void __launch_bounds__(kMaxWarps * 32)
       }
       __syncthreads();
     }
-    for (int64_t t = u.t0 + warp; t < u.t1; t += nw) {
-      T* dxt = g.dx ? g.dx + u.b * g.dx_sb + t * g.dx_st : nullptr;
-      if (t >= u.tv || !kept(p, u.b, t)) {  // warp-uniform
-        if (dxt) {
-          for (int64_t d = lane; d < D; d += 32) dxt[d] = static_cast<T>(0);
-        }
-        if (!kLinear && g.dsc) {
-          for (int64_t h = lane; h < k; h += 32) {
-            g.dsc[u.b * g.dsc_sb + t * g.dsc_st + h * g.dsc_sh] = static_cast<T>(0);
-          }
-        }
-        continue;
+    // kRows steps per warp at a time, over ALL steps of the chunk: invalid
+    // ones (a = de = 0) get their zero grad rows in the same pass.
+    for (int64_t tb = u.t0 + int64_t(warp) * kRows; tb < u.t1; tb += int64_t(nw) * kRows) {
+      const T* xr[kRows];
+      T* dxr[kRows];
+      bool in[kRows], use[kRows];
+#pragma unroll
+      for (int r = 0; r < kRows; ++r) {
+        const int64_t t = tb + r;
+        in[r] = t < u.t1;
+        use[r] = t < u.tv && kept(p, u.b, t);  // warp-uniform
+        xr[r] = p.x + u.b * p.x_sb + (use[r] ? t : 0) * p.x_st;
+        dxr[r] = g.dx && in[r] ? g.dx + u.b * g.dx_sb + t * g.dx_st : nullptr;
       }
-      const T* xt = p.x + u.b * p.x_sb + t * p.x_st;
       for (int64_t h = 0; h < k; ++h) {
-        const A a = static_cast<A>(wts[h * T_ + t]);
-        A de = 0;
+        A a[kRows], de[kRows] = {};
+#pragma unroll
+        for (int r = 0; r < kRows; ++r) a[r] = use[r] ? static_cast<A>(wts[h * T_ + tb + r]) : A(0);
         if (need_de) {
           const T* dch = dc + h * D;
-          A part = 0;
-          for (int64_t d = lane; d < D; d += 32) part += static_cast<A>(dch[d]) * static_cast<A>(xt[d]);
-          const A gt = warp_sum(part) + (da ? static_cast<A>(da[h * T_ + t]) : A(0));
-          de = a * (gt - sm_s[h]);
+          A part[kRows] = {};
+          for (int64_t d = lane; d < D; d += 32) {
+            const A dcv = static_cast<A>(dch[d]);
+#pragma unroll
+            for (int r = 0; r < kRows; ++r) {
+              if (use[r]) part[r] += dcv * static_cast<A>(xr[r][d]);
+            }
+          }
+#pragma unroll
+          for (int r = 0; r < kRows; ++r) {
+            if (use[r]) {
+              const A gt = warp_sum(part[r]) + (da ? static_cast<A>(da[h * T_ + tb + r]) : A(0));
+              de[r] = a[r] * (gt - sm_s[h]);
+            }
+          }
         }
         if (lane == 0) {
-          a_w[h] = a;
-          de_w[h] = de;
-          if (!kLinear && g.dsc) g.dsc[u.b * g.dsc_sb + t * g.dsc_st + h * g.dsc_sh] = static_cast<T>(de);
+#pragma unroll
+          for (int r = 0; r < kRows; ++r) {
+            a_w[h * kRows + r] = a[r];
+            de_w[h * kRows + r] = de[r];
+            if (!kLinear && g.dsc && in[r]) {
+              g.dsc[u.b * g.dsc_sb + (tb + r) * g.dsc_st + h * g.dsc_sh] = static_cast<T>(de[r]);
+            }
+          }
         }
       }
       __syncwarp();
-      if (dxt || dw) {
+      if (g.dx || dw) {
         for (int64_t d = lane; d < D; d += 32) {
-          const A xv = dw ? static_cast<A>(xt[d]) : A(0);
-          A o = 0;
-          for (int64_t h = 0; h < k; ++h) {
-            o += a_w[h] * static_cast<A>(dc[h * D + d]);
-            if constexpr (kLinear) {
-              o += de_w[h] * static_cast<A>(p.w[h * D + d]);
-              if (dw) dw[h * D + d] += de_w[h] * xv;
+          A o[kRows] = {}, xv[kRows] = {};
+          if (dw) {
+#pragma unroll
+            for (int r = 0; r < kRows; ++r) {
+              if (use[r]) xv[r] = static_cast<A>(xr[r][d]);
             }
           }
-          if (dxt) dxt[d] = static_cast<T>(o);
+          for (int64_t h = 0; h < k; ++h) {
+            const A dcv = static_cast<A>(dc[h * D + d]);
+            const A* ah = a_w + h * kRows;
+            const A* deh = de_w + h * kRows;
+            A wv = 0, dws = 0;
+            if constexpr (kLinear) wv = static_cast<A>(p.w[h * D + d]);
+#pragma unroll
+            for (int r = 0; r < kRows; ++r) {
+              o[r] += ah[r] * dcv;
+              if constexpr (kLinear) {
+                o[r] += deh[r] * wv;
+                dws += deh[r] * xv[r];
+              }
+            }
+            if (dw) dw[h * D + d] += dws;
+          }
+#pragma unroll
+          for (int r = 0; r < kRows; ++r) {
+            if (dxr[r]) dxr[r][d] = static_cast<T>(o[r]);
+          }
         }
       }
-      __syncwarp();  // a_w / de_w are rewritten by the next step
+      __syncwarp();  // a_w / de_w are rewritten by the next rows
     }
     __syncthreads();  // sm_s is rewritten by the next unit
   }
@@ -365,10 +437,11 @@ void check_cuda_dtype(const at::Tensor& input, const char* op) {
               ": the CUDA kernel supports float32, float64, float16 and bfloat16 input, got ", dt);
 }
 
-// Warps per block: up to kMaxWarps, but no more than a chunk has steps.
+// Warps per block: up to kMaxWarps, but no more than a chunk has groups of
+// kRows steps.
 int warps_for(const AttnShape& s) {
   int nw = 1;
-  while (nw < kMaxWarps && nw < s.chunk) nw *= 2;
+  while (nw < kMaxWarps && int64_t(nw) * kRows < s.chunk) nw *= 2;
   return nw;
 }
 
