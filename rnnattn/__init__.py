@@ -10,7 +10,8 @@ Public API:
 from . import _load  # noqa: F401  (clear error if the extension is missing)
 from . import functional, ops, reference  # noqa: F401
 from .rnn import RNN, RNNCell, convert
+from .classifier import RNNAttentionClassifier
 
 __version__ = "0.1.0"
 
-__all__ = ["RNN", "RNNCell", "convert", "ops", "functional", "reference"]
+__all__ = ["RNN", "RNNCell", "convert", "ops", "functional", "reference", "RNNAttentionClassifier"]
