@@ -133,12 +133,14 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> rnn_backw
   auto gout = grad_output.contiguous();
   auto g = grad_hn.contiguous().clone();  // becomes grad_hx
   auto dz = at::empty({s.rows, s.hidden}, x.options());
-  auto none = at::empty({0}, x.options());
-  auto dx = need_input_grad ? at::empty(input.sizes(), x.options()) : none;
-  auto dwi = need_weight_grad ? at::empty_like(wi) : none;
-  auto dwh = need_weight_grad ? at::empty_like(wh) : none;
-  auto db = need_weight_grad ? at::empty({s.hidden}, x.options()) : none;
-  auto hprev = need_weight_grad ? at::empty({s.rows, s.hidden}, x.options()) : none;
+  // Grads not asked for are returned as distinct empty tensors (outputs of
+  // an operator must not alias each other).
+  auto none = [&] { return at::empty({0}, x.options()); };
+  auto dx = need_input_grad ? at::empty(input.sizes(), x.options()) : none();
+  auto dwi = need_weight_grad ? at::empty_like(wi) : none();
+  auto dwh = need_weight_grad ? at::empty_like(wh) : none();
+  auto db = need_weight_grad ? at::empty({s.hidden}, x.options()) : none();
+  auto hprev = need_weight_grad ? at::empty({s.rows, s.hidden}, x.options()) : none();
   AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "rnnattn::rnn_backward", [&] {
     backward_kernel<scalar_t>(
         s, sched, gout.data_ptr<scalar_t>(), x.data_ptr<scalar_t>(), h0.data_ptr<scalar_t>(),
