@@ -182,18 +182,38 @@ def add_common_args(p: argparse.ArgumentParser, epochs: int, batch_size: int, lr
     p.add_argument("--no-progress", action="store_true", help="no tqdm bar")
 
 
-def run(args, problem: str, build: Callable[[int, int], nn.Module]) -> None:
+def frames(series: torch.Tensor, size: int) -> torch.Tensor:
+    """``(T, 1)`` -> ``(ceil(T / size), size)``: each step holds ``size``
+    consecutive values (the last frame padded with the last value). A long
+    univariate series becomes a shorter multivariate one, which an RNN
+    classifies far more easily than one scalar per step."""
+    if size == 1:
+        return series
+    if series.shape[1] != 1:
+        raise ValueError(f"frames: expected a univariate series (T, 1), got {tuple(series.shape)}")
+    x = series[:, 0]
+    pad = -len(x) % size
+    x = torch.cat([x, x[-1:].expand(pad)])
+    return x.view(-1, size)
+
+
+def run(args, problem: str, build: Callable[[int, int], nn.Module], transform: Callable = None) -> None:
     """Trains ``build(channels, num_classes)`` once per seed (and its nn.RNN
-    twin with ``--baseline``) and prints test accuracy and training time."""
+    twin with ``--baseline``) and prints test accuracy and training time.
+    ``transform`` maps each standardized series tensor ``(T, C)`` to the
+    model's input ``(T', C')``."""
     if args.threads:
         torch.set_num_threads(args.threads)
     try:
         train_data, test_data, classes = load_standardized(problem, args.data_dir)
     except FileNotFoundError as err:
         raise SystemExit(f"error: {err}")
+    if transform is not None:
+        for d in (train_data, test_data):
+            d.series = [transform(s) for s in d.series]
     channels = train_data.series[0].shape[1]
     lengths = [len(s) for s in train_data.series + test_data.series]
-    print(f"{problem}: {len(train_data)} train / {len(test_data)} test sequences, {channels} channel(s), "
+    print(f"{problem}: {len(train_data)} train / {len(test_data)} test sequences, {channels} feature(s) per step, "
           f"lengths {min(lengths)}-{max(lengths)}, {len(classes)} classes; torch {torch.__version__}, "
           f"{torch.get_num_threads()} threads")
     variants = [("rnnattn.RNN", lambda m: m)] + ([("torch.nn.RNN", with_torch_rnn)] if args.baseline else [])

@@ -22,7 +22,7 @@ def main(argv=None):
     common.add_common_args(p, epochs=40, batch_size=16, lr=5e-3, hidden=64)
     p.add_argument("--layers", type=int, default=1)
     p.add_argument("--unidirectional", action="store_true")
-    p.add_argument("--heads", type=int, default=1)
+    p.add_argument("--heads", type=int, default=4)
     p.add_argument("--chunk-size", type=int, default=None, help="pool per chunk of K steps, then attend over chunks")
     args = p.parse_args(argv)
 

@@ -61,9 +61,9 @@ class RNNAttentionClassifier(nn.Module):
             padding_idx)`` first.
         embedding_dim: embedding width (default ``hidden_size``).
         padding_idx: passed to ``nn.Embedding``.
-        heads, score, attn_size, attn_bias, chunk_size: the
-            :class:`rnnattn.AttentionPooling` options (``attn_bias`` is its
-            ``bias``).
+        heads, score, attn_size, chunk_size: the
+            :class:`rnnattn.AttentionPooling` options (its score ``bias`` is
+            left out: softmax ignores it).
         chunk_reduce: ``"attention"`` or ``"mean"``, how per-chunk contexts are
             reduced when ``chunk_size`` is set (see the module docstring).
         head_dropout: dropout on the pooled vector before the output layer.
@@ -102,7 +102,6 @@ class RNNAttentionClassifier(nn.Module):
         heads: int = 1,
         score: str = "linear",
         attn_size: Optional[int] = None,
-        attn_bias: bool = False,
         chunk_size: Optional[int] = None,
         chunk_reduce: str = "attention",
         head_dropout: float = 0.0,
@@ -140,13 +139,13 @@ class RNNAttentionClassifier(nn.Module):
         state = hidden_size * (2 if bidirectional else 1)
         pooling = _attention_pooling_cls()
         self.pool = pooling(
-            state, heads=heads, score=score, attn_size=attn_size, bias=attn_bias, chunk_size=chunk_size,
+            state, heads=heads, score=score, attn_size=attn_size, chunk_size=chunk_size,
             batch_first=batch_first, **factory,
         )
         pooled = heads * state
         # Chunk contexts always come out batch-major, hence batch_first=True here.
         self.chunk_pool = (
-            pooling(pooled, heads=1, score=score, attn_size=attn_size, bias=attn_bias, batch_first=True, **factory)
+            pooling(pooled, heads=1, score=score, attn_size=attn_size, batch_first=True, **factory)
             if self.chunk_reduce == "attention"
             else None
         )
