@@ -10,7 +10,7 @@ import os
 import random
 import sys
 import time
-from typing import Callable, List, Sequence
+from typing import Callable, List, Sequence, Tuple
 
 import numpy as np
 import torch
@@ -82,14 +82,15 @@ def with_torch_rnn(model: nn.Module) -> nn.Module:
 
 
 def train(model: nn.Module, data: SeqData, epochs: int, batch_size: int, lr: float, weight_decay: float,
-          seed: int, desc: str = "train", progress: bool = True) -> float:
-    """Adam with a cosine-decayed learning rate; returns the wall time in seconds."""
+          seed: int, desc: str = "train", progress: bool = True) -> Tuple[float, float]:
+    """AdamW with a one-cycle learning rate. Returns (wall, CPU) seconds: on a
+    shared machine the process's CPU time is the steadier measure of work."""
     opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=weight_decay)
     steps = epochs * ((len(data) + batch_size - 1) // batch_size)
     sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=lr, total_steps=steps, pct_start=0.1)
     gen = torch.Generator().manual_seed(seed)  # same batch order for every model trained with this seed
     model.train()
-    start = time.perf_counter()
+    start, cpu_start = time.perf_counter(), time.process_time()
     bar = tqdm(range(epochs), desc=desc, disable=not progress, leave=False, dynamic_ncols=True)
     for _ in bar:
         total, correct, count = 0.0, 0, 0
@@ -104,7 +105,7 @@ def train(model: nn.Module, data: SeqData, epochs: int, batch_size: int, lr: flo
             correct += (logits.argmax(1) == y).sum().item()
             count += len(y)
         bar.set_postfix(loss=f"{total / count:.3f}", acc=f"{correct / count:.3f}")
-    return time.perf_counter() - start
+    return time.perf_counter() - start, time.process_time() - cpu_start
 
 
 @torch.no_grad()
@@ -116,10 +117,12 @@ def accuracy(model: nn.Module, data: SeqData, batch_size: int = 256) -> float:
 
 @torch.no_grad()
 def plot_attention(model: nn.Module, data: SeqData, classes: List[str], path: str, count: int = 4,
-                   title: str = "") -> None:
+                   title: str = "", frame: int = 1) -> None:
     """Saves a PNG: for ``count`` test sequences, the input (a heat map of the
     standardized channels, or the curve of a univariate series) with the
-    attention weight of each step drawn over it."""
+    attention weight of each step drawn over it. ``frame > 1``: the inputs are
+    :func:`frames` of a univariate series, drawn as that series with one
+    attention bar per frame."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -142,8 +145,11 @@ def plot_attention(model: nn.Module, data: SeqData, classes: List[str], path: st
     for row, i in enumerate(picks):
         ax = axes[row, 0]
         s = data.series[i].numpy()
+        w = weights[row, : len(s)].numpy()
+        steps = np.arange(len(s)) * frame + (frame - 1) / 2  # bar centre of each RNN step
+        if frame > 1:
+            s = s.reshape(-1, 1)
         T = len(s)
-        w = weights[row, :T].numpy()
         if s.shape[1] == 1:
             ax.plot(np.arange(T), s[:, 0], color="0.3", lw=1.2)
             ax.set_ylabel("value")
@@ -152,13 +158,13 @@ def plot_attention(model: nn.Module, data: SeqData, classes: List[str], path: st
                       interpolation="nearest")
             ax.set_ylabel("channel")
         ax2 = ax.twinx()
-        ax2.bar(np.arange(T), w, width=0.8 if T < 60 else 1.0, color="tab:orange", alpha=0.55)
+        ax2.bar(steps, w, width=0.8 * frame if len(w) < 60 else frame, color="tab:orange", alpha=0.55)
         ax2.set_ylim(0, max(float(w.max()) * 1.15, 1e-6))
         ax2.set_ylabel("attention", color="tab:orange")
         pred = classes[int(logits[row].argmax())]
-        ax.set_title(f"test #{i}: class {classes[int(data.labels[i])]}, predicted {pred}, length {T}", fontsize=9)
+        ax.set_title(f"test #{i}: class {classes[int(data.labels[i])]}, predicted {pred}, {len(w)} steps", fontsize=9)
         ax.set_xlim(-0.5, T - 0.5)
-    axes[-1, 0].set_xlabel("time step")
+    axes[-1, 0].set_xlabel("time step" if frame == 1 else f"time step (one RNN step = {frame} values)")
     if title:
         fig.suptitle(title, fontsize=10)
     fig.tight_layout()
@@ -197,11 +203,12 @@ def frames(series: torch.Tensor, size: int) -> torch.Tensor:
     return x.view(-1, size)
 
 
-def run(args, problem: str, build: Callable[[int, int], nn.Module], transform: Callable = None) -> None:
+def run(args, problem: str, build: Callable[[int, int], nn.Module], transform: Callable = None,
+        plot_frame: int = 1) -> None:
     """Trains ``build(channels, num_classes)`` once per seed (and its nn.RNN
     twin with ``--baseline``) and prints test accuracy and training time.
     ``transform`` maps each standardized series tensor ``(T, C)`` to the
-    model's input ``(T', C')``."""
+    model's input ``(T', C')`` (``plot_frame``: see :func:`plot_attention`)."""
     if args.threads:
         torch.set_num_threads(args.threads)
     try:
@@ -225,18 +232,19 @@ def run(args, problem: str, build: Callable[[int, int], nn.Module], transform: C
             print(initial)
         for name, make in variants:
             model = make(copy.deepcopy(initial))
-            seconds = train(model, train_data, args.epochs, args.batch_size, args.lr, args.weight_decay, seed,
+            wall, cpu = train(model, train_data, args.epochs, args.batch_size, args.lr, args.weight_decay, seed,
                             desc=f"seed {seed} {name}", progress=not args.no_progress)
             acc = accuracy(model, test_data)
-            results[name].append((acc, seconds))
-            print(f"seed {seed}  {name:13s} test accuracy {acc:.4f}  train time {seconds:6.1f} s")
+            results[name].append((acc, wall, cpu))
+            print(f"seed {seed}  {name:13s} test accuracy {acc:.4f}  train time {wall:6.1f} s (CPU {cpu:6.1f} s)")
             if args.plot and name == "rnnattn.RNN" and seed == args.seeds[0]:
                 plot_attention(model, test_data, classes, args.plot,
-                               title=f"{problem}: attention over test sequences (seed {seed}, accuracy {acc:.3f})")
+                               title=f"{problem}: attention over test sequences (seed {seed}, accuracy {acc:.3f})",
+                               frame=plot_frame)
                 print(f"saved {args.plot}")
     if len(args.seeds) > 1 or args.baseline:
         print(f"\nsummary over seeds {args.seeds} ({args.epochs} epochs):")
         for name, rs in results.items():
-            acc, sec = np.array(rs).T
+            acc, wall, cpu = np.array(rs).T
             print(f"  {name:13s} test accuracy {acc.mean():.4f} +- {acc.std():.4f} (min {acc.min():.4f})  "
-                  f"train time {sec.mean():6.1f} s +- {sec.std():.1f}")
+                  f"train time {wall.mean():6.1f} s +- {wall.std():.1f} (CPU {cpu.mean():6.1f} s)")

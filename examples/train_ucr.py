@@ -42,7 +42,8 @@ def main(argv=None):
             chunk_size=args.chunk_size or None, chunk_reduce=args.chunk_reduce, head_dropout=0.2,
         )
 
-    common.run(args, args.dataset, build, transform=lambda s: common.frames(s, args.frame))
+    common.run(args, args.dataset, build, transform=lambda s: common.frames(s, args.frame),
+               plot_frame=args.frame)
 
 
 if __name__ == "__main__":

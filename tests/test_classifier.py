@@ -58,6 +58,7 @@ CONFIGS = [
     dict(chunk_size=2, heads=2, num_layers=2),
     dict(chunk_size=1),
     dict(chunk_size=8),  # one chunk covers every sequence
+    dict(score="additive", attn_size=7, chunk_size=3, heads=2),
 ]
 
 
@@ -312,6 +313,18 @@ def test_bad_inputs():
         tokens(torch.randn(2, 4))
     with pytest.raises(ValueError, match="integer token ids"):
         tokens(torch.ones(2, 4, 1, dtype=torch.long))
+
+
+def test_compile_fullgraph_padded():
+    """Equal-length padded input compiles into one graph. (Variable lengths are
+    data-dependent -- packing, length checks -- and compile with graph breaks.)"""
+    model = make(bidirectional=True, heads=2)
+    x = torch.randn(2, 5, 3, dtype=DT)
+    compiled = torch.compile(model, fullgraph=True, backend="aot_eager")
+    logits, weights = compiled(x)
+    ref_logits, ref_weights = model(x)
+    torch.testing.assert_close(logits, ref_logits, **TOL)
+    torch.testing.assert_close(weights, ref_weights, **TOL)
 
 
 def test_exported():
