@@ -167,13 +167,14 @@ class RNNAttentionClassifier(nn.Module):
 
     def _prepare(self, input, lengths) -> Tuple[Union[Tensor, PackedSequence], Tensor, int]:
         """Embeds and packs the input. Returns (rnn input, lengths (B,) int64 CPU
-        in batch order, T of the weights to return)."""
+        in batch order (may be None when not needed), T of the weights to return)."""
         if isinstance(input, PackedSequence):
             if lengths is not None:
                 raise ValueError("RNNAttentionClassifier: lengths must be None for PackedSequence input (it carries its own)")
             data = self._embed(input.data, packed=True)
             x = PackedSequence(data, input.batch_sizes, input.sorted_indices, input.unsorted_indices)
-            lengths = _packed_lengths(input)
+            # Only the chunk reduction needs the lengths themselves.
+            lengths = _packed_lengths(input) if self.chunk_reduce is not None else None
             return x, lengths, int(input.batch_sizes.numel())
 
         x = self._embed(input, packed=False)
