@@ -28,22 +28,12 @@ import torch
 from torch import Tensor, nn
 from torch.nn.utils.rnn import PackedSequence, pack_padded_sequence
 
+from .attention import AttentionPooling
 from .rnn import RNN
 
 __all__ = ["RNNAttentionClassifier"]
 
 _CHUNK_REDUCTIONS = ("attention", "mean")
-
-
-def _attention_pooling_cls():
-    # Looked up at construction time rather than imported at module load so that
-    # this module does not depend on the import order inside rnnattn/__init__.py.
-    import rnnattn
-
-    try:
-        return rnnattn.AttentionPooling
-    except AttributeError:
-        raise ImportError("rnnattn.RNNAttentionClassifier needs rnnattn.AttentionPooling, which this build lacks") from None
 
 
 class RNNAttentionClassifier(nn.Module):
@@ -137,15 +127,14 @@ class RNNAttentionClassifier(nn.Module):
             dropout=dropout, bidirectional=bidirectional, **factory,
         )
         state = hidden_size * (2 if bidirectional else 1)
-        pooling = _attention_pooling_cls()
-        self.pool = pooling(
+        self.pool = AttentionPooling(
             state, heads=heads, score=score, attn_size=attn_size, chunk_size=chunk_size,
             batch_first=batch_first, **factory,
         )
         pooled = heads * state
         # Chunk contexts always come out batch-major, hence batch_first=True here.
         self.chunk_pool = (
-            pooling(pooled, heads=1, score=score, attn_size=attn_size, batch_first=True, **factory)
+            AttentionPooling(pooled, heads=1, score=score, attn_size=attn_size, batch_first=True, **factory)
             if self.chunk_reduce == "attention"
             else None
         )
