@@ -127,6 +127,7 @@ def plot_attention(model: nn.Module, data: SeqData, classes: List[str], path: st
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    from matplotlib.ticker import MaxNLocator
 
     model.eval()
     # one sequence of each of the first classes, so the panels differ
@@ -139,7 +140,8 @@ def plot_attention(model: nn.Module, data: SeqData, classes: List[str], path: st
             break
     x = pack_sequence([data.series[i] for i in picks], enforce_sorted=False)
     logits, weights = model(x)
-    if weights.dim() == 3:  # several heads: show their mean
+    heads = weights.size(1) if weights.dim() == 3 else 1
+    if heads > 1:  # show their mean
         weights = weights.mean(1)
     fig, axes = plt.subplots(len(picks), 1, figsize=(7, 1.9 * len(picks)), squeeze=False)
     for row, i in enumerate(picks):
@@ -158,9 +160,14 @@ def plot_attention(model: nn.Module, data: SeqData, classes: List[str], path: st
                       interpolation="nearest")
             ax.set_ylabel("channel")
         ax2 = ax.twinx()
-        ax2.bar(steps, w, width=0.8 * frame if len(w) < 60 else frame, color="tab:orange", alpha=0.55)
+        if s.shape[1] == 1:
+            ax2.bar(steps, w, width=0.8 * frame if len(w) < 60 else frame, color="tab:orange", alpha=0.55)
+        else:  # a line, so the heat map stays visible
+            ax2.plot(steps, w, "-o", color="black", lw=1.8, ms=3.5)
+            ax2.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax2.set_ylim(0, max(float(w.max()) * 1.15, 1e-6))
-        ax2.set_ylabel("attention", color="tab:orange")
+        ax2.set_ylabel("attention" + (" (mean of heads)" if heads > 1 else ""),
+                       color="tab:orange" if s.shape[1] == 1 else "black", fontsize=8)
         pred = classes[int(logits[row].argmax())]
         ax.set_title(f"test #{i}: class {classes[int(data.labels[i])]}, predicted {pred}, {len(w)} steps", fontsize=9)
         ax.set_xlim(-0.5, T - 0.5)

@@ -75,6 +75,12 @@ class RNNAttentionClassifier(nn.Module):
         * ``weights``: ``(B, T)``, or ``(B, heads, T)`` with ``heads > 1``, the
           attention each step gets (zeros past a sequence's length); T is the
           padded input's length, or the longest sequence of a PackedSequence.
+
+    Saving: ``state_dict`` and ``torch.save(model)`` both work; the RNN's keys
+    are ``torch.nn.RNN``'s. ``DistributedDataParallel`` works as for any module
+    (tested: gloo, CPU, fused ops). ``torch.compile(fullgraph=True)`` covers
+    equal-length padded input without ``lengths``; variable lengths are
+    data-dependent (packing) and compile with graph breaks.
     """
 
     def __init__(
