@@ -186,7 +186,9 @@ def add_common_args(p: argparse.ArgumentParser, epochs: int, batch_size: int, lr
     p.add_argument("--lr", type=float, default=lr)
     p.add_argument("--weight-decay", type=float, default=1e-2)
     p.add_argument("--hidden", type=int, default=hidden, help="RNN hidden size per direction")
-    p.add_argument("--threads", type=int, default=None, help="torch.set_num_threads (default: torch's)")
+    p.add_argument("--threads", type=int, default=1,
+                   help="torch.set_num_threads (default 1: these batches are too small for more threads to pay; "
+                        "0 keeps torch's default)")
     p.add_argument("--baseline", action="store_true",
                    help="also train the same model with torch.nn.RNN swapped in, and print both")
     p.add_argument("--plot", metavar="FILE.png", help="save the attention weights over a few test sequences")
