@@ -12,7 +12,11 @@ from . import functional, ops, reference  # noqa: F401
 from .rnn import RNN, RNNCell, convert
 from . import attention_ops  # noqa: F401  (autograd/fake of the attention ops)
 from .attention import AttentionPooling
+from .classifier import RNNAttentionClassifier
 
 __version__ = "0.1.0"
 
-__all__ = ["RNN", "RNNCell", "convert", "ops", "functional", "reference", "AttentionPooling", "attention_ops"]
+__all__ = [
+    "RNN", "RNNCell", "convert", "ops", "functional", "reference", "AttentionPooling", "attention_ops",
+    "RNNAttentionClassifier",
+]
