@@ -5,7 +5,11 @@ torch.compile, and the edge cases with defined behaviour.
 CUDA cases run where a GPU and a CUDA build are present, and skip otherwise.
 """
 import itertools
+import os
+import subprocess
+import sys
 import zlib
+from pathlib import Path
 
 import pytest
 import torch
@@ -513,6 +517,32 @@ def test_dtype_without_kernel_runs_the_reference():
     assert c16.dtype == torch.bfloat16 and c16.shape == c32.shape
     torch.testing.assert_close(c16.float(), c32, rtol=0.05, atol=0.05)
     torch.testing.assert_close(a16.float(), a32, rtol=0.05, atol=0.02)
+
+
+_BASELINE_ISA_CHECK = """
+import torch
+from rnnattn import attention_ops as A, reference as R
+g = torch.Generator().manual_seed(0)
+x = torch.randn(5, 13, 37, generator=g, dtype=torch.float64, requires_grad=True)
+w = torch.randn(2, 37, generator=g, dtype=torch.float64, requires_grad=True)
+lengths, mask = torch.tensor([13, 0, 7, 1, 12]), torch.rand(5, 13, generator=g) > 0.3
+for chunk in (0, 4):
+    out = A.attention_pool(x, w, None, lengths, mask, chunk)
+    ref = R.attention_pool(x, w, None, lengths, mask, chunk)
+    gouts = [torch.randn(o.shape, generator=g, dtype=torch.float64) for o in out]
+    for p, q in zip([*out, *torch.autograd.grad(out, (x, w), gouts)], [*ref, *torch.autograd.grad(ref, (x, w), gouts)]):
+        torch.testing.assert_close(p, q, rtol=1e-10, atol=1e-12)
+print("baseline ISA ok")
+"""
+
+
+def test_baseline_isa_build_matches_reference():
+    """The CPU kernels are built twice (baseline x86-64 and AVX2+FMA, picked at
+    run time); this machine takes the AVX2 build, so force the other one."""
+    root = Path(__file__).resolve().parents[1]
+    env = {**os.environ, "RNNATTN_CPU_ISA": "base", "PYTHONPATH": str(root)}
+    r = subprocess.run([sys.executable, "-c", _BASELINE_ISA_CHECK], cwd=root, env=env, capture_output=True, text=True)
+    assert r.returncode == 0 and "baseline ISA ok" in r.stdout, r.stderr[-2000:]
 
 
 # ---- CUDA: parity in every dtype --------------------------------------------------------

@@ -34,6 +34,8 @@
 
 #include <algorithm>
 #include <cmath>
+#include <cstdlib>
+#include <cstring>
 #include <limits>
 #include <vector>
 
@@ -305,8 +307,14 @@ __attribute__((target("avx2,fma"))) void backward_avx2(const PoolInput<T>& p,
                                                        const T* zero) {
   backward_units<T, kLinear>(p, g, i0, i1, dw, sh, ad, zero);
 }
+// RNNATTN_CPU_ISA=base forces the baseline build (tests use it to cover the
+// path CPUs without AVX2 take).
 bool use_avx2() {
-  static const bool ok = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
+  static const bool ok = [] {
+    const char* isa = std::getenv("RNNATTN_CPU_ISA");
+    if (isa != nullptr && std::strcmp(isa, "base") == 0) return false;
+    return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
+  }();
   return ok;
 }
 #endif
