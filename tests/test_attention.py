@@ -507,6 +507,21 @@ def test_bad_arguments_are_clear_errors():
             rnnattn.AttentionPooling(3, **kw)
 
 
+def test_double_backward_is_a_clear_error():
+    x = torch.randn(2, 3, 4, dtype=torch.float64, requires_grad=True)
+    w = torch.randn(1, 4, dtype=torch.float64, requires_grad=True)
+    c, _ = A.attention_pool(x, w, None, None, None, 0)
+    with pytest.raises(RuntimeError, match="double backward"):
+        torch.autograd.grad(c.sum(), x, create_graph=True)
+    c, _ = A.attention_pool_scores(x, torch.randn(2, 3, 1, dtype=torch.float64, requires_grad=True), None, None, 0)
+    with pytest.raises(RuntimeError, match="double backward"):
+        torch.autograd.grad(c.sum(), x, create_graph=True)
+    # A plain backward is unaffected.
+    c, _ = A.attention_pool(x, w, None, None, None, 0)
+    (gx,) = torch.autograd.grad(c.sum(), x)
+    assert gx.shape == x.shape and not gx.requires_grad
+
+
 def test_dtype_without_kernel_runs_the_reference():
     gen = torch.Generator().manual_seed(10)
     x = torch.randn(3, 6, 4, generator=gen)
