@@ -3,10 +3,12 @@ composition (matmul + masked softmax + weighted sum), forward and forward+backwa
 
     python benchmarks/attention_quick.py [--device cpu|cuda] [--threads N] [--repeats R]
 
-Prints the median time of R runs per case (after warm-up) and the speed-up.
-Every sequence is full length (lengths = T), so the fused op skips no work
-the eager one does. The backward takes the grad of the context only (the
-usual case: the weights are for inspection) and computes grads of H and w.
+Prints the median wall time of R runs per case (after warm-up) and the
+speed-up. Eager and fused runs alternate within each repeat, so on a shared
+machine both see the same background load. Every sequence is full length
+(lengths = T), so the fused op skips no work the eager one does. The backward
+takes the grad of the context only (the usual case: the weights are for
+inspection) and computes grads of H and w.
 """
 import argparse
 import statistics
@@ -35,17 +37,20 @@ def fused(x, w, lengths):
     return c.squeeze(1).squeeze(1), a.squeeze(1)
 
 
-def timeit(fn, repeats, sync):
-    for _ in range(3):
-        fn()
+def timeit(fns, repeats, sync):
+    """Median wall time of each of fns, run alternately."""
+    for fn in fns:
+        for _ in range(3):
+            fn()
     sync()
-    times = []
+    times = [[] for _ in fns]
     for _ in range(repeats):
-        t0 = time.perf_counter()
-        fn()
-        sync()
-        times.append(time.perf_counter() - t0)
-    return statistics.median(times)
+        for fn, ts in zip(fns, times):
+            t0 = time.perf_counter()
+            fn()
+            sync()
+            ts.append(time.perf_counter() - t0)
+    return [statistics.median(ts) for ts in times]
 
 
 def main():
@@ -71,17 +76,23 @@ def main():
         c2, a2 = fused(x, w, lengths)
         torch.testing.assert_close(c1, c2, rtol=1e-3, atol=1e-4)  # same thing is measured
         gc = torch.randn_like(c1)
-        row = []
-        for name, f in (("eager", eager), ("fused", fused)):
-            with torch.no_grad():
-                t_fwd = timeit(lambda: f(x, w, lengths), args.repeats, sync)
 
-            def step():
+        def forward(f):
+            def run():
+                with torch.no_grad():
+                    f(x, w, lengths)
+
+            return run
+
+        def step(f):
+            def run():
                 c, _ = f(x, w, lengths)
                 torch.autograd.grad(c, (x, w), gc)
 
-            row.append((t_fwd, timeit(step, args.repeats, sync)))
-        (ef, eb), (ff, fb) = row
+            return run
+
+        ef, ff = timeit([forward(eager), forward(fused)], args.repeats, sync)
+        eb, fb = timeit([step(eager), step(fused)], args.repeats, sync)
         shape = f"({B}, {T}, {D})"
         print(f"{shape:>18} {'fwd':>8} {ef * 1e3:10.3f} {ff * 1e3:10.3f} {ef / ff:8.2f}x")
         print(f"{'':>18} {'fwd+bwd':>8} {eb * 1e3:10.3f} {fb * 1e3:10.3f} {eb / fb:8.2f}x")

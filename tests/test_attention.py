@@ -5,7 +5,11 @@ torch.compile, and the edge cases with defined behaviour.
 CUDA cases run where a GPU and a CUDA build are present, and skip otherwise.
 """
 import itertools
+import os
+import subprocess
+import sys
 import zlib
+from pathlib import Path
 
 import pytest
 import torch
@@ -503,6 +507,21 @@ def test_bad_arguments_are_clear_errors():
             rnnattn.AttentionPooling(3, **kw)
 
 
+def test_double_backward_is_a_clear_error():
+    x = torch.randn(2, 3, 4, dtype=torch.float64, requires_grad=True)
+    w = torch.randn(1, 4, dtype=torch.float64, requires_grad=True)
+    c, _ = A.attention_pool(x, w, None, None, None, 0)
+    with pytest.raises(RuntimeError, match="double backward"):
+        torch.autograd.grad(c.sum(), x, create_graph=True)
+    c, _ = A.attention_pool_scores(x, torch.randn(2, 3, 1, dtype=torch.float64, requires_grad=True), None, None, 0)
+    with pytest.raises(RuntimeError, match="double backward"):
+        torch.autograd.grad(c.sum(), x, create_graph=True)
+    # A plain backward is unaffected.
+    c, _ = A.attention_pool(x, w, None, None, None, 0)
+    (gx,) = torch.autograd.grad(c.sum(), x)
+    assert gx.shape == x.shape and not gx.requires_grad
+
+
 def test_dtype_without_kernel_runs_the_reference():
     gen = torch.Generator().manual_seed(10)
     x = torch.randn(3, 6, 4, generator=gen)
@@ -513,6 +532,32 @@ def test_dtype_without_kernel_runs_the_reference():
     assert c16.dtype == torch.bfloat16 and c16.shape == c32.shape
     torch.testing.assert_close(c16.float(), c32, rtol=0.05, atol=0.05)
     torch.testing.assert_close(a16.float(), a32, rtol=0.05, atol=0.02)
+
+
+_BASELINE_ISA_CHECK = """
+import torch
+from rnnattn import attention_ops as A, reference as R
+g = torch.Generator().manual_seed(0)
+x = torch.randn(5, 13, 37, generator=g, dtype=torch.float64, requires_grad=True)
+w = torch.randn(2, 37, generator=g, dtype=torch.float64, requires_grad=True)
+lengths, mask = torch.tensor([13, 0, 7, 1, 12]), torch.rand(5, 13, generator=g) > 0.3
+for chunk in (0, 4):
+    out = A.attention_pool(x, w, None, lengths, mask, chunk)
+    ref = R.attention_pool(x, w, None, lengths, mask, chunk)
+    gouts = [torch.randn(o.shape, generator=g, dtype=torch.float64) for o in out]
+    for p, q in zip([*out, *torch.autograd.grad(out, (x, w), gouts)], [*ref, *torch.autograd.grad(ref, (x, w), gouts)]):
+        torch.testing.assert_close(p, q, rtol=1e-10, atol=1e-12)
+print("baseline ISA ok")
+"""
+
+
+def test_baseline_isa_build_matches_reference():
+    """The CPU kernels are built twice (baseline x86-64 and AVX2+FMA, picked at
+    run time); this machine takes the AVX2 build, so force the other one."""
+    root = Path(__file__).resolve().parents[1]
+    env = {**os.environ, "RNNATTN_CPU_ISA": "base", "PYTHONPATH": str(root)}
+    r = subprocess.run([sys.executable, "-c", _BASELINE_ISA_CHECK], cwd=root, env=env, capture_output=True, text=True)
+    assert r.returncode == 0 and "baseline ISA ok" in r.stdout, r.stderr[-2000:]
 
 
 # ---- CUDA: parity in every dtype --------------------------------------------------------

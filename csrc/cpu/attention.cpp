@@ -9,10 +9,10 @@
 // fused part is the same masked softmax + weighted sum + their backward.
 //
 // Forward, one (sequence, chunk) at a time, all heads together, in ONE pass
-// over H (online softmax): each valid step's score is computed, and the
-// running context is rescaled only when the running max rises,
-//     e > m:  acc = exp(m - e) acc + H_t,  l = exp(m - e) l + 1,  m = e
-//     else:   acc += exp(e - m) H_t,       l += exp(e - m)
+// over H (online softmax). Valid steps are taken four at a time, so the
+// context accumulator is read and written once per four rows; with mx the
+// max of the running max m and the group's scores,
+//     acc = exp(m - mx) acc + sum_j exp(e_j - mx) H_j,   l likewise,   m = mx,
 // so no exp ever overflows, whatever the size of the scores. Raw scores park
 // in the weights output and are normalised at the end of the chunk; nothing
 // of size (B, T, D) is allocated.
@@ -34,6 +34,8 @@
 
 #include <algorithm>
 #include <cmath>
+#include <cstdlib>
+#include <cstring>
 #include <limits>
 #include <vector>
 
@@ -96,10 +98,28 @@ RNNATTN_INLINE T score_of(const PoolInput<T>& p, int64_t b, int64_t t, int64_t h
   }
 }
 
-// Units [i0, i1). ctx_all (B, C, k, D), wts_all (B, k, T); m, l: k scratch.
+// The next (up to) kGroup valid steps of unit u from step t on (t advances
+// past them): their steps and rows; unused slots get the zero row.
+template <typename T>
+RNNATTN_INLINE int next_group(const PoolInput<T>& p, const Unit& u, int64_t& t, int64_t* ts,
+                              const T** xr, const T* zero) {
+  int n = 0;
+  for (; t < u.tv && n < vec::kGroup; ++t) {
+    if (!p.kept(u.b, t)) continue;
+    ts[n] = t;
+    xr[n] = p.row(u.b, t);
+    ++n;
+  }
+  for (int j = n; j < vec::kGroup; ++j) xr[j] = zero;
+  return n;
+}
+
+// Units [i0, i1). ctx_all (B, C, k, D), wts_all (B, k, T); m, l: k scratch;
+// zero: a row of D zeros.
 template <typename T, bool kLinear>
 RNNATTN_INLINE void forward_units(const PoolInput<T>& p, T* ctx_all, T* wts_all, int64_t i0,
-                                  int64_t i1, T* m, T* l) {
+                                  int64_t i1, T* m, T* l, const T* zero) {
+  constexpr int G = vec::kGroup;
   const int64_t D = p.s.dim, k = p.s.heads, T_ = p.s.steps;
   constexpr T kNegInf = -std::numeric_limits<T>::infinity();
   for (int64_t i = i0; i < i1; ++i) {
@@ -111,25 +131,42 @@ RNNATTN_INLINE void forward_units(const PoolInput<T>& p, T* ctx_all, T* wts_all,
       m[h] = kNegInf;
       l[h] = T(0);
     }
-    for (int64_t t = u.t0; t < u.tv; ++t) {
-      if (!p.kept(u.b, t)) continue;
-      const T* xt = p.row(u.b, t);
+    int64_t t = u.t0;
+    int64_t ts[G];
+    const T* xr[G];
+    for (int n; (n = next_group(p, u, t, ts, xr, zero)) > 0;) {
       for (int64_t h = 0; h < k; ++h) {
-        const T e = score_of<T, kLinear>(p, u.b, t, h, xt);
-        wts[h * T_ + t] = e;
-        T* acc = ctx + h * D;
-        if (e > m[h]) {
-          // New running max: rescale what was summed so far (r = 0 on the
-          // first step, when acc is still zero).
-          const T r = std::exp(m[h] - e);
-          vec::scale_add(acc, r, xt, D);
-          l[h] = r * l[h] + T(1);
-          m[h] = e;
-        } else if (e != kNegInf) {  // a -inf score weighs 0; NaN propagates
-          const T q = std::exp(e - m[h]);
-          vec::axpy(acc, q, xt, D);
-          l[h] += q;
+        T e[G];
+        if constexpr (kLinear) {
+          vec::dot_group(xr, p.w + h * D, D, n, e);
+        } else {
+          for (int j = 0; j < n; ++j) e[j] = p.sc[u.b * p.sc_sb + ts[j] * p.sc_st + h * p.sc_sh];
         }
+        // Online softmax over the group: with mx the max of the running max
+        // and the new scores (a NaN score is skipped here, and reaches the
+        // result through its q below),
+        //   acc = exp(m - mx) acc + sum_j exp(e_j - mx) H_j,  l likewise, m = mx.
+        T mx = m[h];
+        bool any = false;
+        for (int j = 0; j < n; ++j) {
+          wts[h * T_ + ts[j]] = e[j];  // raw score, normalised below
+          if (e[j] > mx) mx = e[j];
+          any = any || e[j] != kNegInf;
+        }
+        if (!any) continue;  // no step, or only -inf scores (weight 0)
+        const T scale = std::exp(m[h] - mx);  // 0 the first time (m = -inf)
+        T q[G];
+        const T* xa[G];
+        T lsum = scale * l[h];
+        for (int j = 0; j < G; ++j) {
+          const bool add = j < n && e[j] != kNegInf;
+          q[j] = add ? std::exp(e[j] - mx) : T(0);
+          xa[j] = add ? xr[j] : zero;  // a -inf step is not read at all
+          lsum += q[j];
+        }
+        vec::combine_group(ctx + h * D, scale, q, xa, D);
+        m[h] = mx;
+        l[h] = lsum;
       }
     }
     for (int64_t h = 0; h < k; ++h) {
@@ -141,8 +178,8 @@ RNNATTN_INLINE void forward_units(const PoolInput<T>& p, T* ctx_all, T* wts_all,
       }
       const T inv = T(1) / l[h];
       vec::scale(ctx + h * D, inv, D);
-      for (int64_t t = u.t0; t < u.t1; ++t) {
-        wh[t] = (t < u.tv && p.kept(u.b, t)) ? std::exp(wh[t] - m[h]) * inv : T(0);
+      for (int64_t s = u.t0; s < u.t1; ++s) {
+        wh[s] = (s < u.tv && p.kept(u.b, s)) ? std::exp(wh[s] - m[h]) * inv : T(0);
       }
     }
   }
@@ -162,14 +199,17 @@ struct PoolGrads {
 };
 
 // Units [i0, i1). dw: (k, D) accumulator of this task (linear op), or null;
-// sh: k scratch.
+// sh: k scratch, ad: 2 * k * kGroup scratch; zero: a row of D zeros.
 template <typename T, bool kLinear>
 RNNATTN_INLINE void backward_units(const PoolInput<T>& p, const PoolGrads<T>& g, int64_t i0,
-                                   int64_t i1, T* dw, T* sh) {
+                                   int64_t i1, T* dw, T* sh, T* ad, const T* zero) {
+  constexpr int G = vec::kGroup;
   const int64_t D = p.s.dim, k = p.s.heads, T_ = p.s.steps;
   // The scores op needs g_t (hence a pass with dots) only for grad_scores;
   // dH alone is sum_h a_t dc_h.
   const bool need_de = kLinear || g.dsc != nullptr;
+  T* av = ad;          // [k][G] weights of the group's steps
+  T* dev = ad + k * G;  // [k][G] their score grads
   for (int64_t i = i0; i < i1; ++i) {
     const Unit u = unit_of(p, i);
     const T* ctx = g.ctx + i * k * D;
@@ -187,37 +227,48 @@ RNNATTN_INLINE void backward_units(const PoolInput<T>& p, const PoolGrads<T>& g,
         sh[h] = s;
       }
     }
+    // Invalid steps get zero grads; valid ones are taken kGroup at a time.
     for (int64_t t = u.t0; t < u.t1; ++t) {
-      T* dxt = g.dx ? g.dx + u.b * g.dx_sb + t * g.dx_st : nullptr;
-      if (t >= u.tv || !p.kept(u.b, t)) {
-        if (dxt) vec::zero(dxt, D);
-        if (!kLinear && g.dsc) {
-          for (int64_t h = 0; h < k; ++h) g.dsc[u.b * g.dsc_sb + t * g.dsc_st + h * g.dsc_sh] = T(0);
-        }
-        continue;
+      if (t < u.tv && p.kept(u.b, t)) continue;
+      if (g.dx) vec::zero(g.dx + u.b * g.dx_sb + t * g.dx_st, D);
+      if (!kLinear && g.dsc) {
+        for (int64_t h = 0; h < k; ++h) g.dsc[u.b * g.dsc_sb + t * g.dsc_st + h * g.dsc_sh] = T(0);
       }
-      const T* xt = p.row(u.b, t);
+    }
+    int64_t t = u.t0;
+    int64_t ts[G];
+    const T* xr[G];
+    for (int n; (n = next_group(p, u, t, ts, xr, zero)) > 0;) {
       for (int64_t h = 0; h < k; ++h) {
-        const T a = wts[h * T_ + t];
-        const T* dch = dc + h * D;
-        T de = T(0);
-        if (need_de) {
-          const T gt = vec::dot(dch, xt, D) + (da ? da[h * T_ + t] : T(0));
-          de = a * (gt - sh[h]);
+        T gd[G] = {};
+        if (need_de) vec::dot_group(xr, dc + h * D, D, n, gd);
+        for (int j = 0; j < G; ++j) {
+          const T a = j < n ? wts[h * T_ + ts[j]] : T(0);
+          T de = T(0);
+          if (need_de && j < n) de = a * (gd[j] + (da ? da[h * T_ + ts[j]] : T(0)) - sh[h]);
+          av[h * G + j] = a;
+          dev[h * G + j] = de;
+          if (!kLinear && g.dsc && j < n) {
+            g.dsc[u.b * g.dsc_sb + ts[j] * g.dsc_st + h * g.dsc_sh] = de;
+          }
         }
         if constexpr (kLinear) {
-          const T* wh = p.w + h * D;
-          if (dxt) {
+          if (dw) vec::combine_group(dw + h * D, T(1), dev + h * G, xr, D);  // dw_h += de_j H_j
+        }
+      }
+      if (!g.dx) continue;
+      for (int j = 0; j < n; ++j) {
+        T* dxt = g.dx + u.b * g.dx_sb + ts[j] * g.dx_st;
+        for (int64_t h = 0; h < k; ++h) {
+          const T a = av[h * G + j], de = dev[h * G + j];
+          const T* dch = dc + h * D;
+          if constexpr (kLinear) {  // dH_t = sum_h a_t dc_h + de_t w_h
             if (h == 0) {
-              vec::axpby(dxt, a, dch, de, wh, D);
+              vec::axpby(dxt, a, dch, de, p.w + h * D, D);
             } else {
-              vec::add_axpby(dxt, a, dch, de, wh, D);
+              vec::add_axpby(dxt, a, dch, de, p.w + h * D, D);
             }
-          }
-          if (dw) vec::axpy(dw + h * D, de, xt, D);
-        } else {
-          if (g.dsc) g.dsc[u.b * g.dsc_sb + t * g.dsc_st + h * g.dsc_sh] = de;
-          if (dxt) {
+          } else {  // dH_t = sum_h a_t dc_h
             if (h == 0) {
               vec::scaled_copy(dxt, a, dch, D);
             } else {
@@ -233,28 +284,37 @@ RNNATTN_INLINE void backward_units(const PoolInput<T>& p, const PoolGrads<T>& g,
 // Two builds of each kernel: baseline x86-64 and AVX2+FMA (chosen at run
 // time, so the extension needs no -march flag and still runs anywhere).
 template <typename T, bool kLinear>
-void forward_base(const PoolInput<T>& p, T* ctx, T* wts, int64_t i0, int64_t i1, T* m, T* l) {
-  forward_units<T, kLinear>(p, ctx, wts, i0, i1, m, l);
+void forward_base(const PoolInput<T>& p, T* ctx, T* wts, int64_t i0, int64_t i1, T* m, T* l,
+                  const T* zero) {
+  forward_units<T, kLinear>(p, ctx, wts, i0, i1, m, l, zero);
 }
 template <typename T, bool kLinear>
 void backward_base(const PoolInput<T>& p, const PoolGrads<T>& g, int64_t i0, int64_t i1, T* dw,
-                   T* sh) {
-  backward_units<T, kLinear>(p, g, i0, i1, dw, sh);
+                   T* sh, T* ad, const T* zero) {
+  backward_units<T, kLinear>(p, g, i0, i1, dw, sh, ad, zero);
 }
 #if RNNATTN_X86_DISPATCH
 template <typename T, bool kLinear>
 __attribute__((target("avx2,fma"))) void forward_avx2(const PoolInput<T>& p, T* ctx, T* wts,
-                                                      int64_t i0, int64_t i1, T* m, T* l) {
-  forward_units<T, kLinear>(p, ctx, wts, i0, i1, m, l);
+                                                      int64_t i0, int64_t i1, T* m, T* l,
+                                                      const T* zero) {
+  forward_units<T, kLinear>(p, ctx, wts, i0, i1, m, l, zero);
 }
 template <typename T, bool kLinear>
 __attribute__((target("avx2,fma"))) void backward_avx2(const PoolInput<T>& p,
                                                        const PoolGrads<T>& g, int64_t i0,
-                                                       int64_t i1, T* dw, T* sh) {
-  backward_units<T, kLinear>(p, g, i0, i1, dw, sh);
+                                                       int64_t i1, T* dw, T* sh, T* ad,
+                                                       const T* zero) {
+  backward_units<T, kLinear>(p, g, i0, i1, dw, sh, ad, zero);
 }
+// RNNATTN_CPU_ISA=base forces the baseline build (tests use it to cover the
+// path CPUs without AVX2 take).
 bool use_avx2() {
-  static const bool ok = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
+  static const bool ok = [] {
+    const char* isa = std::getenv("RNNATTN_CPU_ISA");
+    if (isa != nullptr && std::strcmp(isa, "base") == 0) return false;
+    return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
+  }();
   return ok;
 }
 #endif
@@ -265,13 +325,17 @@ void run_forward(const PoolInput<T>& p, T* ctx, T* wts) {
   const int64_t per_unit = std::max<int64_t>(1, p.s.chunk * p.s.dim * p.s.heads);
   at::parallel_for(0, units, std::max<int64_t>(1, kGrainFlops / per_unit),
                    [&](int64_t i0, int64_t i1) {
-                     std::vector<T> scratch(2 * p.s.heads);
+                     // m, l: k each; then a row of D zeros.
+                     std::vector<T> scratch(2 * p.s.heads + p.s.dim, T(0));
                      T* m = scratch.data();
                      T* l = m + p.s.heads;
+                     const T* zero = l + p.s.heads;
 #if RNNATTN_X86_DISPATCH
-                     if (use_avx2()) return forward_avx2<T, kLinear>(p, ctx, wts, i0, i1, m, l);
+                     if (use_avx2()) {
+                       return forward_avx2<T, kLinear>(p, ctx, wts, i0, i1, m, l, zero);
+                     }
 #endif
-                     forward_base<T, kLinear>(p, ctx, wts, i0, i1, m, l);
+                     forward_base<T, kLinear>(p, ctx, wts, i0, i1, m, l, zero);
                    });
 }
 
@@ -287,17 +351,22 @@ void run_backward(const PoolInput<T>& p, const PoolGrads<T>& g, T* dw_out) {
       1, std::min<int64_t>(at::get_num_threads(), (units + grain - 1) / grain));
   std::vector<T> partial(dw_out ? tasks * kd : 0, T(0));
   at::parallel_for(0, tasks, 1, [&](int64_t j0, int64_t j1) {
-    std::vector<T> sh(p.s.heads);
+    // sh: k; ad: 2 * k * kGroup; then a row of D zeros.
+    const int64_t k = p.s.heads;
+    std::vector<T> scratch(k + 2 * k * vec::kGroup + p.s.dim, T(0));
+    T* sh = scratch.data();
+    T* ad = sh + k;
+    const T* zero = ad + 2 * k * vec::kGroup;
     for (int64_t j = j0; j < j1; ++j) {
       const int64_t i0 = units * j / tasks, i1 = units * (j + 1) / tasks;
       T* dw = dw_out ? partial.data() + j * kd : nullptr;
 #if RNNATTN_X86_DISPATCH
       if (use_avx2()) {
-        backward_avx2<T, kLinear>(p, g, i0, i1, dw, sh.data());
+        backward_avx2<T, kLinear>(p, g, i0, i1, dw, sh, ad, zero);
         continue;
       }
 #endif
-      backward_base<T, kLinear>(p, g, i0, i1, dw, sh.data());
+      backward_base<T, kLinear>(p, g, i0, i1, dw, sh, ad, zero);
     }
   });
   if (dw_out) {

@@ -87,3 +87,34 @@ RNNATTN_INLINE void zero(T* y, int64_t n) {
 }
 
 }  // namespace rnnattn::cpu::vec
+
+namespace rnnattn::cpu::vec {
+
+// Rows handled together by the kernels: their contributions to an
+// accumulator row are added in one pass over it. Partial groups pad with a
+// row of zeros.
+constexpr int kGroup = 4;
+
+// out[i] = x[i] . y for the first n rows x[i] (each dot already keeps
+// independent partial sums; interleaving the rows in one loop makes GCC's
+// vectorizer shuffle instead).
+template <typename T>
+RNNATTN_INLINE void dot_group(const T* const* x, const T* y, int64_t d, int n, T* out) {
+  for (int i = 0; i < n; ++i) out[i] = dot(x[i], y, d);
+}
+
+// y = s * y + sum_i q[i] * x[i]   over the kGroup rows x[i].
+template <typename T>
+RNNATTN_INLINE void combine_group(T* RNNATTN_RESTRICT y, T s, const T* q, const T* const* x,
+                                  int64_t n) {
+  const T* RNNATTN_RESTRICT x0 = x[0];
+  const T* RNNATTN_RESTRICT x1 = x[1];
+  const T* RNNATTN_RESTRICT x2 = x[2];
+  const T* RNNATTN_RESTRICT x3 = x[3];
+  const T q0 = q[0], q1 = q[1], q2 = q[2], q3 = q[3];
+  for (int64_t d = 0; d < n; ++d) {
+    y[d] = s * y[d] + q0 * x0[d] + q1 * x1[d] + q2 * x2[d] + q3 * x3[d];
+  }
+}
+
+}  // namespace rnnattn::cpu::vec
