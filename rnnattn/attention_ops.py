@@ -25,6 +25,7 @@ import torch
 from torch import Tensor
 
 from . import _load  # noqa: F401  (registers torch.ops.rnnattn.*)
+from .ops import no_double_backward
 
 __all__ = ["attention_pool", "attention_pool_scores", "has_kernel", "num_chunks"]
 
@@ -171,20 +172,9 @@ def _linear_setup_context(ctx, inputs, output):
     ctx.bias_meta = (bias.shape, bias.dtype, bias.device) if bias is not None else None
 
 
-def _no_double_backward(*tensors):
-    # The fused backward ops have no backward of their own. Under
-    # create_graph=True their results would silently stop the graph (grads of
-    # grads would come out as zeros): refuse instead.
-    if torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in tensors):
-        raise RuntimeError(
-            "rnnattn: attention pooling does not support double backward (create_graph=True "
-            "through its gradients); use rnnattn.reference for higher-order gradients"
-        )
-
-
 def _linear_backward(ctx, grad_context, grad_weights):
     input, weight, lengths, mask, context, weights = ctx.saved_tensors
-    _no_double_backward(grad_context, grad_weights, input, weight)
+    no_double_backward("attention pooling", grad_context, grad_weights, input, weight)
     need = ctx.needs_input_grad
     need_input, need_weight = bool(need[0]), bool(need[1])
     dx = dw = None
@@ -205,7 +195,7 @@ def _linear_backward(ctx, grad_context, grad_weights):
 
 def _scores_backward(ctx, grad_context, grad_weights):
     input, scores, lengths, mask, context, weights = ctx.saved_tensors
-    _no_double_backward(grad_context, grad_weights, input, scores)
+    no_double_backward("attention pooling", grad_context, grad_weights, input, scores)
     need = ctx.needs_input_grad
     need_input, need_scores = bool(need[0]), bool(need[1])
     dx = dsc = None

@@ -92,6 +92,20 @@ def _rnn_backward_fake(
     )
 
 
+def no_double_backward(what: str, *tensors) -> None:
+    """Refuses create_graph=True through a fused backward.
+
+    The fused backward kernels have no backward of their own: under
+    create_graph=True their results would silently cut the graph (grads of
+    grads would come out as zeros), so raise instead.
+    """
+    if torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in tensors):
+        raise RuntimeError(
+            f"rnnattn: {what} does not support double backward (create_graph=True "
+            "through its gradients); use rnnattn.reference for higher-order gradients"
+        )
+
+
 def _rnn_setup_context(ctx, inputs, output):
     input, batch_sizes, hx, w_ih, w_hh, b_ih, b_hh, relu, reverse = inputs
     ctx.save_for_backward(input, batch_sizes, hx, w_ih, w_hh, output[0])
@@ -102,6 +116,7 @@ def _rnn_setup_context(ctx, inputs, output):
 
 def _rnn_backward(ctx, grad_output, grad_hn):
     input, batch_sizes, hx, w_ih, w_hh, output = ctx.saved_tensors
+    no_double_backward("the RNN", grad_output, grad_hn, input, hx, w_ih, w_hh)
     if grad_output is None:
         grad_output = torch.zeros_like(output)
     if grad_hn is None:

@@ -250,3 +250,13 @@ def test_float32_tanh_is_accurate_everywhere():
         assert torch.equal(torch.signbit(got[nonzero]), torch.signbit(want[nonzero]))
         ulp = (torch.nextafter(want.float(), torch.tensor(float("inf"))).double() - want.float().double()).abs()
         assert ((got - want).abs()[ok] <= 8 * ulp[ok]).all()
+
+
+def test_double_backward_is_refused_not_silently_zero():
+    x, bs, hx, w_ih, w_hh, b_ih, b_hh = make_case(3, 2, 3, 4, "cpu", grad=True)
+    out, hn = ops.rnn_layer(x, bs, hx, w_ih, w_hh, b_ih, b_hh)
+    (gx,) = torch.autograd.grad(out.sum(), [x], create_graph=False)
+    assert gx.shape == x.shape
+    out, hn = ops.rnn_layer(x, bs, hx, w_ih, w_hh, b_ih, b_hh)
+    with pytest.raises(RuntimeError, match="the RNN does not support double backward"):
+        torch.autograd.grad(out.sum(), [x], create_graph=True)
