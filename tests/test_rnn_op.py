@@ -1,4 +1,9 @@
 """The fused one-layer RNN operator against the plain-PyTorch reference."""
+import os
+import subprocess
+import sys
+from pathlib import Path
+
 import pytest
 import torch
 from torch.nn.utils.rnn import pack_sequence
@@ -260,3 +265,31 @@ def test_double_backward_is_refused_not_silently_zero():
     out, hn = ops.rnn_layer(x, bs, hx, w_ih, w_hh, b_ih, b_hh)
     with pytest.raises(RuntimeError, match="the RNN does not support double backward"):
         torch.autograd.grad(out.sum(), [x], create_graph=True)
+
+
+BASELINE_ISA_CHECK = """
+import sys, torch
+sys.path.insert(0, "tests")
+from test_rnn_op import make_case
+from rnnattn import ops, reference
+torch.manual_seed(0)
+for H in (7, 64, 65):
+    for dtype, tol in ((torch.float32, 2e-5), (torch.float64, 1e-10)):
+        for relu in (False, True):
+            for reverse in (False, True):
+                args = make_case(5, 3, 4, H, "cpu", dtype)
+                got = ops.rnn_layer(*args, relu, reverse)
+                want = reference.rnn_layer(*args, relu, reverse)
+                for a, b in zip(got, want):
+                    torch.testing.assert_close(a, b, rtol=tol, atol=tol)
+print("checked")
+"""
+
+
+def test_baseline_isa_build_matches_reference():
+    """RNNATTN_CPU_ISA=base runs the non-AVX2 build of the CPU kernels (the path
+    older CPUs take); it must agree with the reference as well."""
+    root = Path(__file__).resolve().parents[1]
+    env = dict(os.environ, RNNATTN_CPU_ISA="base", PYTHONPATH=str(root))
+    r = subprocess.run([sys.executable, "-c", BASELINE_ISA_CHECK], cwd=root, env=env, capture_output=True, text=True)
+    assert r.returncode == 0 and "checked" in r.stdout, r.stderr

@@ -8,13 +8,14 @@
 // Both branches are computed for 8 lanes and blended, the sign is copied back
 // from x, and NaN passes through. Written with GCC vector extensions rather
 // than left to the auto-vectorizer, which will not if-convert the clamp and
-// the float->int conversion under the default -ftrapping-math; the target
-// clones lower the 8-lane type to AVX-512/AVX2 or to SSE pairs. Accuracy is
+// the float->int conversion under the default -ftrapping-math; the AVX2
+// build lowers the 8-lane type to ymm registers, the baseline build to SSE pairs. Accuracy is
 // checked against torch.tanh over [-20, 20] in tests/test_rnn_op.py.
 #include <cstdint>
 #include <cstring>
 
 #include "activation.h"
+#include "isa.h"
 
 namespace rnnattn::cpu {
 namespace {
@@ -49,13 +50,8 @@ __attribute__((always_inline)) inline v8f tanh8(v8f z) {
   return (z == z) ? t : z;
 }
 
-}  // namespace
-
-#if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__)
-__attribute__((target_clones("avx512f", "arch=haswell", "default")))
-#endif
-void tanh_row_f32(float* __restrict o, float* __restrict state, const float* __restrict bias,
-                  int64_t H) {
+__attribute__((always_inline)) inline void tanh_row_impl(float* __restrict o, float* __restrict state,
+                                                         const float* __restrict bias, int64_t H) {
   int64_t j = 0;
   for (; j + 8 <= H; j += 8) {
     v8f z, b;
@@ -74,6 +70,19 @@ void tanh_row_f32(float* __restrict o, float* __restrict state, const float* __r
     std::memcpy(o + j, &t, m * sizeof(float));
     std::memcpy(state + j, &t, m * sizeof(float));
   }
+}
+
+RNNATTN_TARGET_AVX2 void tanh_row_avx2(float* o, float* state, const float* bias, int64_t H) {
+  tanh_row_impl(o, state, bias, H);
+}
+
+}  // namespace
+
+void tanh_row_f32(float* o, float* state, const float* bias, int64_t H) {
+  if (use_avx2())
+    tanh_row_avx2(o, state, bias, H);
+  else
+    tanh_row_impl(o, state, bias, H);
 }
 
 }  // namespace rnnattn::cpu

@@ -2,9 +2,8 @@
 //
 // float tanh is the hot pointwise op of the forward (B*H per step): std::tanh
 // costs ~10-20 ns a call and does not vectorize, so float rows use a
-// branch-free formulation the compiler vectorizes (see tanh_row_f32 in
-// activation.cpp, built for AVX-512, AVX2 and baseline x86-64 and picked at
-// load time). double keeps std::tanh: it is the precision the tests check.
+// branch-free 8-lane formulation (see activation.cpp, built for AVX2+FMA
+// and for baseline x86-64, picked at run time). double keeps std::tanh: it is the precision the tests check.
 #pragma once
 
 #include <cmath>

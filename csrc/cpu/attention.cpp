@@ -41,12 +41,7 @@
 
 #include "../attention_common.h"
 #include "attention_vec.h"
-
-#if defined(__GNUC__) && (defined(__x86_64__) || defined(__i386__))
-#define RNNATTN_X86_DISPATCH 1
-#else
-#define RNNATTN_X86_DISPATCH 0
-#endif
+#include "isa.h"
 
 namespace rnnattn::cpu {
 namespace {
@@ -295,27 +290,17 @@ void backward_base(const PoolInput<T>& p, const PoolGrads<T>& g, int64_t i0, int
 }
 #if RNNATTN_X86_DISPATCH
 template <typename T, bool kLinear>
-__attribute__((target("avx2,fma"))) void forward_avx2(const PoolInput<T>& p, T* ctx, T* wts,
+RNNATTN_TARGET_AVX2 void forward_avx2(const PoolInput<T>& p, T* ctx, T* wts,
                                                       int64_t i0, int64_t i1, T* m, T* l,
                                                       const T* zero) {
   forward_units<T, kLinear>(p, ctx, wts, i0, i1, m, l, zero);
 }
 template <typename T, bool kLinear>
-__attribute__((target("avx2,fma"))) void backward_avx2(const PoolInput<T>& p,
+RNNATTN_TARGET_AVX2 void backward_avx2(const PoolInput<T>& p,
                                                        const PoolGrads<T>& g, int64_t i0,
                                                        int64_t i1, T* dw, T* sh, T* ad,
                                                        const T* zero) {
   backward_units<T, kLinear>(p, g, i0, i1, dw, sh, ad, zero);
-}
-// RNNATTN_CPU_ISA=base forces the baseline build (tests use it to cover the
-// path CPUs without AVX2 take).
-bool use_avx2() {
-  static const bool ok = [] {
-    const char* isa = std::getenv("RNNATTN_CPU_ISA");
-    if (isa != nullptr && std::strcmp(isa, "base") == 0) return false;
-    return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
-  }();
-  return ok;
 }
 #endif
 

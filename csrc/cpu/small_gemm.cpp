@@ -1,11 +1,13 @@
 // See small_gemm.h.
 #include "small_gemm.h"
 
+#include "isa.h"
+
 namespace rnnattn::cpu {
 namespace {
 
-// 32-byte vectors via GCC vector extensions: one source that the target
-// clones below lower to AVX2/AVX-512 registers or pairs of SSE registers.
+// 32-byte vectors via GCC vector extensions: one source that the
+// AVX2 build below lowers to ymm registers, the baseline build to SSE pairs.
 // The unaligned typedef lets us load from any float/double address.
 template <typename T>
 struct Vec {
@@ -78,24 +80,33 @@ __attribute__((always_inline)) inline void small_gemm_impl(const T* X, const T* 
   }
 }
 
-}  // namespace
-
-#if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__)
-// "arch=haswell" is AVX2 + FMA in one clone (a plain "avx2,fma" list makes
-// two clones, neither with both).
-#define RNNATTN_CLONES __attribute__((target_clones("avx512f", "arch=haswell", "default")))
-#else
-#define RNNATTN_CLONES
-#endif
-
-RNNATTN_CLONES void small_gemm(const float* X, const float* B, float* Y, int64_t m, int64_t k,
-                               int64_t n, bool accumulate) {
+RNNATTN_TARGET_AVX2 void small_gemm_avx2(const float* X, const float* B, float* Y, int64_t m,
+                                         int64_t k, int64_t n, bool accumulate) {
+  small_gemm_impl(X, B, Y, m, k, n, accumulate);
+}
+RNNATTN_TARGET_AVX2 void small_gemm_avx2(const double* X, const double* B, double* Y, int64_t m,
+                                         int64_t k, int64_t n, bool accumulate) {
   small_gemm_impl(X, B, Y, m, k, n, accumulate);
 }
 
-RNNATTN_CLONES void small_gemm(const double* X, const double* B, double* Y, int64_t m, int64_t k,
-                               int64_t n, bool accumulate) {
-  small_gemm_impl(X, B, Y, m, k, n, accumulate);
+template <typename T>
+void dispatch(const T* X, const T* B, T* Y, int64_t m, int64_t k, int64_t n, bool accumulate) {
+  if (use_avx2())
+    small_gemm_avx2(X, B, Y, m, k, n, accumulate);
+  else
+    small_gemm_impl(X, B, Y, m, k, n, accumulate);
+}
+
+}  // namespace
+
+void small_gemm(const float* X, const float* B, float* Y, int64_t m, int64_t k, int64_t n,
+                bool accumulate) {
+  dispatch(X, B, Y, m, k, n, accumulate);
+}
+
+void small_gemm(const double* X, const double* B, double* Y, int64_t m, int64_t k, int64_t n,
+                bool accumulate) {
+  dispatch(X, B, Y, m, k, n, accumulate);
 }
 
 }  // namespace rnnattn::cpu

@@ -6,7 +6,7 @@
 // arithmetic, and nn.RNN pays the dispatcher on top of it. This kernel keeps
 // a 2-row x 32-float block of Y in registers while it streams the rows of B,
 // so each loaded vector of B feeds two FMAs and Y is touched once per block.
-// Built for AVX-512, AVX2+FMA and baseline x86-64, chosen at load time.
+// Built for AVX2+FMA and for baseline x86-64, chosen at run time (isa.h).
 #pragma once
 
 #include <cstdint>
