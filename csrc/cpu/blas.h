@@ -19,11 +19,37 @@ void dgemm_(const char* ta, const char* tb, const int* m, const int* n, const in
             const double* alpha, const double* a, const int* lda, const double* b,
             const int* ldb, const double* beta, double* c, const int* ldc)
     __attribute__((weak));
+// MKL's per-thread override of its thread count (0 restores the global one).
+// (The lowercase name is the Fortran entry point, which takes a pointer.)
+int MKL_Set_Num_Threads_Local(int nt) __attribute__((weak));
 }
 
 namespace rnnattn::cpu {
 
 inline bool fortran_blas_available() { return sgemm_ != nullptr && dgemm_ != nullptr; }
+
+// GEMMs below this many multiply-adds (~50 us on one core) run on one
+// thread: forking the OpenMP team costs more than it saves there, and on a
+// busy machine a team waits a whole scheduler slice for a descheduled
+// member.
+constexpr int64_t kSerialGemmMaxWork = int64_t(1) << 21;
+
+// Pins MKL to one thread for the lifetime of the guard, if asked to.
+class SerialBlasGuard {
+ public:
+  explicit SerialBlasGuard(bool serial)
+      : active_(serial && MKL_Set_Num_Threads_Local != nullptr),
+        prev_(active_ ? MKL_Set_Num_Threads_Local(1) : 0) {}
+  ~SerialBlasGuard() {
+    if (active_) MKL_Set_Num_Threads_Local(prev_);
+  }
+  SerialBlasGuard(const SerialBlasGuard&) = delete;
+  SerialBlasGuard& operator=(const SerialBlasGuard&) = delete;
+
+ private:
+  bool active_;
+  int prev_;
+};
 
 // Fallback through ATen: wraps the pointers without copying.
 template <typename T>
@@ -68,6 +94,7 @@ void gemm(bool ta, bool tb, int64_t m, int64_t n, int64_t k, T alpha, const T* a
   const char trb = ta ? 'T' : 'N';
   const int M = static_cast<int>(n), N = static_cast<int>(m), K = static_cast<int>(k);
   const int LDA = static_cast<int>(ldb), LDB = static_cast<int>(lda), LDC = static_cast<int>(ldc);
+  SerialBlasGuard serial(m * n * k <= kSerialGemmMaxWork);
   if constexpr (std::is_same_v<T, float>) {
     sgemm_(&tra, &trb, &M, &N, &K, &alpha, b, &LDA, a, &LDB, &beta, c, &LDC);
   } else {
