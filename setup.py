@@ -25,12 +25,14 @@ def want_cuda():
 
 def extension():
     cpp = sorted(glob.glob(os.path.join("csrc", "*.cpp")) + glob.glob(os.path.join("csrc", "cpu", "*.cpp")))
-    cxx = ["-O3", "-fopenmp", "-std=c++17"]
+    # No -std flag: torch's BuildExtension adds the standard its headers need
+    # (C++17 up to torch 2.13, C++20 from 2.14 on); pinning one breaks the other.
+    cxx = ["-O3", "-fopenmp"]
     if not want_cuda():
         return CppExtension("rnnattn._C", cpp, extra_compile_args={"cxx": cxx}, extra_link_args=["-fopenmp"])
     os.environ.setdefault("TORCH_CUDA_ARCH_LIST", "8.0;9.0")
     cu = sorted(glob.glob(os.path.join("csrc", "cuda", "*.cu")))
-    nvcc = ["-O3", "--use_fast_math", "-std=c++17", "-lineinfo"]
+    nvcc = ["-O3", "--use_fast_math", "-lineinfo"]
     return CUDAExtension(
         "rnnattn._C",
         cpp + cu,
