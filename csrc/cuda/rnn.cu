@@ -166,7 +166,10 @@ bool launch_persistent(const void* kernel, const PersistentPlan& plan,
                                                       dim3(persistent::kThreads), args,
                                                       plan.smem, stream);
   if (err == cudaErrorCooperativeLaunchTooLarge) {
-    (void)cudaGetLastError();  // clear the sticky-free launch error
+    (void)cudaGetLastError();  // clear the (non-sticky) launch error
+    TORCH_CHECK(requested_path() != PathChoice::kPersistent,
+                "rnnattn: RNNATTN_RNN_CUDA_PATH=persistent, but the driver refused the "
+                "cooperative launch of ", plan.blocks, " blocks");
     return false;
   }
   C10_CUDA_CHECK(err);
@@ -254,6 +257,71 @@ persistent::Params<T> persistent_params(const PersistentPlan& plan, const RnnSha
   return p;
 }
 
+// The forward recurrence on the persistent path, if the path rule picks it:
+// out2d holds P on entry, h on exit; h_n is allocated and filled. Returns
+// false (nothing done) when the fallback is to run.
+template <typename T>
+bool forward_persistent(const RnnShape& s, const StepSchedule& sched, at::Tensor& out2d,
+                        const at::Tensor& h0, const at::Tensor& w_hh, at::Tensor& h_n, bool relu,
+                        bool reverse, cudaStream_t stream) {
+  if constexpr (std::is_same_v<T, double>) {
+    select_persistent(nullptr, at::kDouble, sched.steps(), s.batch, s.hidden);  // raises if forced
+    return false;
+  } else {
+    const void* kernel = reinterpret_cast<const void*>(&persistent::forward_kernel<T>);
+    const PersistentPlan plan =
+        select_persistent(kernel, out2d.scalar_type(), sched.steps(), s.batch, s.hidden);
+    if (!plan.ok) return false;
+    const auto fopts = out2d.options().dtype(at::kFloat);
+    auto exchange = at::empty({2, s.batch, s.hidden}, fopts);
+    auto state = at::empty({s.batch, s.hidden}, fopts);
+    auto dev_sched = schedule_on_device(sched, out2d.device());
+    auto result = at::empty_like(h0);
+    auto p = persistent_params<T>(plan, s, sched, dev_sched, w_hh, exchange, state, relu,
+                                  /*walk_back=*/reverse);
+    p.out = out2d.data_ptr<T>();
+    p.h0 = h0.data_ptr<T>();
+    p.h_last = result.data_ptr<T>();
+    if (!launch_persistent(kernel, plan, p, stream)) return false;
+    h_n = result;
+    return true;
+  }
+}
+
+// The backward (dh) recurrence on the persistent path, if the path rule
+// picks it: fills dz and allocates + fills grad_hx. Returns false (nothing
+// done) when the fallback is to run.
+template <typename T, typename DeviceSchedule>
+bool backward_persistent(const RnnShape& s, const StepSchedule& sched,
+                         DeviceSchedule& device_schedule, const at::Tensor& grad_out,
+                         const at::Tensor& grad_hn, const at::Tensor& out, const at::Tensor& w_hh,
+                         at::Tensor& dz, at::Tensor& grad_hx, bool relu, bool reverse,
+                         cudaStream_t stream) {
+  if constexpr (std::is_same_v<T, double>) {
+    select_persistent(nullptr, at::kDouble, sched.steps(), s.batch, s.hidden);  // raises if forced
+    return false;
+  } else {
+    const void* kernel = reinterpret_cast<const void*>(&persistent::backward_kernel<T>);
+    const PersistentPlan plan =
+        select_persistent(kernel, dz.scalar_type(), sched.steps(), s.batch, s.hidden);
+    if (!plan.ok) return false;
+    const auto fopts = dz.options().dtype(at::kFloat);
+    auto exchange = at::empty({2, s.batch, s.hidden}, fopts);
+    auto state = at::empty({s.batch, s.hidden}, fopts);
+    auto result = at::empty_like(grad_hn);
+    auto p = persistent_params<T>(plan, s, sched, device_schedule(), w_hh, exchange, state, relu,
+                                  /*walk_back=*/!reverse);
+    p.out = out.data_ptr<T>();
+    p.grad_out = grad_out.data_ptr<T>();
+    p.grad_last = grad_hn.data_ptr<T>();
+    p.dz = dz.data_ptr<T>();
+    p.h_last = result.data_ptr<T>();
+    if (!launch_persistent(kernel, plan, p, stream)) return false;
+    grad_hx = result;
+    return true;
+  }
+}
+
 std::tuple<at::Tensor, at::Tensor> rnn_forward_cuda(
     const at::Tensor& input, const c10::optional<at::Tensor>& batch_sizes,
     const at::Tensor& hx, const at::Tensor& w_ih, const at::Tensor& w_hh,
@@ -280,28 +348,7 @@ std::tuple<at::Tensor, at::Tensor> rnn_forward_cuda(
   at::Tensor h_n;
   const cudaStream_t stream = at::cuda::getCurrentCUDAStream();
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "rnnattn::rnn_forward_cuda", [&] {
-    bool done = false;
-    if constexpr (!std::is_same_v<scalar_t, double>) {
-      const void* kernel = reinterpret_cast<const void*>(&persistent::forward_kernel<scalar_t>);
-      const PersistentPlan plan = select_persistent(kernel, x.scalar_type(), sched.steps(), s.batch, H);
-      if (plan.ok) {
-        const auto fopts = x.options().dtype(at::kFloat);
-        auto exchange = at::empty({2, s.batch, H}, fopts);
-        auto state = at::empty({s.batch, H}, fopts);
-        auto dev_sched = schedule_on_device(sched, x.device());
-        h_n = at::empty_like(h0);
-        auto p = persistent_params<scalar_t>(plan, s, sched, dev_sched, wh, exchange, state, relu,
-                                             /*walk_back=*/reverse);
-        p.out = out2d.data_ptr<scalar_t>();
-        p.h0 = h0.data_ptr<scalar_t>();
-        p.h_last = h_n.data_ptr<scalar_t>();
-        done = launch_persistent(kernel, plan, p, stream);
-        TORCH_CHECK(done || requested_path() != PathChoice::kPersistent,
-                    "rnnattn: RNNATTN_RNN_CUDA_PATH=persistent, but the driver refused the "
-                    "cooperative launch of ", plan.blocks, " blocks");
-      }
-    }
-    if (!done) {
+    if (!forward_persistent<scalar_t>(s, sched, out2d, h0, wh, h_n, relu, reverse, stream)) {
       h_n = h0.clone();
       forward_fallback<scalar_t>(sched, out2d, h_n, wh, relu, reverse, stream);
     }
@@ -336,29 +383,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> rnn_backw
   };
   const cudaStream_t stream = at::cuda::getCurrentCUDAStream();
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "rnnattn::rnn_backward_cuda", [&] {
-    bool done = false;
-    if constexpr (!std::is_same_v<scalar_t, double>) {
-      const void* kernel = reinterpret_cast<const void*>(&persistent::backward_kernel<scalar_t>);
-      const PersistentPlan plan = select_persistent(kernel, x.scalar_type(), sched.steps(), s.batch, H);
-      if (plan.ok) {
-        const auto fopts = x.options().dtype(at::kFloat);
-        auto exchange = at::empty({2, s.batch, H}, fopts);
-        auto state = at::empty({s.batch, H}, fopts);
-        grad_hx = at::empty_like(h0);
-        auto p = persistent_params<scalar_t>(plan, s, sched, device_schedule(), wh, exchange,
-                                             state, relu, /*walk_back=*/!reverse);
-        p.out = out.data_ptr<scalar_t>();
-        p.grad_out = gout.data_ptr<scalar_t>();
-        p.grad_last = ghn.data_ptr<scalar_t>();
-        p.dz = dz.data_ptr<scalar_t>();
-        p.h_last = grad_hx.data_ptr<scalar_t>();
-        done = launch_persistent(kernel, plan, p, stream);
-        TORCH_CHECK(done || requested_path() != PathChoice::kPersistent,
-                    "rnnattn: RNNATTN_RNN_CUDA_PATH=persistent, but the driver refused the "
-                    "cooperative launch of ", plan.blocks, " blocks");
-      }
-    }
-    if (!done) {
+    if (!backward_persistent<scalar_t>(s, sched, device_schedule, gout, ghn, out, wh, dz, grad_hx,
+                                       relu, reverse, stream)) {
       grad_hx = ghn.clone();
       backward_fallback<scalar_t>(sched, gout, out, wh, dz, grad_hx, relu, reverse, stream);
     }
