@@ -25,14 +25,22 @@ def want_cuda():
 
 def extension():
     cpp = sorted(glob.glob(os.path.join("csrc", "*.cpp")) + glob.glob(os.path.join("csrc", "cpu", "*.cpp")))
-    # No -std flag: torch's BuildExtension adds the standard its headers need
-    # (C++17 up to torch 2.13, C++20 from 2.14 on); pinning one breaks the other.
     cxx = ["-O3", "-fopenmp"]
     if not want_cuda():
         return CppExtension("rnnattn._C", cpp, extra_compile_args={"cxx": cxx}, extra_link_args=["-fopenmp"])
+    if CUDA_HOME is None:
+        raise RuntimeError(
+            "rnnattn: FORCE_CUDA=1 but no CUDA toolkit was found; set CUDA_HOME to the directory "
+            "holding bin/nvcc (or FORCE_CUDA=0 for a CPU-only build)"
+        )
     os.environ.setdefault("TORCH_CUDA_ARCH_LIST", "8.0;9.0")
     cu = sorted(glob.glob(os.path.join("csrc", "cuda", "*.cu")))
-    nvcc = ["-O3", "--use_fast_math", "-lineinfo"]
+    # No -std flag (here or in cxx): torch's BuildExtension adds the standard
+    # its headers need (C++17 on older torch, C++20 from torch 2.14 on).
+    # No --use_fast_math: it turns tanhf into tanh.approx.f32 (relative error
+    # ~5e-4) and expf into __expf, too coarse for float32 results that must
+    # match torch to ~1e-6; a kernel that wants an intrinsic calls it by name.
+    nvcc = ["-O3", "-lineinfo"]
     return CUDAExtension(
         "rnnattn._C",
         cpp + cu,

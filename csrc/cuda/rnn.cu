@@ -390,8 +390,10 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> rnn_backw
     }
   });
 
-  auto none = at::empty({0}, x.options());
-  at::Tensor dx = none, dwi = none, dwh = none, db = none;
+  // Grads not asked for come back as distinct empty tensors (outputs of an
+  // op must not alias each other).
+  auto none = [&] { return at::empty({0}, x.options()); };
+  at::Tensor dx = none(), dwi = none(), dwh = none(), db = none();
   if (need_input_grad) {
     dx = at::empty(input.sizes(), x.options());
     auto dx2d = dx.view({N, s.input});
