@@ -3,7 +3,7 @@
 CPU kernels are always built. The CUDA kernels (csrc/cuda/*.cu) are added when
 CUDA is usable here, or when FORCE_CUDA=1 (to compile them on a machine
 without a GPU, as CI does); FORCE_CUDA=0 forces a CPU-only build.
-TORCH_CUDA_ARCH_LIST picks the GPU architectures (default: 8.0 and 9.0).
+TORCH_CUDA_ARCH_LIST picks the GPU architectures (default: 8.0;9.0+PTX).
 """
 import glob
 import os
@@ -33,7 +33,8 @@ def extension():
             "rnnattn: FORCE_CUDA=1 but no CUDA toolkit was found; set CUDA_HOME to the directory "
             "holding bin/nvcc (or FORCE_CUDA=0 for a CPU-only build)"
         )
-    os.environ.setdefault("TORCH_CUDA_ARCH_LIST", "8.0;9.0")
+    # sm_80 SASS also runs on sm_86/89; PTX of sm_90 lets newer GPUs JIT the kernels.
+    os.environ.setdefault("TORCH_CUDA_ARCH_LIST", "8.0;9.0+PTX")
     cu = sorted(glob.glob(os.path.join("csrc", "cuda", "*.cu")))
     # No -std flag (here or in cxx): torch's BuildExtension adds the standard
     # its headers need (C++17 on older torch, C++20 from torch 2.14 on).

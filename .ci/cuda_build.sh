@@ -10,7 +10,7 @@
 #
 # Knobs (environment): PYTHON (python3), CUDA_VENV (.venv-cuda),
 # CUDA_TORCH (torch==2.14.1), CUDA_HOME (found from nvcc when unset),
-# TORCH_CUDA_ARCH_LIST (8.0;9.0), MAX_JOBS (all cores).
+# TORCH_CUDA_ARCH_LIST (8.0;9.0+PTX), MAX_JOBS (all cores).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 start=$(date +%s)
@@ -58,7 +58,7 @@ echo "CUDA_HOME=$CUDA_HOME"
 # 3. Build in place, CUDA kernels forced on (no GPU here). A separate build
 #    folder keeps it apart from the CPU build's objects.
 export FORCE_CUDA=1
-export TORCH_CUDA_ARCH_LIST="${TORCH_CUDA_ARCH_LIST:-8.0;9.0}"
+export TORCH_CUDA_ARCH_LIST="${TORCH_CUDA_ARCH_LIST:-8.0;9.0+PTX}"
 export MAX_JOBS="${MAX_JOBS:-$(nproc)}"
 "$PY" setup.py -q build_ext --inplace --build-temp build/temp-cuda
 "$PY" -c 'import rnnattn; assert rnnattn._load.WITH_CUDA, "rnnattn._C was built without CUDA"; print("rnnattn._C built with CUDA kernels")'

@@ -19,7 +19,7 @@
 //   3. the block's W_hh slice fits in shared memory: with S = #SMs,
 //      R = roundup4(ceil(H / S)) units per block and Hp = roundup128(H),
 //      (R + 4) * Hp * 4 bytes <= the opt-in shared memory per block
-//      (H100, 132 SMs x 227 KB: H <= ~2600; A100, 108 SMs x 163 KB: H <= ~1900);
+//      (H100/H200 SXM, 132 SMs x 227 KB: H <= 2304; A100, 108 SMs x 163 KB: H <= 1728);
 //   4. ceil(H / R) blocks can be co-resident (occupancy >= 1 block per SM);
 //   5. B * R * H <= kPersistentMaxWork: the per-block work of one step is
 //      small enough that a step is latency-bound, where the persistent kernel
@@ -116,8 +116,10 @@ PersistentPlan plan_persistent(const void* kernel, int64_t B, int64_t H) {
   plan.chunk = static_cast<int>(chunk);
   plan.padded = static_cast<int>(Hp);
   plan.smem = static_cast<size_t>(w_bytes + chunk * row_bytes);
+  // The device maximum rather than this call's size: the same value for every
+  // caller, so concurrent calls with different sizes cannot undo each other.
   C10_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
-                                      static_cast<int>(plan.smem)));
+                                      static_cast<int>(smem_max)));
   int per_sm = 0;
   C10_CUDA_CHECK(
       cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm, kernel, kThreads, plan.smem));
@@ -188,15 +190,28 @@ void launch_1d(void (*kernel)(KArgs...), int64_t n, cudaStream_t stream, Args&&.
   C10_CUDA_KERNEL_LAUNCH_CHECK();
 }
 
-// The step schedule on the device, [batch(T) | offset(T)], copied once per
-// call from pinned memory (asynchronously on the current stream).
-at::Tensor schedule_on_device(const StepSchedule& sched, const at::Device& device) {
+// The step schedule where kernels read it. Padded input needs none (step t:
+// B rows from row t * B; the pointers stay null); packed input gets
+// [batch(T) | offset(T)] copied once per call from pinned memory,
+// asynchronously on the current stream.
+struct DeviceSchedule {
+  at::Tensor storage;
+  const int64_t* batch = nullptr;
+  const int64_t* offset = nullptr;
+};
+
+DeviceSchedule device_schedule(const StepSchedule& sched, bool packed, const at::Device& device) {
+  DeviceSchedule d;
   const int64_t T = sched.steps();
+  if (!packed || T == 0) return d;
   auto host = at::empty({2 * T}, at::TensorOptions().dtype(at::kLong).pinned_memory(true));
   int64_t* p = host.data_ptr<int64_t>();
   std::copy(sched.batch.begin(), sched.batch.end(), p);
   std::copy(sched.offset.begin(), sched.offset.end(), p + T);
-  return host.to(at::TensorOptions().device(device), /*non_blocking=*/true);
+  d.storage = host.to(at::TensorOptions().device(device), /*non_blocking=*/true);
+  d.batch = d.storage.data_ptr<int64_t>();
+  d.offset = d.batch + T;
+  return d;
 }
 
 // Fallback forward recurrence. out2d holds P on entry; state holds hx on
@@ -237,7 +252,7 @@ void backward_fallback(const StepSchedule& sched, const at::Tensor& grad_out,
 
 template <typename T>
 persistent::Params<T> persistent_params(const PersistentPlan& plan, const RnnShape& s,
-                                        const StepSchedule& sched, const at::Tensor& dev_sched,
+                                        const StepSchedule& sched, const DeviceSchedule& dev_sched,
                                         const at::Tensor& w_hh, const at::Tensor& exchange,
                                         const at::Tensor& state, bool relu, bool walk_back) {
   persistent::Params<T> p{};
@@ -249,8 +264,8 @@ persistent::Params<T> persistent_params(const PersistentPlan& plan, const RnnSha
   p.padded = plan.padded;
   p.relu = relu;
   p.walk_back = walk_back;
-  p.sched_batch = dev_sched.data_ptr<int64_t>();
-  p.sched_offset = dev_sched.data_ptr<int64_t>() + sched.steps();
+  p.sched_batch = dev_sched.batch;
+  p.sched_offset = dev_sched.offset;
   p.w_hh = w_hh.data_ptr<T>();
   p.exchange = exchange.data_ptr<float>();
   p.state = state.data_ptr<float>();
@@ -261,9 +276,9 @@ persistent::Params<T> persistent_params(const PersistentPlan& plan, const RnnSha
 // out2d holds P on entry, h on exit; h_n is allocated and filled. Returns
 // false (nothing done) when the fallback is to run.
 template <typename T>
-bool forward_persistent(const RnnShape& s, const StepSchedule& sched, at::Tensor& out2d,
-                        const at::Tensor& h0, const at::Tensor& w_hh, at::Tensor& h_n, bool relu,
-                        bool reverse, cudaStream_t stream) {
+bool forward_persistent(const RnnShape& s, const StepSchedule& sched, bool packed,
+                        at::Tensor& out2d, const at::Tensor& h0, const at::Tensor& w_hh,
+                        at::Tensor& h_n, bool relu, bool reverse, cudaStream_t stream) {
   if constexpr (std::is_same_v<T, double>) {
     select_persistent(nullptr, at::kDouble, sched.steps(), s.batch, s.hidden);  // raises if forced
     return false;
@@ -275,7 +290,7 @@ bool forward_persistent(const RnnShape& s, const StepSchedule& sched, at::Tensor
     const auto fopts = out2d.options().dtype(at::kFloat);
     auto exchange = at::empty({2, s.batch, s.hidden}, fopts);
     auto state = at::empty({s.batch, s.hidden}, fopts);
-    auto dev_sched = schedule_on_device(sched, out2d.device());
+    const DeviceSchedule dev_sched = device_schedule(sched, packed, out2d.device());
     auto result = at::empty_like(h0);
     auto p = persistent_params<T>(plan, s, sched, dev_sched, w_hh, exchange, state, relu,
                                   /*walk_back=*/reverse);
@@ -291,9 +306,9 @@ bool forward_persistent(const RnnShape& s, const StepSchedule& sched, at::Tensor
 // The backward (dh) recurrence on the persistent path, if the path rule
 // picks it: fills dz and allocates + fills grad_hx. Returns false (nothing
 // done) when the fallback is to run.
-template <typename T, typename DeviceSchedule>
+template <typename T>
 bool backward_persistent(const RnnShape& s, const StepSchedule& sched,
-                         DeviceSchedule& device_schedule, const at::Tensor& grad_out,
+                         const DeviceSchedule& dev_sched, const at::Tensor& grad_out,
                          const at::Tensor& grad_hn, const at::Tensor& out, const at::Tensor& w_hh,
                          at::Tensor& dz, at::Tensor& grad_hx, bool relu, bool reverse,
                          cudaStream_t stream) {
@@ -309,7 +324,7 @@ bool backward_persistent(const RnnShape& s, const StepSchedule& sched,
     auto exchange = at::empty({2, s.batch, s.hidden}, fopts);
     auto state = at::empty({s.batch, s.hidden}, fopts);
     auto result = at::empty_like(grad_hn);
-    auto p = persistent_params<T>(plan, s, sched, device_schedule(), w_hh, exchange, state, relu,
+    auto p = persistent_params<T>(plan, s, sched, dev_sched, w_hh, exchange, state, relu,
                                   /*walk_back=*/!reverse);
     p.out = out.data_ptr<T>();
     p.grad_out = grad_out.data_ptr<T>();
@@ -348,7 +363,8 @@ std::tuple<at::Tensor, at::Tensor> rnn_forward_cuda(
   at::Tensor h_n;
   const cudaStream_t stream = at::cuda::getCurrentCUDAStream();
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "rnnattn::rnn_forward_cuda", [&] {
-    if (!forward_persistent<scalar_t>(s, sched, out2d, h0, wh, h_n, relu, reverse, stream)) {
+    if (!forward_persistent<scalar_t>(s, sched, batch_sizes.has_value(), out2d, h0, wh, h_n, relu,
+                                      reverse, stream)) {
       h_n = h0.clone();
       forward_fallback<scalar_t>(sched, out2d, h_n, wh, relu, reverse, stream);
     }
@@ -376,14 +392,11 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> rnn_backw
   auto ghn = grad_hn.contiguous();
   auto dz = at::empty({N, H}, x.options());
   at::Tensor grad_hx;
-  at::Tensor dev_sched;  // made once, shared by the persistent kernel and the gather
-  auto device_schedule = [&]() -> const at::Tensor& {
-    if (!dev_sched.defined()) dev_sched = schedule_on_device(sched, x.device());
-    return dev_sched;
-  };
+  // Made once, read by the persistent kernel and by the Hprev gather.
+  const DeviceSchedule dev_sched = device_schedule(sched, batch_sizes.has_value(), x.device());
   const cudaStream_t stream = at::cuda::getCurrentCUDAStream();
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "rnnattn::rnn_backward_cuda", [&] {
-    if (!backward_persistent<scalar_t>(s, sched, device_schedule, gout, ghn, out, wh, dz, grad_hx,
+    if (!backward_persistent<scalar_t>(s, sched, dev_sched, gout, ghn, out, wh, dz, grad_hx,
                                        relu, reverse, stream)) {
       grad_hx = ghn.clone();
       backward_fallback<scalar_t>(sched, gout, out, wh, dz, grad_hx, relu, reverse, stream);
@@ -404,15 +417,11 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> rnn_backw
     at::mm_out(dwi, dz.t(), x);
     // dW_hh = dZ^T @ Hprev, Hprev[r] = the state row r saw entering its step.
     auto hprev = at::empty({N, H}, x.options());
-    if (N * H > 0) {
-      const at::Tensor& ds = device_schedule();
-      AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "rnnattn::gather_prev_state", [&] {
-        launch_1d(gather_prev_state<scalar_t>, N * H, stream, out.data_ptr<scalar_t>(),
-                  h0.data_ptr<scalar_t>(), ds.data_ptr<int64_t>(),
-                  ds.data_ptr<int64_t>() + sched.steps(), sched.steps(), H, reverse,
-                  hprev.data_ptr<scalar_t>(), N * H);
-      });
-    }
+    AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "rnnattn::gather_prev_state", [&] {
+      launch_1d(gather_prev_state<scalar_t>, N * H, stream, out.data_ptr<scalar_t>(),
+                h0.data_ptr<scalar_t>(), dev_sched.batch, dev_sched.offset, sched.steps(), s.batch,
+                H, reverse, hprev.data_ptr<scalar_t>(), N * H);
+    });
     dwh = at::empty_like(wh);
     at::mm_out(dwh, dz.t(), hprev);
     db = at::empty({H}, x.options());

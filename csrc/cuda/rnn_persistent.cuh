@@ -64,6 +64,7 @@ struct Params {
   bool relu;
   bool walk_back;   // walk t = T-1 .. 0 (else 0 .. T-1)
   // Step schedule on the device: step t covers rows [offset[t], offset[t] + sched_batch[t]).
+  // Both null for padded input (every step: B rows at offset t * B).
   const int64_t* sched_batch;
   const int64_t* sched_offset;
   const T* w_hh;    // (H, H)
@@ -84,23 +85,44 @@ __device__ __forceinline__ int64_t step_at(int64_t i, int64_t steps, bool walk_b
   return walk_back ? steps - 1 - i : i;
 }
 
+// Active rows of step t, and the first of them.
+template <typename T>
+__device__ __forceinline__ int64_t rows_at(const Params<T>& p, int64_t t) {
+  return p.sched_batch != nullptr ? p.sched_batch[t] : p.batch;
+}
+template <typename T>
+__device__ __forceinline__ int64_t offset_at(const Params<T>& p, int64_t t) {
+  return p.sched_offset != nullptr ? p.sched_offset[t] : t * p.batch;
+}
+
 // Xs[c, k] = X[row0 + c, k] for c < rows, k < H (float32 global -> shared).
-// Padding columns of Xs are never written (they were zeroed once).
+// Padding columns of Xs are never written (they were zeroed once). Threads
+// walk the (c, k) grid in row-major order, kThreads apart, with incremental
+// indices (no division per element: this runs every step).
+template <int V, typename Vec>
+__device__ __forceinline__ void stage_rows_vec(float* __restrict__ Xs, const float* __restrict__ X,
+                                               int64_t row0, int rows, int H, int Hp) {
+  const int n = H / V;  // vectors per row
+  const Vec* src = reinterpret_cast<const Vec*>(X + row0 * H);
+  int c = threadIdx.x / n, k = threadIdx.x % n;
+  const int dc = kThreads / n, dk = kThreads % n;
+  while (c < rows) {
+    *reinterpret_cast<Vec*>(Xs + c * Hp + k * V) = __ldcg(src + c * n + k);
+    c += dc;
+    k += dk;
+    if (k >= n) {
+      k -= n;
+      ++c;
+    }
+  }
+}
+
 __device__ __forceinline__ void stage_rows(float* __restrict__ Xs, const float* __restrict__ X,
-                                           int64_t row0, int rows, int64_t H, int Hp) {
+                                           int64_t row0, int rows, int H, int Hp) {
   if (H % 4 == 0) {
-    const int64_t H4 = H / 4;
-    const float4* src = reinterpret_cast<const float4*>(X + row0 * H);
-    for (int64_t i = threadIdx.x; i < rows * H4; i += kThreads) {
-      const int64_t c = i / H4, k4 = i - c * H4;
-      *reinterpret_cast<float4*>(Xs + c * Hp + 4 * k4) = __ldcg(src + i);
-    }
+    stage_rows_vec<4, float4>(Xs, X, row0, rows, H, Hp);
   } else {
-    const float* src = X + row0 * H;
-    for (int64_t i = threadIdx.x; i < rows * H; i += kThreads) {
-      const int64_t c = i / H, k = i - c * H;
-      Xs[c * Hp + k] = __ldcg(src + i);
-    }
+    stage_rows_vec<1, float>(Xs, X, row0, rows, H, Hp);
   }
 }
 
@@ -195,12 +217,12 @@ __device__ __forceinline__ void step_loop(const Params<T>& p, float* Ws, float* 
   const int64_t BH = p.batch * p.hidden;
   for (int64_t i = 0; i < p.steps; ++i) {
     const int64_t t = step_at(i, p.steps, p.walk_back);
-    const int64_t bt = p.sched_batch[t];
+    const int64_t bt = rows_at(p, t);
     const float* X = p.exchange + (i & 1) * BH;
     for (int64_t cb = 0; cb < bt; cb += p.chunk) {
       const int rows = static_cast<int>(bt - cb < p.chunk ? bt - cb : p.chunk);
       __syncthreads();  // the previous chunk's reads of Xs are done
-      stage_rows(Xs, X, cb, rows, p.hidden, p.padded);
+      stage_rows(Xs, X, cb, rows, static_cast<int>(p.hidden), p.padded);
       __syncthreads();
       block_matvec(Ws, Xs, p.units, rows, p.padded, [&](int r, int c, float acc) {
         const int64_t j = j0 + r;
@@ -236,7 +258,7 @@ __global__ void __launch_bounds__(kThreads, 1) forward_kernel(const Params<T> p)
   load_weights(Ws, Xs, p.w_hh, H, j0, p.units, p.padded, p.chunk, /*transpose=*/false);
 
   // S = hx; publish the first step's input rows.
-  const int64_t b_first = p.sched_batch[step_at(0, p.steps, p.walk_back)];
+  const int64_t b_first = rows_at(p, step_at(0, p.steps, p.walk_back));
   for_own_units(p.batch, p.units, j0, H, [&](int64_t b, int64_t j) {
     const float v = static_cast<float>(p.h0[b * H + j]);
     p.state[b * H + j] = v;
@@ -247,13 +269,13 @@ __global__ void __launch_bounds__(kThreads, 1) forward_kernel(const Params<T> p)
   step_loop(
       p, Ws, Xs, j0,
       [&](int64_t t, int64_t b, int64_t j, float acc) {
-        T* o = p.out + (p.sched_offset[t] + b) * H + j;
+        T* o = p.out + (offset_at(p, t) + b) * H + j;
         const float h = rnn_activate(acc + static_cast<float>(*o), p.relu);
         *o = static_cast<T>(h);
         __stcg(p.state + b * H + j, h);
       },
       [&](int64_t i, float* Xn) {
-        const int64_t bn = p.sched_batch[step_at(i, p.steps, p.walk_back)];
+        const int64_t bn = rows_at(p, step_at(i, p.steps, p.walk_back));
         for_own_units(bn, p.units, j0, H,
                       [&](int64_t b, int64_t j) { Xn[b * H + j] = __ldcg(p.state + b * H + j); });
       });
@@ -279,7 +301,7 @@ __global__ void __launch_bounds__(kThreads, 1) backward_kernel(const Params<T> p
   // weight GEMMs) and to the exchange buffer (float32, for the recurrence).
   auto publish = [&](int64_t i, float* Xn) {
     const int64_t t = step_at(i, p.steps, p.walk_back);
-    const int64_t bn = p.sched_batch[t], off = p.sched_offset[t];
+    const int64_t bn = rows_at(p, t), off = offset_at(p, t);
     for_own_units(bn, p.units, j0, H, [&](int64_t b, int64_t j) {
       const int64_t e = (off + b) * H + j;
       const float dh = static_cast<float>(p.grad_out[e]) + __ldcg(p.state + b * H + j);

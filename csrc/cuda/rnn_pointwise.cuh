@@ -61,25 +61,33 @@ __global__ void backward_step_pointwise(const T* __restrict__ grad_out_t,
 
 // hprev[r] = the state row r saw entering its step, for all N rows:
 // hx[b] at the sequence's first step, else the output of the step before
-// (in the direction the forward walked). batch/offset: the step schedule.
+// (in the direction the forward walked). batch/offset: the step schedule of
+// packed input, or both null for padded input (B rows per step).
 template <typename T>
 __global__ void gather_prev_state(const T* __restrict__ out, const T* __restrict__ hx,
                                   const int64_t* __restrict__ batch,
-                                  const int64_t* __restrict__ offset, int64_t steps,
+                                  const int64_t* __restrict__ offset, int64_t steps, int64_t B,
                                   int64_t H, bool reverse, T* __restrict__ hprev, int64_t n) {
   RNNATTN_GRID_STRIDE(i, n) {
     const int64_t row = i / H, j = i - row * H;
-    // The step of `row`: the last t with offset[t] <= row (offsets increase).
-    int64_t lo = 0, hi = steps - 1;
-    while (lo < hi) {
-      const int64_t mid = (lo + hi + 1) / 2;
-      if (offset[mid] <= row) lo = mid; else hi = mid - 1;
+    int64_t t;
+    if (offset == nullptr) {
+      t = row / B;
+    } else {
+      // The step of `row`: the last t with offset[t] <= row (offsets increase).
+      int64_t lo = 0, hi = steps - 1;
+      while (lo < hi) {
+        const int64_t mid = (lo + hi + 1) / 2;
+        if (offset[mid] <= row) lo = mid; else hi = mid - 1;
+      }
+      t = lo;
     }
-    const int64_t t = lo, b = row - offset[t];
+    const int64_t b = row - (offset == nullptr ? t * B : offset[t]);
     // The previous step in walk order, and whether this row was active in it.
     const int64_t tp = reverse ? t + 1 : t - 1;
-    const bool from_hx = tp < 0 || tp >= steps || b >= batch[tp];
-    hprev[i] = from_hx ? hx[b * H + j] : out[(offset[tp] + b) * H + j];
+    const bool from_hx = tp < 0 || tp >= steps || (batch != nullptr && b >= batch[tp]);
+    hprev[i] = from_hx ? hx[b * H + j]
+                       : out[((offset == nullptr ? tp * B : offset[tp]) + b) * H + j];
   }
 }
 
