@@ -24,8 +24,8 @@ TORCH_SPEC=${CUDA_TORCH:-torch==2.14.1}
 #    the CUDA runtime and library headers).
 [ -x "$VENV/bin/python" ] || "$PYTHON" -m venv "$VENV"
 PY="$VENV/bin/python"
-"$PY" -m pip install -q --upgrade pip setuptools wheel
-"$PY" -m pip install -q "$TORCH_SPEC" numpy pybind11 ninja pytest hypothesis expecttest
+"$PY" -m pip install -q --no-cache-dir --upgrade pip setuptools wheel
+"$PY" -m pip install -q --no-cache-dir "$TORCH_SPEC" numpy pybind11 ninja pytest hypothesis expecttest
 "$PY" -c 'import torch; print("torch", torch.__version__, "CUDA", torch.version.cuda)'
 "$PY" -c 'import sys, torch; sys.exit(torch.version.cuda is None)' || {
   echo "cuda_build.sh: $TORCH_SPEC is not a CUDA build of torch" >&2; exit 1; }
