@@ -74,6 +74,8 @@ inline RnnShape check_rnn_args(const at::Tensor& input,
   TORCH_CHECK(w_ih.dim() == 2, "rnnattn: w_ih must be (hidden_size, input_size), got shape ",
               w_ih.sizes());
   const int64_t H = w_ih.size(0), I = w_ih.size(1);
+  // As nn.RNN: a layer without hidden units is an error, not an empty result.
+  TORCH_CHECK(H > 0, "rnnattn: hidden_size (w_ih.size(0)) must be greater than zero, got ", H);
   TORCH_CHECK(input.size(-1) == I, "rnnattn: input.size(-1) = ", input.size(-1),
               " must equal input_size = ", I, " (w_ih.size(1))");
   TORCH_CHECK(w_hh.dim() == 2 && w_hh.size(0) == H && w_hh.size(1) == H,
