@@ -83,6 +83,8 @@ inline RnnShape check_rnn_args(const at::Tensor& input,
   TORCH_CHECK(hx.dim() == 2 && hx.size(1) == H,
               "rnnattn: hx must be (batch, ", H, "), got shape ", hx.sizes());
   const int64_t B = hx.size(0);
+  TORCH_CHECK(packed ? batch_sizes->numel() > 0 : input.size(0) > 0,
+              "rnnattn: input must have at least one time step");
   if (!packed) {
     TORCH_CHECK(input.size(1) == B, "rnnattn: hx batch size ", B,
                 " does not match input batch size ", input.size(1));

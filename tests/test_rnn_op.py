@@ -183,6 +183,7 @@ BAD = [
     ("b_ih shape", lambda a: a[:5] + [a[5][:2]] + a[6:], r"b_ih must be \(4\)"),
     ("dtype", lambda a: a[:2] + [a[2].float()] + a[3:], r"hx has dtype Float but input has dtype Double"),
     ("one bias", lambda a: a[:6] + [None], r"b_ih and b_hh must both be given"),
+    ("no steps", lambda a: [a[0][:0]] + a[1:], r"input must have at least one time step"),
 ]
 
 

@@ -59,7 +59,7 @@ template <typename T>
 void backward_kernel(const RnnShape& s, const StepSchedule& sched, const T* gout,
                      const T* x, const T* hx, const T* w_ih, const T* w_hh, const T* out,
                      T* g, T* dz_all, T* hprev, T* dx, T* dw_ih, T* dw_hh, T* db,
-                     bool relu, bool reverse) {
+                     bool padded, bool relu, bool reverse) {
   const int64_t H = s.hidden, I = s.input, N = s.rows;
   const int64_t T_ = sched.steps();
   // Walk time opposite to the forward direction.
@@ -86,9 +86,19 @@ void backward_kernel(const RnnShape& s, const StepSchedule& sched, const T* gout
   if (dx != nullptr) gemm<T>(false, false, N, I, H, T(1), dz_all, H, w_ih, I, T(0), dx, I);
   if (dw_ih == nullptr) return;
   gemm<T>(true, false, H, I, N, T(1), dz_all, H, x, I, T(0), dw_ih, I);
-  // The state each row saw entering its step, replayed in forward order, so
-  // dW_hh is one GEMM: dZ^T @ Hprev.
-  {
+  if (padded) {
+    // Every step holds all B rows, so the states entering the steps are the
+    // output shifted by one step, plus hx: dW_hh is two GEMMs over views,
+    // with no (N, H) copy (keeps backward's peak memory below nn.RNN's).
+    const int64_t B = s.batch, NB = N - B;
+    const T* dz_first = reverse ? dz_all + NB * H : dz_all;  // the step that saw hx
+    const T* dz_rest = reverse ? dz_all : dz_all + B * H;
+    const T* prev_rest = reverse ? out + B * H : out;
+    gemm<T>(true, false, H, H, NB, T(1), dz_rest, H, prev_rest, H, T(0), dw_hh, H);
+    gemm<T>(true, false, H, H, B, T(1), dz_first, H, hx, H, T(1), dw_hh, H);
+  } else {
+    // Packed: replay the state each row saw entering its step, in forward
+    // order, so that dW_hh is one GEMM: dZ^T @ Hprev.
     std::vector<T> st(hx, hx + s.batch * H);
     for (int64_t i = 0; i < T_; ++i) {
       const int64_t t = reverse ? T_ - 1 - i : i;
@@ -97,8 +107,8 @@ void backward_kernel(const RnnShape& s, const StepSchedule& sched, const T* gout
       std::copy(st.begin(), st.begin() + n, hprev + off);
       std::copy(out + off, out + off + n, st.begin());
     }
+    gemm<T>(true, false, H, H, N, T(1), dz_all, H, hprev, H, T(0), dw_hh, H);
   }
-  gemm<T>(true, false, H, H, N, T(1), dz_all, H, hprev, H, T(0), dw_hh, H);
   std::fill(db, db + H, T(0));
   for (int64_t r = 0; r < N; ++r) {
     const T* d = dz_all + r * H;
@@ -158,17 +168,18 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> rnn_backw
   auto dwi = need_weight_grad ? at::empty_like(wi) : none();
   auto dwh = need_weight_grad ? at::empty_like(wh) : none();
   auto db = need_weight_grad ? at::empty({s.hidden}, x.options()) : none();
-  auto hprev = need_weight_grad ? at::empty({s.rows, s.hidden}, x.options()) : none();
+  const bool padded = !batch_sizes.has_value();
+  auto hprev = need_weight_grad && !padded ? at::empty({s.rows, s.hidden}, x.options()) : none();
   AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "rnnattn::rnn_backward", [&] {
     backward_kernel<scalar_t>(
         s, sched, gout.data_ptr<scalar_t>(), x.data_ptr<scalar_t>(), h0.data_ptr<scalar_t>(),
         wi.data_ptr<scalar_t>(), wh.data_ptr<scalar_t>(), out.data_ptr<scalar_t>(),
         g.data_ptr<scalar_t>(), dz.data_ptr<scalar_t>(),
-        need_weight_grad ? hprev.data_ptr<scalar_t>() : nullptr,
+        hprev.numel() ? hprev.data_ptr<scalar_t>() : nullptr,
         need_input_grad ? dx.data_ptr<scalar_t>() : nullptr,
         need_weight_grad ? dwi.data_ptr<scalar_t>() : nullptr,
         need_weight_grad ? dwh.data_ptr<scalar_t>() : nullptr,
-        need_weight_grad ? db.data_ptr<scalar_t>() : nullptr, relu, reverse);
+        need_weight_grad ? db.data_ptr<scalar_t>() : nullptr, padded, relu, reverse);
   });
   return {dx, g, dwi, dwh, db};
 }
