@@ -241,7 +241,11 @@ def pool_contenders(case, device, dtype, names: Sequence[str], seed: int = 0) ->
             fn = eager_pool
         elif name == "compile":
             if compiled is None:
-                compiled = torch.compile(eager_pool, dynamic=False)
+                # A fresh cache per case: dynamo caps recompilations of one
+                # function (then silently runs it eagerly), and a grid has
+                # more shapes than that cap. fullgraph: fail, never fall back.
+                torch._dynamo.reset()
+                compiled = torch.compile(eager_pool, dynamic=False, fullgraph=True)
             fn = compiled
         elif name == "sdpa":
             built.contenders[name] = _make(
