@@ -42,9 +42,16 @@ def _git_commit() -> Optional[str]:
         )
     except (OSError, subprocess.SubprocessError):
         return None
-    if out.returncode != 0:
+    if out.returncode != 0 or not out.stdout.strip():
         return None
-    return out.stdout.strip() or None
+    commit = out.stdout.strip()
+    try:  # uncommitted changes to the package make the commit a lie: say so
+        dirty = subprocess.run(
+            ["git", "-C", here, "status", "--porcelain", "-uno", "--", "..", "../../csrc", "../../setup.py"], capture_output=True, text=True, timeout=5
+        ).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        dirty = ""
+    return commit + ("+dirty" if dirty else "")
 
 
 def describe(device: torch.device, dtype: torch.dtype) -> Dict[str, object]:
