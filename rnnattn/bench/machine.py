@@ -46,9 +46,9 @@ def _git_commit() -> Optional[str]:
         return None
     commit = out.stdout.strip()
     try:  # uncommitted changes to the package make the commit a lie: say so
-        dirty = subprocess.run(
-            ["git", "-C", here, "status", "--porcelain", "-uno", "--", "..", "../../csrc", "../../setup.py"], capture_output=True, text=True, timeout=5
-        ).stdout.strip()
+        paths = ["..", "../../csrc", "../../setup.py"]
+        cmd = ["git", "-C", here, "status", "--porcelain", "-uno", "--", *paths]
+        dirty = subprocess.run(cmd, capture_output=True, text=True, timeout=5).stdout.strip()
     except (OSError, subprocess.SubprocessError):
         dirty = ""
     return commit + ("+dirty" if dirty else "")
