@@ -21,7 +21,7 @@ Attention pooling: ``rnnattn.AttentionPooling`` vs the eager composition
 that same function vs ``F.scaled_dot_product_attention`` (one query ``w``
 over keys = values = ``H``, ``scale=1``; it returns the context only). The
 baselines get their boolean mask precomputed, outside the timed call; the
-fused module is given the lengths.
+fused module is given the lengths (on the CPU, as a DataLoader yields them).
 """
 from dataclasses import dataclass, field
 from typing import Callable, Dict, List, Optional, Sequence
@@ -221,8 +221,10 @@ def pool_contenders(case, device, dtype, names: Sequence[str], seed: int = 0) ->
     H0 = torch.randn(B, T, D, device=device, dtype=dtype)
     lens = spread_lengths(T, B)
     perm = torch.randperm(B)
-    lengths = torch.tensor(lens, device=device)[perm.to(device)]
-    mask = torch.arange(T, device=device).unsqueeze(0) < lengths.unsqueeze(1)
+    # The module gets CPU lengths, as a DataLoader's collate function yields
+    # them; the baselines get a ready mask on the device.
+    lengths = torch.tensor(lens)[perm]
+    mask = torch.arange(T, device=device).unsqueeze(0) < lengths.to(device).unsqueeze(1)
     g_c = torch.randn(B, D, device=device, dtype=dtype)
     need_grad = case.mode == "fwd+bwd"
     compiled = None
