@@ -24,6 +24,35 @@ TORCH_LIBRARY(rnnattn, m) {
       "bool relu, bool reverse, bool need_input_grad, bool need_weight_grad) "
       "-> (Tensor grad_input, Tensor grad_hx, Tensor grad_w_ih, Tensor grad_w_hh, "
       "Tensor grad_bias)");
+
+  // ---- attention pooling (conventions in csrc/attention_common.h) ----
+  // Linear score e_t = input_t . weight_h for each of the k heads, masked
+  // softmax over the valid steps (of each chunk of chunk_size steps; 0 = the
+  // whole sequence), context = sum_t a_t input_t. One pass over input.
+  //   input (B, T, D) (any B/T strides); weight (k, D); bias (k,) or None:
+  //   checked, not used (softmax is shift-invariant, so it cannot change the
+  //   result; its grad is zero); lengths (B,) int, CPU or input's device;
+  //   mask (B, T) bool.  -> context (B, C, k, D), weights (B, k, T).
+  m.def(
+      "attention_pool_forward(Tensor input, Tensor weight, Tensor? bias, Tensor? lengths, "
+      "Tensor? mask, int chunk_size) -> (Tensor context, Tensor weights)");
+  // Grads of input and weight from grads of both outputs (grad_weights may be
+  // None). Grads not needed come back as empty tensors (numel 0).
+  m.def(
+      "attention_pool_backward(Tensor grad_context, Tensor? grad_weights, Tensor input, "
+      "Tensor weight, Tensor? lengths, Tensor? mask, Tensor context, Tensor weights, "
+      "int chunk_size, bool need_input_grad, bool need_weight_grad) "
+      "-> (Tensor grad_input, Tensor grad_weight)");
+  // The same pooling with the scores given, (B, T, k) (any strides): the
+  // fused softmax + weighted sum for scores a GEMM computes (additive score).
+  m.def(
+      "attention_pool_scores_forward(Tensor input, Tensor scores, Tensor? lengths, "
+      "Tensor? mask, int chunk_size) -> (Tensor context, Tensor weights)");
+  m.def(
+      "attention_pool_scores_backward(Tensor grad_context, Tensor? grad_weights, "
+      "Tensor input, Tensor scores, Tensor? lengths, Tensor? mask, Tensor context, "
+      "Tensor weights, int chunk_size, bool need_input_grad, bool need_scores_grad) "
+      "-> (Tensor grad_input, Tensor grad_scores)");
 }
 
 // Importing rnnattn._C loads this library and so registers the operators.

@@ -80,13 +80,15 @@ def _rnn_forward_fake(input, batch_sizes, hx, w_ih, w_hh, b_ih, b_hh, relu, reve
 def _rnn_backward_fake(
     grad_output, grad_hn, input, batch_sizes, hx, w_ih, w_hh, output, relu, reverse, need_input_grad, need_weight_grad
 ):
-    none = input.new_empty((0,))
+    def maybe(needed, like, shape):
+        return like.new_empty(shape if needed else (0,))
+
     return (
-        input.new_empty(input.shape) if need_input_grad else none,
+        maybe(need_input_grad, input, input.shape),
         hx.new_empty(hx.shape),
-        w_ih.new_empty(w_ih.shape) if need_weight_grad else none,
-        w_hh.new_empty(w_hh.shape) if need_weight_grad else none,
-        w_ih.new_empty((w_ih.shape[0],)) if need_weight_grad else none,
+        maybe(need_weight_grad, w_ih, w_ih.shape),
+        maybe(need_weight_grad, w_hh, w_hh.shape),
+        maybe(need_weight_grad, w_ih, (w_ih.shape[0],)),
     )
 
 

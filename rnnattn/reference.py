@@ -53,3 +53,94 @@ def rnn_layer(
         state = torch.cat([h, state[b:]], 0)
     output = torch.cat(outs, 0).reshape(*input.shape[:-1], w_ih.shape[0])
     return output, state
+
+
+# ---- attention pooling --------------------------------------------------------
+#
+# Shapes as in the fused operators (csrc/attention_common.h): input (B, T, D);
+# weight (k, D) or scores (B, T, k); context (B, C, k, D); weights (B, k, T).
+
+
+def valid_steps(
+    batch: int, steps: int, lengths: Optional[Tensor], mask: Optional[Tensor], device: torch.device
+) -> Tensor:
+    """``(B, T)`` bool: ``t < lengths[b]`` (when given) and ``mask[b, t]`` (when given)."""
+    valid = torch.ones(batch, steps, dtype=torch.bool, device=device)
+    if lengths is not None:
+        valid = valid & (torch.arange(steps, device=device) < lengths.to(device).reshape(-1, 1))
+    if mask is not None:
+        valid = valid & mask.to(device)
+    return valid
+
+
+def attention_pool_scores(
+    input: Tensor,
+    scores: Tensor,
+    lengths: Optional[Tensor] = None,
+    mask: Optional[Tensor] = None,
+    chunk_size: int = 0,
+) -> Tuple[Tensor, Tensor]:
+    """Softmax of ``scores`` over the valid steps of each chunk, and the weighted sum of ``input``.
+
+    ``chunk_size == 0`` takes the whole sequence as one chunk; else chunk
+    ``c`` holds steps ``[c*K, (c+1)*K)`` (the last one may be shorter).
+    Invalid steps weigh 0 and a chunk without valid steps pools to 0.
+    Returns ``context (B, C, k, D)`` and ``weights (B, k, T)``.
+    """
+    B, T, D = input.shape
+    k = scores.shape[-1]
+    valid = valid_steps(B, T, lengths, mask, input.device)
+    # What sits at invalid steps (padding, maybe NaN) must not reach the
+    # result nor the grads: replace it before any arithmetic.
+    x = input.masked_fill(~valid.unsqueeze(-1), 0)
+    e = scores.masked_fill(~valid.unsqueeze(-1), float("-inf"))
+
+    # Cut time into C chunks of K steps, padding the last with invalid steps.
+    K = chunk_size if chunk_size > 0 else max(T, 1)
+    C = (T + K - 1) // K if chunk_size > 0 else 1
+    pad = C * K - T
+    x = torch.nn.functional.pad(x, (0, 0, 0, pad)).reshape(B, C, K, D)
+    e = torch.nn.functional.pad(e, (0, 0, 0, pad), value=float("-inf")).reshape(B, C, K, k)
+    v = torch.nn.functional.pad(valid, (0, pad)).reshape(B, C, K, 1)
+
+    # A chunk with no valid step would be softmax(all -inf) = NaN: give it
+    # zero scores instead; its weights are zeroed just below anyway.
+    e = torch.where(v.any(dim=2, keepdim=True), e, torch.zeros_like(e))
+    a = torch.softmax(e, dim=2).masked_fill(~v, 0)  # (B, C, K, k)
+
+    context = torch.einsum("bckh,bckd->bchd", a, x)
+    weights = a.reshape(B, C * K, k)[:, :T].transpose(1, 2)
+    return context, weights
+
+
+def attention_pool(
+    input: Tensor,
+    weight: Tensor,
+    bias: Optional[Tensor] = None,
+    lengths: Optional[Tensor] = None,
+    mask: Optional[Tensor] = None,
+    chunk_size: int = 0,
+) -> Tuple[Tensor, Tensor]:
+    """Attention pooling with the linear score ``e_t = input_t . weight_h + bias_h`` (one per head)."""
+    valid = valid_steps(input.shape[0], input.shape[1], lengths, mask, input.device)
+    x = input.masked_fill(~valid.unsqueeze(-1), 0)
+    scores = x @ weight.T
+    if bias is not None:
+        scores = scores + bias
+    return attention_pool_scores(input, scores, lengths, mask, chunk_size)
+
+
+def additive_scores(
+    input: Tensor,
+    proj_weight: Tensor,
+    proj_bias: Optional[Tensor],
+    weight: Tensor,
+    bias: Optional[Tensor] = None,
+) -> Tensor:
+    """The additive (Bahdanau / hierarchical-attention) score ``e_t = v_h . tanh(W input_t + b) + bias_h``.
+
+    ``proj_weight`` ``(A, D)`` and ``proj_bias`` ``(A,)`` are ``W`` and ``b``;
+    ``weight`` ``(k, A)`` holds the ``v_h``. Returns ``(B, T, k)``.
+    """
+    u = torch.tanh(torch.nn.functional.linear(input, proj_weight, proj_bias))
+    return torch.nn.functional.linear(u, weight, bias)

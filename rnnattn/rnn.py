@@ -1,9 +1,12 @@
 """``rnnattn.RNN`` and ``rnnattn.RNNCell``: drop-in replacements for
 ``torch.nn.RNN`` and ``torch.nn.RNNCell`` running on the fused kernels.
 
-They subclass the torch modules, so the constructor, the parameters (names,
-shapes, initialisation), ``state_dict``, ``repr`` and argument checks are
-torch's own; only ``forward`` differs, and only in how it computes. Devices
+They are built on torch's own base classes (``nn.RNNBase``, ``nn.RNNCell``),
+so the parameters (names, shapes, initialisation), ``state_dict``, ``repr``
+and argument checks are torch's own; only ``forward`` differs, and only in how
+it computes. ``RNN`` derives from ``nn.RNNBase`` rather than ``nn.RNN``
+because TorchDynamo refuses to trace ``nn.RNN`` instances; rnnattn.RNN
+compiles with ``torch.compile(fullgraph=True)``. Devices
 and dtypes without a compiled kernel (see :func:`rnnattn.ops.has_kernel`) run
 torch's implementation, so the module works everywhere ``nn.RNN`` does.
 """
@@ -18,7 +21,7 @@ from . import functional, ops
 __all__ = ["RNN", "RNNCell", "convert"]
 
 
-class RNN(nn.RNN):
+class RNN(nn.RNNBase):
     __doc__ = (
         "Drop-in replacement for :class:`torch.nn.RNN` (same arguments, parameters,\n"
         "state_dict, inputs and outputs) computed by rnnattn's fused kernels.\n\n"
@@ -29,6 +32,28 @@ class RNN(nn.RNN):
         "torch.nn.RNN's documentation follows.\n\n" + (nn.RNN.__doc__ or "")
     )
 
+    def __init__(
+        self,
+        input_size: int,
+        hidden_size: int,
+        num_layers: int = 1,
+        nonlinearity: str = "tanh",
+        bias: bool = True,
+        batch_first: bool = False,
+        dropout: float = 0.0,
+        bidirectional: bool = False,
+        device=None,
+        dtype=None,
+    ) -> None:
+        modes = {"tanh": "RNN_TANH", "relu": "RNN_RELU"}
+        if nonlinearity not in modes:
+            raise ValueError(f"Unknown nonlinearity '{nonlinearity}'. Select from 'tanh' or 'relu'.")
+        self.nonlinearity = nonlinearity
+        super().__init__(
+            modes[nonlinearity], input_size, hidden_size, num_layers, bias, batch_first, dropout,
+            bidirectional, device=device, dtype=dtype,
+        )
+
     def forward(self, input, hx=None):  # noqa: D102  (documented above)
         if hasattr(self, "_update_flat_weights"):  # torch >= 2.5
             self._update_flat_weights()
@@ -38,7 +63,7 @@ class RNN(nn.RNN):
             w.device != data.device for w in weights
         ):
             # No fused kernel here (or a mismatch torch will report): torch's path.
-            return super().forward(input, hx)
+            return nn.RNN.forward(self, input, hx)
 
         directions = 2 if self.bidirectional else 1
         orig_input = input
@@ -78,7 +103,7 @@ class RNN(nn.RNN):
         if batch_sizes is None and self.batch_first:
             input = input.transpose(0, 1)
         if batch_sizes is None and input.size(0) == 0:
-            raise RuntimeError("rnnattn.RNN: input has zero time steps; sequences must have length >= 1")
+            raise RuntimeError("Expected sequence length to be larger than 0 in RNN")
 
         output, hidden = functional.rnn(
             input, batch_sizes, hx, weights, self.num_layers, self.bias, self.bidirectional,
@@ -92,7 +117,7 @@ class RNN(nn.RNN):
         if self.batch_first:
             output = output.transpose(0, 1)
         if not is_batched:
-            output = output.squeeze(1)
+            output = output.squeeze(0 if self.batch_first else 1)
             hidden = hidden.squeeze(1)
         return output, hidden
 
@@ -140,11 +165,11 @@ class RNNCell(nn.RNNCell):
 
 
 def _check_same(input: Tensor, hx: Tensor, weight: Tensor = None) -> None:
-    """dtype/device agreement, with torch's wording where torch checks it too."""
+    """dtype/device agreement of input, hx (and the cell's weights)."""
     if weight is not None and input.dtype != weight.dtype:
-        raise RuntimeError(f"expected scalar type {weight.dtype} but found {input.dtype}")
+        raise RuntimeError(f"RNNCell input dtype ({input.dtype}) does not match weight dtype ({weight.dtype})")
     if hx.dtype != input.dtype:
-        raise RuntimeError(f"expected scalar type {input.dtype} but found {hx.dtype} (hx)")
+        raise RuntimeError(f"hx dtype ({hx.dtype}) does not match input dtype ({input.dtype})")
     if hx.device != input.device:
         raise RuntimeError(
             f"Input and hidden tensors are not at the same device, found input tensor at "

@@ -17,6 +17,7 @@
 #include "../rnn_common.h"
 #include "activation.h"
 #include "blas.h"
+#include "small_gemm.h"
 
 namespace rnnattn::cpu {
 namespace {
@@ -25,10 +26,13 @@ namespace {
 // waking them (~2^15 elements per task).
 constexpr int64_t kPointwiseGrain = 1 << 15;
 
+bool small_step(int64_t rows, int64_t H) { return rows * H * H <= kSmallGemmMaxWork; }
+
+// w_hh_t: W_hh^T (row-major H x H), used by the small-step path.
 template <typename T>
 void forward_kernel(const RnnShape& s, const StepSchedule& sched, const T* x,
-                    const T* w_ih, const T* w_hh, const T* bias, T* out, T* state,
-                    bool relu, bool reverse) {
+                    const T* w_ih, const T* w_hh, const T* w_hh_t, const T* bias, T* out,
+                    T* state, bool relu, bool reverse) {
   const int64_t H = s.hidden;
   gemm<T>(false, true, s.rows, H, s.input, T(1), x, s.input, w_ih, s.input, T(0), out, H);
   const int64_t T_ = sched.steps();
@@ -36,6 +40,12 @@ void forward_kernel(const RnnShape& s, const StepSchedule& sched, const T* x,
     const int64_t t = reverse ? T_ - 1 - i : i;
     const int64_t b = sched.batch[t];
     T* o = out + sched.offset[t] * H;
+    if (small_step(b, H)) {
+      // Single-threaded, no BLAS call: the step's data is in L1/L2.
+      small_gemm(state, w_hh_t, o, b, H, H, /*accumulate=*/true);
+      for (int64_t r = 0; r < b; ++r) activate_row(o + r * H, state + r * H, bias, H, relu);
+      continue;
+    }
     gemm<T>(false, true, b, H, H, T(1), state, H, w_hh, H, T(1), o, H);
     at::parallel_for(0, b, std::max<int64_t>(1, kPointwiseGrain / H),
                      [&](int64_t r0, int64_t r1) {
@@ -58,6 +68,12 @@ void backward_kernel(const RnnShape& s, const StepSchedule& sched, const T* gout
     const int64_t b = sched.batch[t];
     const int64_t off = sched.offset[t] * H;
     T* dz = dz_all + off;
+    if (small_step(b, H)) {
+      for (int64_t r = 0; r < b; ++r)
+        activation_grad_row(gout + off + r * H, g + r * H, out + off + r * H, dz + r * H, H, relu);
+      small_gemm(dz, w_hh, g, b, H, H, /*accumulate=*/false);
+      continue;
+    }
     at::parallel_for(0, b, std::max<int64_t>(1, kPointwiseGrain / H),
                      [&](int64_t r0, int64_t r1) {
                        for (int64_t r = r0; r < r1; ++r)
@@ -100,16 +116,18 @@ std::tuple<at::Tensor, at::Tensor> rnn_forward_cpu(
   auto x = input.contiguous();
   auto wi = w_ih.contiguous();
   auto wh = w_hh.contiguous();
+  // W_hh^T for the small-step path (only if some step can be small).
+  auto wh_t = small_step(1, s.hidden) ? wh.t().contiguous() : wh;
   std::vector<int64_t> out_shape(input.sizes().begin(), input.sizes().end());
   out_shape.back() = s.hidden;
   auto output = at::empty(out_shape, x.options());
   auto h_n = hx.contiguous().clone();
-  at::Tensor bias;
-  if (b_ih.has_value()) bias = (*b_ih + *b_hh).contiguous();
+  // One bias vector (b_ih + b_hh, or zeros) keeps the pointwise loop branch-free.
+  at::Tensor bias = b_ih.has_value() ? (*b_ih + *b_hh).contiguous() : at::zeros({s.hidden}, x.options());
   AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "rnnattn::rnn_forward", [&] {
     forward_kernel<scalar_t>(s, sched, x.data_ptr<scalar_t>(), wi.data_ptr<scalar_t>(),
-                             wh.data_ptr<scalar_t>(),
-                             bias.defined() ? bias.data_ptr<scalar_t>() : nullptr,
+                             wh.data_ptr<scalar_t>(), wh_t.data_ptr<scalar_t>(),
+                             bias.data_ptr<scalar_t>(),
                              output.data_ptr<scalar_t>(), h_n.data_ptr<scalar_t>(), relu,
                              reverse);
   });
@@ -133,12 +151,14 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> rnn_backw
   auto gout = grad_output.contiguous();
   auto g = grad_hn.contiguous().clone();  // becomes grad_hx
   auto dz = at::empty({s.rows, s.hidden}, x.options());
-  auto none = at::empty({0}, x.options());
-  auto dx = need_input_grad ? at::empty(input.sizes(), x.options()) : none;
-  auto dwi = need_weight_grad ? at::empty_like(wi) : none;
-  auto dwh = need_weight_grad ? at::empty_like(wh) : none;
-  auto db = need_weight_grad ? at::empty({s.hidden}, x.options()) : none;
-  auto hprev = need_weight_grad ? at::empty({s.rows, s.hidden}, x.options()) : none;
+  // Grads not asked for are returned as distinct empty tensors (outputs of
+  // an operator must not alias each other).
+  auto none = [&] { return at::empty({0}, x.options()); };
+  auto dx = need_input_grad ? at::empty(input.sizes(), x.options()) : none();
+  auto dwi = need_weight_grad ? at::empty_like(wi) : none();
+  auto dwh = need_weight_grad ? at::empty_like(wh) : none();
+  auto db = need_weight_grad ? at::empty({s.hidden}, x.options()) : none();
+  auto hprev = need_weight_grad ? at::empty({s.rows, s.hidden}, x.options()) : none();
   AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "rnnattn::rnn_backward", [&] {
     backward_kernel<scalar_t>(
         s, sched, gout.data_ptr<scalar_t>(), x.data_ptr<scalar_t>(), h0.data_ptr<scalar_t>(),

@@ -1,0 +1,31 @@
+# One-command entry points (see README "Quick start"). Each target sets up
+# what it needs on a fresh machine: a virtual environment in $(VENV), torch,
+# the other dependencies, and the compiled extension (built in place).
+PYTHON ?= python3
+VENV ?= .venv
+TORCH ?= torch==2.13.0
+PY := $(VENV)/bin/python
+
+.PHONY: setup bench test clean
+
+$(PY):
+	$(PYTHON) -m venv $(VENV)
+
+$(VENV)/.deps: $(PY) pyproject.toml
+	$(PY) -m pip install -q --upgrade pip setuptools wheel
+	$(PY) -m pip install -q "$(TORCH)" numpy pybind11 ninja tqdm pytest expecttest hypothesis matplotlib
+	touch $@
+
+# Build the extension in place (editable install) so that both the installed
+# package and the source tree import the same compiled _C.
+setup: $(VENV)/.deps
+	$(PY) -m pip install -q --no-build-isolation --no-deps -e .
+
+bench: setup
+	$(PY) -m rnnattn.bench $(BENCH_ARGS)
+
+test: setup
+	$(PY) -m pytest tests -q $(TEST_ARGS)
+
+clean:
+	rm -rf build *.egg-info rnnattn/_C*.so

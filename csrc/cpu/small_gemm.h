@@ -1,0 +1,24 @@
+// Y (m x n) = [Y +] X (m x k) @ B (k x n), all row-major and contiguous: the
+// recurrent GEMM of one time step, for steps too small to pay for a BLAS call.
+//
+// At rows*H*H below ~2^19 multiply-adds a step, the fixed cost of a BLAS call
+// (argument checks, threading decision, packing) is larger than the
+// arithmetic, and nn.RNN pays the dispatcher on top of it. This kernel keeps
+// a 2-row x 32-float block of Y in registers while it streams the rows of B,
+// so each loaded vector of B feeds two FMAs and Y is touched once per block.
+// Built for AVX-512, AVX2+FMA and baseline x86-64, chosen at load time.
+#pragma once
+
+#include <cstdint>
+
+namespace rnnattn::cpu {
+
+// Steps with at most this many multiply-adds (rows * H * H) use small_gemm.
+constexpr int64_t kSmallGemmMaxWork = int64_t(1) << 19;
+
+void small_gemm(const float* X, const float* B, float* Y, int64_t m, int64_t k, int64_t n,
+                bool accumulate);
+void small_gemm(const double* X, const double* B, double* Y, int64_t m, int64_t k, int64_t n,
+                bool accumulate);
+
+}  // namespace rnnattn::cpu

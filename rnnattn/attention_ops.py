@@ -1,0 +1,214 @@
+"""Python bindings of the attention-pooling operators: autograd and fake kernels.
+
+The four operators are registered in C++ (csrc/ops.cpp; their conventions are
+in csrc/attention_common.h):
+
+* ``attention_pool_forward(input, weight, bias, lengths, mask, chunk_size)``:
+  linear score ``e_t = input_t . weight_h`` per head, masked softmax, weighted
+  sum, fully fused (one pass over ``input``);
+* ``attention_pool_scores_forward(input, scores, lengths, mask, chunk_size)``:
+  the same pooling with the scores ``(B, T, k)`` given (computed by GEMMs, as
+  for the additive score ``v . tanh(W input_t + b)``);
+
+each with a fused ``*_backward``. Here they get a fake kernel each (shapes for
+``torch.compile`` and other tracing) and a backward
+(``torch.library.register_autograd``) that takes the grads of both outputs.
+
+:func:`attention_pool` and :func:`attention_pool_scores` are the
+differentiable entry points, in the operators' raw shapes: ``context``
+``(B, C, k, D)`` and ``weights`` ``(B, k, T)``. The module
+:class:`rnnattn.AttentionPooling` builds on them.
+"""
+from typing import Optional, Tuple
+
+import torch
+from torch import Tensor
+
+from . import _load  # noqa: F401  (registers torch.ops.rnnattn.*)
+
+__all__ = ["attention_pool", "attention_pool_scores", "has_kernel", "num_chunks"]
+
+_CPU_DTYPES = (torch.float32, torch.float64)
+_CUDA_DTYPES = (torch.float32, torch.float64, torch.float16, torch.bfloat16)
+
+
+def has_kernel(device: torch.device, dtype: torch.dtype) -> bool:
+    """Whether the compiled attention-pooling kernels cover this device and dtype."""
+    if device.type == "cpu":
+        return dtype in _CPU_DTYPES
+    if device.type == "cuda":
+        return _load.WITH_CUDA and dtype in _CUDA_DTYPES
+    return False
+
+
+def num_chunks(steps: int, chunk_size: int) -> int:
+    """Context rows per sequence: 1 without chunks (``chunk_size == 0``), else ``ceil(T / K)``."""
+    return 1 if chunk_size == 0 else (steps + chunk_size - 1) // chunk_size
+
+
+def attention_pool(
+    input: Tensor,
+    weight: Tensor,
+    bias: Optional[Tensor] = None,
+    lengths: Optional[Tensor] = None,
+    mask: Optional[Tensor] = None,
+    chunk_size: int = 0,
+) -> Tuple[Tensor, Tensor]:
+    """Fused linear-score attention pooling (differentiable in ``input``, ``weight``, ``bias``).
+
+    Args:
+        input: ``(B, T, D)``; any strides on ``B`` and ``T`` (pass time-major
+            data as ``x.transpose(0, 1)``: it is not copied).
+        weight: ``(k, D)``, one score vector per head.
+        bias: ``(k,)`` or ``None``. It shifts all scores of a head equally and
+            softmax is shift-invariant, so it changes neither output and its
+            grad is exactly zero; accepted so that a module's bias parameter
+            is part of the graph.
+        lengths: ``(B,)`` integers in ``[0, T]`` (CPU or ``input``'s device);
+            step ``t`` of row ``b`` is valid iff ``t < lengths[b]``.
+        mask: ``(B, T)`` bool, ``True`` = valid step (any pattern). With both,
+            a step must be valid under both.
+        chunk_size: ``0`` pools whole sequences; ``K > 0`` pools each run of
+            ``K`` steps separately (the last one ragged).
+
+    Returns:
+        ``(context, weights)``: ``(B, C, k, D)`` with ``C = num_chunks(T, chunk_size)``
+        and ``(B, k, T)``. Invalid steps weigh 0; a chunk without valid
+        steps gets context 0. Invalid steps of ``input`` are never read.
+    """
+    return torch.ops.rnnattn.attention_pool_forward(input, weight, bias, lengths, mask, chunk_size)
+
+
+def attention_pool_scores(
+    input: Tensor,
+    scores: Tensor,
+    lengths: Optional[Tensor] = None,
+    mask: Optional[Tensor] = None,
+    chunk_size: int = 0,
+) -> Tuple[Tensor, Tensor]:
+    """Fused masked softmax + weighted sum with the scores given (differentiable
+    in ``input`` and ``scores``).
+
+    ``scores`` is ``(B, T, k)`` (any strides); everything else as in
+    :func:`attention_pool`. Scores at invalid steps are never read.
+    """
+    return torch.ops.rnnattn.attention_pool_scores_forward(input, scores, lengths, mask, chunk_size)
+
+
+# ---- fake (meta) kernels ----------------------------------------------------
+
+
+def _fake_outputs(input: Tensor, heads, chunk_size: int):
+    torch._check(input.dim() == 3, lambda: f"rnnattn.attention_pool: input must be (B, T, D), got {input.dim()}-D")
+    torch._check(chunk_size >= 0, lambda: "rnnattn.attention_pool: chunk_size must be >= 0")
+    B, T, D = input.shape
+    chunks = 1 if chunk_size == 0 else (T + chunk_size - 1) // chunk_size
+    return input.new_empty((B, chunks, heads, D)), input.new_empty((B, heads, T))
+
+
+@torch.library.register_fake("rnnattn::attention_pool_forward")
+def _attention_pool_fake(input, weight, bias, lengths, mask, chunk_size):
+    torch._check(
+        weight.dim() == 2 and weight.shape[1] == input.shape[-1],
+        lambda: "rnnattn.attention_pool: weight must be (heads, D)",
+    )
+    return _fake_outputs(input, weight.shape[0], chunk_size)
+
+
+@torch.library.register_fake("rnnattn::attention_pool_scores_forward")
+def _attention_pool_scores_fake(input, scores, lengths, mask, chunk_size):
+    torch._check(scores.dim() == 3, lambda: "rnnattn.attention_pool_scores: scores must be (B, T, heads)")
+    return _fake_outputs(input, scores.shape[2], chunk_size)
+
+
+def _grad_like(t: Tensor) -> Tensor:
+    # The kernels give grads the layout of the tensor (a transposed view
+    # keeps its strides when it is dense); empty_like does the same.
+    return torch.empty_like(t)
+
+
+@torch.library.register_fake("rnnattn::attention_pool_backward")
+def _attention_pool_backward_fake(
+    grad_context, grad_weights, input, weight, lengths, mask, context, weights, chunk_size, need_input, need_weight
+):
+    none = input.new_empty((0,))
+    x = input if input.stride(-1) == 1 else input.contiguous()
+    return (_grad_like(x) if need_input else none, weight.new_empty(weight.shape) if need_weight else none)
+
+
+@torch.library.register_fake("rnnattn::attention_pool_scores_backward")
+def _attention_pool_scores_backward_fake(
+    grad_context, grad_weights, input, scores, lengths, mask, context, weights, chunk_size, need_input, need_scores
+):
+    none = input.new_empty((0,))
+    x = input if input.stride(-1) == 1 else input.contiguous()
+    return (_grad_like(x) if need_input else none, _grad_like(scores) if need_scores else none)
+
+
+# ---- autograd ---------------------------------------------------------------
+
+
+def _setup_context(ctx, inputs, output):
+    input, score_src, lengths, mask, chunk_size = _split_inputs(inputs)
+    context, weights = output
+    ctx.save_for_backward(input, score_src, lengths, mask, context, weights)
+    ctx.chunk_size = chunk_size
+    # An output the caller did not use (often the weights) then arrives as
+    # None rather than a tensor of zeros; the kernel skips its terms.
+    ctx.set_materialize_grads(False)
+
+
+def _split_inputs(inputs):
+    if len(inputs) == 6:  # attention_pool_forward: (input, weight, bias, lengths, mask, chunk_size)
+        input, weight, _bias, lengths, mask, chunk_size = inputs
+        return input, weight, lengths, mask, chunk_size
+    return inputs  # attention_pool_scores_forward: (input, scores, lengths, mask, chunk_size)
+
+
+def _linear_setup_context(ctx, inputs, output):
+    _setup_context(ctx, inputs, output)
+    bias = inputs[2]
+    ctx.bias_meta = (bias.shape, bias.dtype, bias.device) if bias is not None else None
+
+
+def _linear_backward(ctx, grad_context, grad_weights):
+    input, weight, lengths, mask, context, weights = ctx.saved_tensors
+    need = ctx.needs_input_grad
+    need_input, need_weight = bool(need[0]), bool(need[1])
+    dx = dw = None
+    if need_input or need_weight:
+        if grad_context is None:
+            grad_context = torch.zeros_like(context)
+        dx, dw = torch.ops.rnnattn.attention_pool_backward(
+            grad_context, grad_weights, input, weight, lengths, mask, context, weights,
+            ctx.chunk_size, need_input, need_weight,
+        )
+    # d/d(bias) is exactly zero: the bias shifts every score of its head.
+    db = None
+    if ctx.bias_meta is not None and need[2]:
+        shape, dtype, device = ctx.bias_meta
+        db = torch.zeros(shape, dtype=dtype, device=device)
+    return (dx if need_input else None, dw if need_weight else None, db, None, None, None)
+
+
+def _scores_backward(ctx, grad_context, grad_weights):
+    input, scores, lengths, mask, context, weights = ctx.saved_tensors
+    need = ctx.needs_input_grad
+    need_input, need_scores = bool(need[0]), bool(need[1])
+    dx = dsc = None
+    if need_input or need_scores:
+        if grad_context is None:
+            grad_context = torch.zeros_like(context)
+        dx, dsc = torch.ops.rnnattn.attention_pool_scores_backward(
+            grad_context, grad_weights, input, scores, lengths, mask, context, weights,
+            ctx.chunk_size, need_input, need_scores,
+        )
+    return (dx if need_input else None, dsc if need_scores else None, None, None, None)
+
+
+torch.library.register_autograd(
+    "rnnattn::attention_pool_forward", _linear_backward, setup_context=_linear_setup_context
+)
+torch.library.register_autograd(
+    "rnnattn::attention_pool_scores_forward", _scores_backward, setup_context=_setup_context
+)

@@ -1,0 +1,252 @@
+"""The fused one-layer RNN operator against the plain-PyTorch reference."""
+import pytest
+import torch
+from torch.nn.utils.rnn import pack_sequence
+
+from rnnattn import ops, reference
+from conftest import DEVICES
+
+F64 = dict(dtype=torch.float64)
+
+
+def make_case(T, B, I, H, device, dtype=torch.float64, packed_lengths=None, bias=True, grad=False):
+    """Weights scaled so tanh is neither saturated nor linear."""
+    g = dict(device=device, dtype=dtype)
+    if packed_lengths is not None:
+        B = len(packed_lengths)
+    w_ih = torch.randn(H, I, **g) / I**0.5
+    w_hh = torch.randn(H, H, **g) / H**0.5
+    b_ih = torch.randn(H, **g) * 0.1 if bias else None
+    b_hh = torch.randn(H, **g) * 0.1 if bias else None
+    hx = torch.randn(B, H, **g) * 0.5
+    if packed_lengths is None:
+        x, bs = torch.randn(T, B, I, **g), None
+    else:
+        seqs = [torch.randn(L, I, **g) for L in packed_lengths]
+        p = pack_sequence(seqs, enforce_sorted=True)
+        x, bs = p.data, p.batch_sizes
+    args = [x, bs, hx, w_ih, w_hh, b_ih, b_hh]
+    if grad:
+        for a in args:
+            if a is not None and a.is_floating_point():
+                a.requires_grad_(True)
+    return args
+
+
+SHAPES = [  # (T, B, I, H)
+    (1, 1, 1, 1),
+    (1, 3, 5, 7),
+    (5, 1, 4, 6),
+    (7, 3, 5, 9),
+    (4, 2, 33, 17),
+    (3, 5, 8, 65),
+]
+PACKED = [  # lengths, longest first
+    [1],
+    [3, 3, 1],
+    [5, 4, 4, 2, 1],
+    [6, 1],
+]
+
+
+def assert_close(a, b, dtype):
+    tol = dict(rtol=1e-10, atol=1e-10) if dtype == torch.float64 else dict(rtol=2e-5, atol=2e-5)
+    torch.testing.assert_close(a, b, **tol)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+@pytest.mark.parametrize("relu", [False, True])
+@pytest.mark.parametrize("reverse", [False, True])
+@pytest.mark.parametrize("shape", SHAPES)
+def test_forward_backward_padded(shape, reverse, relu, dtype, device):
+    T, B, I, H = shape
+    args = make_case(T, B, I, H, device, dtype, grad=True)
+    out, hn = ops.rnn_layer(*args, relu, reverse)
+    rout, rhn = reference.rnn_layer(*args, relu, reverse)
+    assert out.shape == (T, B, H) and hn.shape == (B, H)
+    assert_close(out, rout, dtype)
+    assert_close(hn, rhn, dtype)
+    go, gh = torch.randn_like(out), torch.randn_like(hn)
+    leaves = [a for a in args if a is not None and a.requires_grad]
+    g = torch.autograd.grad((out * go).sum() + (hn * gh).sum(), leaves)
+    rg = torch.autograd.grad((rout * go).sum() + (rhn * gh).sum(), leaves)
+    for a, b in zip(g, rg):
+        assert_close(a, b, dtype)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("reverse", [False, True])
+@pytest.mark.parametrize("relu", [False, True])
+@pytest.mark.parametrize("lengths", PACKED)
+def test_forward_backward_packed(lengths, relu, reverse, device):
+    args = make_case(None, len(lengths), 5, 6, device, packed_lengths=lengths, grad=True)
+    out, hn = ops.rnn_layer(*args, relu, reverse)
+    rout, rhn = reference.rnn_layer(*args, relu, reverse)
+    assert_close(out, rout, torch.float64)
+    assert_close(hn, rhn, torch.float64)
+    go, gh = torch.randn_like(out), torch.randn_like(hn)
+    leaves = [a for a in args if a is not None and a.requires_grad]
+    g = torch.autograd.grad((out * go).sum() + (hn * gh).sum(), leaves)
+    rg = torch.autograd.grad((rout * go).sum() + (rhn * gh).sum(), leaves)
+    for a, b in zip(g, rg):
+        assert_close(a, b, torch.float64)
+
+
+def test_packed_hn_is_state_at_each_sequence_end():
+    """h_n of a packed batch holds each sequence's own last state, not step T's."""
+    lengths = [4, 2, 1]
+    args = make_case(None, 3, 3, 4, "cpu", packed_lengths=lengths)
+    out, hn = ops.rnn_layer(*args)
+    # Rows of the packed output at each sequence's final step.
+    starts = torch.cumsum(torch.cat([torch.zeros(1, dtype=torch.long), args[1][:-1]]), 0)
+    for b, L in enumerate(lengths):
+        torch.testing.assert_close(hn[b], out[starts[L - 1] + b], rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("bias", [True, False])
+@pytest.mark.parametrize("reverse", [False, True])
+@pytest.mark.parametrize("packed", [None, [3, 2, 2]])
+def test_gradcheck(packed, reverse, bias, device):
+    args = make_case(3, 2, 3, 4, device, packed_lengths=packed, bias=bias, grad=True)
+    fn = lambda *a: ops.rnn_layer(*a, False, reverse)  # noqa: E731
+    assert torch.autograd.gradcheck(fn, args, eps=1e-6, atol=1e-7, rtol=1e-5)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_gradcheck_relu(device):
+    args = make_case(4, 2, 3, 5, device, grad=True)
+    assert torch.autograd.gradcheck(lambda *a: ops.rnn_layer(*a, True, False), args)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_only_some_inputs_need_grad(device):
+    """need_input_grad / need_weight_grad skip work without changing the grads asked for."""
+    x, bs, hx, w_ih, w_hh, b_ih, b_hh = make_case(3, 2, 3, 4, device)
+    w_hh.requires_grad_(True)
+    out, hn = ops.rnn_layer(x, bs, hx, w_ih, w_hh, b_ih, b_hh)
+    (g,) = torch.autograd.grad(out.sum(), [w_hh])
+    rout, _ = reference.rnn_layer(x, bs, hx, w_ih, w_hh, b_ih, b_hh)
+    (rg,) = torch.autograd.grad(rout.sum(), [w_hh])
+    assert_close(g, rg, torch.float64)
+    x.requires_grad_(True)
+    w_hh.requires_grad_(False)
+    out, hn = ops.rnn_layer(x, bs, hx, w_ih, w_hh, b_ih, b_hh)
+    (g,) = torch.autograd.grad(hn.sum(), [x])
+    rout, rhn = reference.rnn_layer(x, bs, hx, w_ih, w_hh, b_ih, b_hh)
+    (rg,) = torch.autograd.grad(rhn.sum(), [x])
+    assert_close(g, rg, torch.float64)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("packed", [None, [3, 1]])
+def test_opcheck(packed, device):
+    args = make_case(3, 2, 3, 4, device, packed_lengths=packed, grad=True)
+    torch.library.opcheck(torch.ops.rnnattn.rnn_forward, (*args, False, True))
+    x, bs, hx, w_ih, w_hh, _, _ = [a.detach() if torch.is_tensor(a) else a for a in args]
+    out, _ = ops.rnn_layer(x, bs, hx, w_ih, w_hh)
+    for need in [(True, True), (False, True), (True, False)]:
+        torch.library.opcheck(
+            torch.ops.rnnattn.rnn_backward,
+            (torch.randn_like(out), torch.randn_like(hx), x, bs, hx, w_ih, w_hh, out, False, False, *need),
+        )
+
+
+def test_torch_compile_fullgraph():
+    args = make_case(5, 3, 4, 6, "cpu", grad=True)
+
+    def f(*a):
+        out, hn = ops.rnn_layer(*a, False, False)
+        return out.sum() + hn.sum()
+
+    compiled = torch.compile(f, fullgraph=True, backend="aot_eager")
+    torch.testing.assert_close(compiled(*args), f(*args))
+    g1 = torch.autograd.grad(compiled(*args), [a for a in args if a is not None and a.requires_grad])
+    g2 = torch.autograd.grad(f(*args), [a for a in args if a is not None and a.requires_grad])
+    for a, b in zip(g1, g2):
+        torch.testing.assert_close(a, b)
+
+
+BAD = [
+    # (description, mutate(args) -> args, message regex)
+    ("input rank", lambda a: [a[0][0]] + a[1:], r"input must be \(T, B, input_size\)"),
+    ("input size", lambda a: [a[0][..., :-1]] + a[1:], r"input.size\(-1\) = 2 must equal input_size = 3"),
+    ("hx batch", lambda a: a[:2] + [a[2][:1]] + a[3:], r"hx batch size 1 does not match input batch size 2"),
+    ("hx hidden", lambda a: a[:2] + [a[2][:, :3]] + a[3:], r"hx must be \(batch, 4\)"),
+    ("w_hh shape", lambda a: a[:4] + [a[4][:3]] + a[5:], r"w_hh must be \(4, 4\)"),
+    ("b_ih shape", lambda a: a[:5] + [a[5][:2]] + a[6:], r"b_ih must be \(4\)"),
+    ("dtype", lambda a: a[:2] + [a[2].float()] + a[3:], r"hx has dtype Float but input has dtype Double"),
+    ("one bias", lambda a: a[:6] + [None], r"b_ih and b_hh must both be given"),
+]
+
+
+@pytest.mark.parametrize("name,mutate,msg", BAD, ids=[b[0] for b in BAD])
+def test_bad_arguments_raise_clear_errors(name, mutate, msg):
+    args = make_case(3, 2, 3, 4, "cpu")
+    with pytest.raises(RuntimeError, match=msg):
+        ops.rnn_layer(*mutate(args))
+
+
+@pytest.mark.parametrize(
+    "batch_sizes,msg",
+    [
+        ([2, 3], r"batch_sizes\[1\] = 3 must be in \[1, 2\]"),
+        ([2, 0], r"batch_sizes\[1\] = 0 must be in \[1, 2\]"),
+        ([1, 1], r"batch_sizes\[0\] = 1 must equal the batch size of hx \(2\)"),
+        ([2, 1, 1], r"sum\(batch_sizes\) = 4 must equal the number of packed input rows \(3\)"),
+    ],
+)
+def test_bad_batch_sizes(batch_sizes, msg):
+    _, _, hx, w_ih, w_hh, b_ih, b_hh = make_case(3, 2, 3, 4, "cpu")
+    x = torch.randn(3, 3, **F64)
+    with pytest.raises(RuntimeError, match=msg):
+        ops.rnn_layer(x, torch.tensor(batch_sizes), hx, w_ih, w_hh, b_ih, b_hh)
+
+
+def test_batch_sizes_must_be_int64_cpu():
+    _, _, hx, w_ih, w_hh, b_ih, b_hh = make_case(3, 2, 3, 4, "cpu")
+    with pytest.raises(RuntimeError, match="batch_sizes must be a 1-D int64 CPU tensor"):
+        ops.rnn_layer(torch.randn(3, 3, **F64), torch.tensor([2, 1], dtype=torch.int32), hx, w_ih, w_hh, b_ih, b_hh)
+
+
+def test_non_contiguous_inputs():
+    x, bs, hx, w_ih, w_hh, b_ih, b_hh = make_case(4, 3, 5, 6, "cpu")
+    xt = x.transpose(0, 1).contiguous().transpose(0, 1)  # same values, other strides
+    w = w_hh.t().contiguous().t()
+    out, hn = ops.rnn_layer(xt, bs, hx, w_ih, w, b_ih, b_hh)
+    rout, rhn = reference.rnn_layer(x, bs, hx, w_ih, w_hh, b_ih, b_hh)
+    assert_close(out, rout, torch.float64)
+    assert_close(hn, rhn, torch.float64)
+
+
+def test_nan_in_output_buffer_does_not_leak():
+    """Every output element is written (the kernel never reads an uninitialised buffer)."""
+    args = make_case(6, 4, 5, 7, "cpu")
+    for _ in range(3):  # the caching allocator may hand the same blocks back
+        junk = torch.full((6 * 4 * 7 * 4,), float("nan"), dtype=torch.float64)
+        del junk
+        out, hn = ops.rnn_layer(*args)
+        assert torch.isfinite(out).all() and torch.isfinite(hn).all()
+
+
+def test_float32_tanh_is_accurate_everywhere():
+    """The vectorized float tanh of the CPU kernel (csrc/cpu/activation.cpp)
+    stays within a few ulp of tanh over the whole range, and keeps NaN/inf."""
+    z = torch.cat([
+        torch.linspace(-20, 20, 400_001),
+        torch.logspace(-30, 1.5, 20_000), -torch.logspace(-30, 1.5, 20_000),
+        torch.tensor([0.0, -0.0, float("nan"), float("inf"), -float("inf"), 1e30, -1e30]),
+    ])
+    for c in z.split(2048):
+        H = c.numel()
+        # tanh(0 * x + 0 * h + b) with b = c: the kernel's activation of c.
+        out, _ = ops.rnn_layer(torch.zeros(1, 1, 1), None, torch.zeros(1, H), torch.zeros(H, 1), torch.zeros(H, H),
+                               c, torch.zeros(H))
+        got, want = out.reshape(-1).double(), torch.tanh(c.double())
+        assert torch.equal(torch.isnan(got), torch.isnan(want))
+        ok = ~torch.isnan(want)
+        nonzero = ok & (want != 0)  # 0 + (-0.0) is +0.0 before the kernel sees it
+        assert torch.equal(torch.signbit(got[nonzero]), torch.signbit(want[nonzero]))
+        ulp = (torch.nextafter(want.float(), torch.tensor(float("inf"))).double() - want.float().double()).abs()
+        assert ((got - want).abs()[ok] <= 8 * ulp[ok]).all()
