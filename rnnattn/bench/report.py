@@ -345,6 +345,7 @@ def write_plot(path: str, results: list, meta: Dict[str, object]) -> None:
                     ax.plot([f.min_speedup] * 2, [y - bar_h / 2, y + bar_h / 2], color="black", lw=2)
         ax.axvline(1.0, color="gray", lw=1, ls="--")
         ax.set_xscale("log")
+        _speedup_axis(ax, [r.speedup(b) for r in rs for b in baselines] + [1.0])
         ax.set_yticks(range(len(rs)))
         ax.set_yticklabels(
             [f"{r.case.kind} {r.case.mode} " + " ".join(f"{d}={r.case.shape[d]}" for d in dims) for r in rs],
@@ -353,7 +354,7 @@ def write_plot(path: str, results: list, meta: Dict[str, object]) -> None:
         ax.invert_yaxis()
         ax.set_title(_SECTIONS[section][0].split(" (")[0], fontsize=10)
         ax.set_xlabel("speedup of rnnattn (baseline time / rnnattn time; black ticks: floors)")
-        ax.legend(fontsize=8, loc="lower right")
+        ax.legend(fontsize=8, loc="best")
     fig.suptitle(
         f"rnnattn {meta.get('grid', '')} grid: {meta['device']} {meta['dtype']}, torch {meta['torch']}, "
         f"{_threads(meta['torch_threads'])}" + (f", {meta['gpu']}" if "gpu" in meta else ""),
@@ -362,3 +363,17 @@ def write_plot(path: str, results: list, meta: Dict[str, object]) -> None:
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
+
+
+def _speedup_axis(ax, values) -> None:
+    """Log x axis with ticks at powers of two labelled "2x", and room on the
+    right for the bar labels."""
+    from matplotlib.ticker import FixedLocator, NullLocator
+
+    vals = [v for v in values if v is not None and math.isfinite(v) and v > 0]
+    lo, hi = min(vals), max(vals)
+    ax.set_xlim(lo / 1.25, hi * 1.8)
+    ticks = [2.0**k for k in range(math.floor(math.log2(lo / 1.25)), math.ceil(math.log2(hi * 1.8)) + 1)]
+    ax.xaxis.set_major_locator(FixedLocator(ticks))
+    ax.xaxis.set_minor_locator(NullLocator())
+    ax.set_xticklabels([f"{t:g}x" for t in ticks])
