@@ -93,7 +93,8 @@ def main(argv: Optional[List[str]] = None) -> int:
     print(f"rnnattn.bench: {len(grid)} cases on {device} (torch threads: {meta['torch_threads']})...", file=sys.stderr)
     exclude = {n: "left out on the command line (--exclude)" for n in args.exclude}
     if args.compile is False or (args.compile is None and args.grid == "quick"):
-        exclude["compile"] = "not run" + (" in --quick (compiling takes tens of seconds per shape)" if args.compile is None else " (--no-compile)")
+        why = "in --quick (compiling takes tens of seconds per shape)" if args.compile is None else "(--no-compile)"
+        exclude["compile"] = f"not run {why}"
     results = runner.run(
         grid, device, dtype, budget, args.min_rounds, memory=not args.no_memory,
         exclude=exclude, progress=args.progress,

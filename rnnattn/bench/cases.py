@@ -10,7 +10,7 @@ time, and peak memory no larger than the baseline's); the report marks each
 one met or unmet, so the grids below must contain exactly those cases.
 """
 from dataclasses import dataclass, field
-from typing import Dict, List, Optional, Tuple
+from typing import Dict, List, Tuple
 
 MODES = ("fwd", "fwd+bwd")
 
@@ -101,8 +101,6 @@ class PoolCase:
     def key(self) -> str:
         return f"pool/B{self.B}-T{self.T}-D{self.D}/{self.mode}"
 
-
-Case = object  # RNNCase | PoolCase (3.9-compatible spelling)
 
 
 # ---------------------------------------------------------------------------
@@ -209,10 +207,6 @@ def grid(name: str, device: str = "cpu") -> List[object]:
     return GRIDS[name]()
 
 
-def floor_cases(cases: List[object]) -> List[object]:
-    return [c for c in cases if c.floors]
-
-
 def required_floor_keys() -> List[str]:
     """Keys of every case that carries a floor (all are in the default grid)."""
     keys = []
@@ -221,10 +215,3 @@ def required_floor_keys() -> List[str]:
         keys.append(c.key)
     return keys
 
-
-def floor_baseline(case) -> Optional[str]:
-    """The contender the case's first speed floor compares against, if any."""
-    for f in case.floors:
-        if isinstance(f, Floor):
-            return f.baseline
-    return None

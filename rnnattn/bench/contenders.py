@@ -24,7 +24,7 @@ baselines get their boolean mask precomputed, outside the timed call; the
 fused module is given the lengths (on the CPU, as a DataLoader yields them).
 """
 from dataclasses import dataclass, field
-from typing import Callable, Dict, List, Optional, Sequence
+from typing import Callable, Dict, List, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -201,7 +201,9 @@ def _query_parameter(module: nn.Module, D: int) -> Tensor:
     params = [p for p in module.parameters() if p.numel() == D]
     if len(params) != 1:
         shapes = [tuple(p.shape) for p in module.parameters()]
-        raise RuntimeError(f"rnnattn.AttentionPooling({D}): expected one query parameter of {D} elements, found {shapes}")
+        raise RuntimeError(
+            f"rnnattn.AttentionPooling({D}): expected one query parameter of {D} elements, found {shapes}"
+        )
     return params[0]
 
 

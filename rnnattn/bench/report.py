@@ -2,7 +2,7 @@
 import csv
 import json
 import math
-from typing import Dict, List, Optional, Sequence
+from typing import Dict, List, Optional
 
 from .cases import POOL_CONTENDERS, RNN_CONTENDERS
 
@@ -148,7 +148,7 @@ def _section_table(section: str, results: list) -> List[str]:
             if cr.note and (n, cr.note) not in seen:
                 seen.add((n, cr.note))
                 notes.append(f"{n}: {cr.note}")
-    firsts = [(r.results[n].timing.first_call_s, r.case.key) for r in results for n in present if n == "compile" and n in r.results]
+    firsts = [(r.results["compile"].timing.first_call_s, r.case.key) for r in results if "compile" in r.results]
     if firsts:
         worst = max(firsts)
         notes.append(
