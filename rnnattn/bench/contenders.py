@@ -1,0 +1,268 @@
+"""Who is timed: for one case, the fused op and what a user would otherwise run.
+
+Every contender gets the same weights and inputs (its own copies, so no two
+share a ``.grad``) and exposes
+
+* ``step()``: one timed iteration. In "fwd+bwd" it clears the gradients
+  (``grad = None``, as ``optimizer.zero_grad()`` does), runs the forward and
+  backpropagates fixed random output gradients to the input and every
+  parameter; in "fwd" it runs the forward under ``no_grad``.
+* ``check()``: the values the contenders must agree on (outputs, and in
+  "fwd+bwd" the gradients), so the benchmark never compares unequal work.
+* ``reset()``: drops gradients left by earlier calls, so that a memory
+  measurement starts from the same state for everyone.
+
+RNN: ``rnnattn.RNN`` vs ``torch.nn.RNN`` (its native CPU loop; cuDNN on
+CUDA) vs ``rnnattn.functional.rnn`` with ``rnnattn.reference.rnn_layer`` (the
+plain-PyTorch recurrence, one op per step, autograd for the backward).
+
+Attention pooling: ``rnnattn.AttentionPooling`` vs the eager composition
+(``H @ w``, ``masked_fill``, ``softmax``, ``bmm``) vs ``torch.compile`` of
+that same function vs ``F.scaled_dot_product_attention`` (one query ``w``
+over keys = values = ``H``, ``scale=1``; it returns the context only). The
+baselines get their boolean mask precomputed, outside the timed call; the
+fused module is given the lengths (on the CPU, as a DataLoader yields them).
+"""
+from dataclasses import dataclass, field
+from typing import Callable, Dict, List, Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+from torch.nn.utils.rnn import PackedSequence, pack_padded_sequence
+
+import rnnattn
+from rnnattn import functional, ops, reference
+
+
+@dataclass
+class Contender:
+    step: Callable[[], object]
+    check: Callable[[], List[Tensor]]
+    reset: Callable[[], None] = lambda: None
+    note: str = ""
+
+
+@dataclass
+class Built:
+    """The contenders of one case, and why any are missing."""
+
+    contenders: Dict[str, Contender] = field(default_factory=dict)
+    skipped: Dict[str, str] = field(default_factory=dict)
+
+
+def spread_lengths(T: int, B: int) -> List[int]:
+    """``B`` lengths spread evenly from ``T`` down to ``max(1, T // 4)``,
+    longest first (sorted, as ``pack_padded_sequence`` wants by default)."""
+    lo = max(1, T // 4)
+    if B == 1:
+        return [T]
+    return [round(T - (T - lo) * i / (B - 1)) for i in range(B)]
+
+
+def _leaf(t: Tensor, grad: bool) -> Tensor:
+    return t.detach().clone().requires_grad_(grad)
+
+
+def _clear(tensors: Sequence[Tensor]) -> Callable[[], None]:
+    def reset() -> None:
+        for t in tensors:
+            t.grad = None
+
+    return reset
+
+
+def _make(
+    forward: Callable[[], Sequence[Tensor]],
+    leaves: Sequence[Tensor],
+    grads: Sequence[Tensor],
+    mode: str,
+    note: str = "",
+) -> Contender:
+    """Wraps ``forward`` (returning the tensors to differentiate, in the
+    order of ``grads``) into a Contender for ``mode``."""
+    reset = _clear(leaves)
+    if mode == "fwd":
+
+        def step():
+            with torch.no_grad():
+                return forward()
+
+        def check():
+            return [t.detach() for t in step()]
+
+    else:
+
+        def step():
+            reset()
+            outs = forward()
+            torch.autograd.backward(list(outs), list(grads[: len(outs)]))
+            return outs
+
+        def check():
+            outs = step()
+            return [t.detach() for t in outs] + [t.grad for t in leaves]
+
+    return Contender(step, check, reset, note)
+
+
+# ---------------------------------------------------------------------------
+# RNN
+
+
+def rnn_contenders(case, device, dtype, names: Sequence[str], seed: int = 0) -> Built:
+    built = Built()
+    torch.manual_seed(seed)
+    bi = case.bidirectional
+    ours = rnnattn.RNN(case.I, case.H, num_layers=case.layers, bidirectional=bi).to(device, dtype)
+    # Inference runs in eval mode, as a user would (cuDNN then keeps no
+    # reserve space for a backward).
+    training = case.mode == "fwd+bwd"
+    ours.train(training)
+    D = 2 if bi else 1
+    x = torch.randn(case.T, case.B, case.I, device=device, dtype=dtype)
+    batch_sizes = None
+    if case.packed:
+        lengths = torch.tensor(spread_lengths(case.T, case.B))
+        packed = pack_padded_sequence(x, lengths, enforce_sorted=True)
+        x, batch_sizes = packed.data, packed.batch_sizes
+    g_out = torch.randn(*x.shape[:-1], D * case.H, device=device, dtype=dtype)
+    g_h = torch.randn(case.layers * D, case.B, case.H, device=device, dtype=dtype)
+    grads = (g_out, g_h)
+    need_grad = training
+
+    def wrap(inp: Tensor):
+        return PackedSequence(inp, batch_sizes) if case.packed else inp
+
+    def module_forward(module: nn.Module, inp: Tensor):
+        def forward():
+            out, h = module(wrap(inp))
+            return (out.data if case.packed else out), h
+
+        return forward
+
+    for name in names:
+        if name == "rnnattn":
+            inp = _leaf(x, need_grad)
+            note = "" if ops.has_kernel(x.device, dtype) else "no rnnattn kernel here: ran torch's path"
+            built.contenders[name] = _make(
+                module_forward(ours, inp), [inp, *ours.parameters()], grads, case.mode, note
+            )
+        elif name == "nn.RNN":
+            theirs = nn.RNN(case.I, case.H, num_layers=case.layers, bidirectional=bi).to(device, dtype)
+            theirs.load_state_dict(ours.state_dict())
+            theirs.train(training)
+            inp = _leaf(x, need_grad)
+            note = "cuDNN" if device.type == "cuda" and torch.backends.cudnn.is_available() else ""
+            built.contenders[name] = _make(
+                module_forward(theirs, inp), [inp, *theirs.parameters()], grads, case.mode, note
+            )
+        elif name == "reference":
+            inp = _leaf(x, need_grad)
+            weights = [_leaf(getattr(ours, n), need_grad) for n in ours._flat_weights_names]
+
+            def forward(inp=inp, weights=weights):
+                hx = torch.zeros(case.layers * D, case.B, case.H, device=device, dtype=dtype)
+                return functional.rnn(
+                    inp, batch_sizes, hx, weights, case.layers, True, bi, layer=reference.rnn_layer
+                )
+
+            built.contenders[name] = _make(forward, [inp, *weights], grads, case.mode)
+        else:
+            raise ValueError(f"unknown RNN contender {name!r}; expected one of rnnattn, nn.RNN, reference")
+    return built
+
+
+# ---------------------------------------------------------------------------
+# Attention pooling
+
+
+def eager_pool(H: Tensor, w: Tensor, mask: Tensor):
+    """Attention pooling as a user writes it in PyTorch: ``(context, weights)``."""
+    scores = (H @ w).masked_fill(~mask, float("-inf"))  # (B, T)
+    a = torch.softmax(scores, dim=1)
+    context = torch.bmm(a.unsqueeze(1), H).squeeze(1)  # (B, D)
+    return context, a
+
+
+def sdpa_pool(H: Tensor, w: Tensor, mask: Tensor) -> Tensor:
+    """The same pooling as one ``scaled_dot_product_attention`` call."""
+    B, _, D = H.shape
+    q = w.reshape(1, 1, D).expand(B, 1, D)
+    return F.scaled_dot_product_attention(q, H, H, attn_mask=mask.unsqueeze(1), scale=1.0).squeeze(1)
+
+
+def has_attention_pooling() -> bool:
+    return hasattr(rnnattn, "AttentionPooling")
+
+
+def _query_parameter(module: nn.Module, D: int) -> Tensor:
+    """The learned query of a heads=1, linear-score, bias-free pooling module."""
+    params = [p for p in module.parameters() if p.numel() == D]
+    if len(params) != 1:
+        shapes = [tuple(p.shape) for p in module.parameters()]
+        raise RuntimeError(
+            f"rnnattn.AttentionPooling({D}): expected one query parameter of {D} elements, found {shapes}"
+        )
+    return params[0]
+
+
+def pool_contenders(case, device, dtype, names: Sequence[str], seed: int = 0) -> Built:
+    built = Built()
+    if not has_attention_pooling():
+        for n in names:
+            built.skipped[n] = "rnnattn has no AttentionPooling yet"
+        return built
+    torch.manual_seed(seed)
+    B, T, D = case.B, case.T, case.D
+    ours = rnnattn.AttentionPooling(D, device=device, dtype=dtype)
+    ours.train(case.mode == "fwd+bwd")
+    w0 = _query_parameter(ours, D)
+    with torch.no_grad():  # a query of typical scale, whatever the module's init
+        w0.copy_(torch.randn(D, device=device, dtype=dtype).reshape(w0.shape) / D**0.5)
+    H0 = torch.randn(B, T, D, device=device, dtype=dtype)
+    lens = spread_lengths(T, B)
+    perm = torch.randperm(B)
+    # The module gets CPU lengths, as a DataLoader's collate function yields
+    # them; the baselines get a ready mask on the device.
+    lengths = torch.tensor(lens)[perm]
+    mask = torch.arange(T, device=device).unsqueeze(0) < lengths.to(device).unsqueeze(1)
+    g_c = torch.randn(B, D, device=device, dtype=dtype)
+    need_grad = case.mode == "fwd+bwd"
+    compiled = None
+
+    for name in names:
+        H = _leaf(H0, need_grad)
+        if name == "rnnattn":
+
+            def forward(H=H):
+                return (ours(H, lengths=lengths)[0],)
+
+            built.contenders[name] = _make(forward, [H, *ours.parameters()], (g_c,), case.mode)
+            continue
+        w = _leaf(w0.reshape(D), need_grad)
+        if name == "eager":
+            fn = eager_pool
+        elif name == "compile":
+            if compiled is None:
+                # A fresh cache per case: dynamo caps recompilations of one
+                # function (then silently runs it eagerly), and a grid has
+                # more shapes than that cap. fullgraph: fail, never fall back.
+                torch._dynamo.reset()
+                compiled = torch.compile(eager_pool, dynamic=False, fullgraph=True)
+            fn = compiled
+        elif name == "sdpa":
+            built.contenders[name] = _make(
+                lambda H=H, w=w: (sdpa_pool(H, w, mask),), [H, w], (g_c,), case.mode, "context only"
+            )
+            continue
+        else:
+            raise ValueError(f"unknown pooling contender {name!r}; expected one of rnnattn, eager, compile, sdpa")
+        built.contenders[name] = _make(lambda H=H, w=w, fn=fn: (fn(H, w, mask)[0],), [H, w], (g_c,), case.mode)
+    return built
+
+
+def build(case, device, dtype, names: Sequence[str], seed: int = 0) -> Built:
+    if case.section == "rnn":
+        return rnn_contenders(case, device, dtype, names, seed)
+    return pool_contenders(case, device, dtype, names, seed)
