@@ -8,7 +8,9 @@
 #pragma once
 
 #include <ATen/ATen.h>
+#include <algorithm>
 #include <cstdint>
+#include <type_traits>
 
 extern "C" {
 void sgemm_(const char* ta, const char* tb, const int* m, const int* n, const int* k,
@@ -101,5 +103,59 @@ void gemm(bool ta, bool tb, int64_t m, int64_t n, int64_t k, T alpha, const T* a
     dgemm_(&tra, &trb, &M, &N, &K, &alpha, b, &LDA, a, &LDB, &beta, c, &LDC);
   }
 }
+
+}  // namespace rnnattn::cpu
+
+// MKL's packed-operand GEMM (CBLAS, 32-bit ints), weakly bound like sgemm_.
+extern "C" {
+size_t cblas_sgemm_pack_get_size(int identifier, int m, int n, int k) __attribute__((weak));
+void cblas_sgemm_pack(int layout, int identifier, int trans, int m, int n, int k, float alpha,
+                      const float* src, int ld, float* dest) __attribute__((weak));
+void cblas_sgemm_compute(int layout, int transa, int transb, int m, int n, int k, const float* a,
+                         int lda, const float* b, int ldb, float beta, float* c, int ldc)
+    __attribute__((weak));
+}
+
+namespace rnnattn::cpu {
+
+// C[m,n] = A[m,k] @ op(W) + beta * C with W packed once into MKL's internal
+// layout. The recurrence multiplies by the same W_hh at every step; a plain
+// GEMM re-packs it on every call (an H*H copy per step), this packs it once
+// per layer call. float only (MKL's packed API); valid() is false where the
+// API or the type is missing, and callers then use gemm().
+template <typename T>
+class PackedRightOperand {
+ public:
+  // W is (n x k) row-major when trans (op(W) = W^T), else (k x n).
+  PackedRightOperand(const T* w, bool trans, int64_t m, int64_t n, int64_t k)
+      : m_(m), n_(n), k_(k) {
+    if constexpr (std::is_same_v<T, float>) {
+      if (cblas_sgemm_pack_get_size == nullptr || cblas_sgemm_pack == nullptr ||
+          cblas_sgemm_compute == nullptr || m <= 0 || n <= 0 || k <= 0 ||
+          std::max({m, n, k}) > INT32_MAX)
+        return;
+      constexpr int kRowMajor = 101, kNoTrans = 111, kTrans = 112, kBMatrix = 162;
+      const size_t bytes = cblas_sgemm_pack_get_size(kBMatrix, int(m), int(n), int(k));
+      buffer_ = at::empty({static_cast<int64_t>((bytes + sizeof(float) - 1) / sizeof(float))},
+                          at::kFloat);
+      cblas_sgemm_pack(kRowMajor, kBMatrix, trans ? kTrans : kNoTrans, int(m), int(n), int(k),
+                       1.f, w, trans ? int(k) : int(n), buffer_.data_ptr<float>());
+    }
+  }
+  bool valid() const { return buffer_.defined(); }
+  int64_t rows() const { return m_; }
+  // C (rows() x n, leading dim n) = A (rows() x k) @ op(W) + beta * C.
+  void compute(const T* a, T beta, T* c) const {
+    if constexpr (std::is_same_v<T, float>) {
+      constexpr int kRowMajor = 101, kNoTrans = 111, kPacked = 151;
+      cblas_sgemm_compute(kRowMajor, kNoTrans, kPacked, int(m_), int(n_), int(k_), a, int(k_),
+                          buffer_.data_ptr<float>(), int(n_), beta, c, int(n_));
+    }
+  }
+
+ private:
+  int64_t m_, n_, k_;
+  at::Tensor buffer_;
+};
 
 }  // namespace rnnattn::cpu

@@ -36,6 +36,9 @@ void forward_kernel(const RnnShape& s, const StepSchedule& sched, const T* x,
   const int64_t H = s.hidden;
   gemm<T>(false, true, s.rows, H, s.input, T(1), x, s.input, w_ih, s.input, T(0), out, H);
   const int64_t T_ = sched.steps();
+  // W_hh^T packed once for the full-batch steps that go to BLAS.
+  const int64_t B0 = T_ ? sched.batch[0] : 0;
+  const PackedRightOperand<T> packed_w(w_hh, /*trans=*/true, small_step(B0, H) ? 0 : B0, H, H);
   for (int64_t i = 0; i < T_; ++i) {
     const int64_t t = reverse ? T_ - 1 - i : i;
     const int64_t b = sched.batch[t];
@@ -46,7 +49,10 @@ void forward_kernel(const RnnShape& s, const StepSchedule& sched, const T* x,
       for (int64_t r = 0; r < b; ++r) activate_row(o + r * H, state + r * H, bias, H, relu);
       continue;
     }
-    gemm<T>(false, true, b, H, H, T(1), state, H, w_hh, H, T(1), o, H);
+    if (packed_w.valid() && b == packed_w.rows())
+      packed_w.compute(state, T(1), o);
+    else
+      gemm<T>(false, true, b, H, H, T(1), state, H, w_hh, H, T(1), o, H);
     at::parallel_for(0, b, std::max<int64_t>(1, kPointwiseGrain / H),
                      [&](int64_t r0, int64_t r1) {
                        for (int64_t r = r0; r < r1; ++r)
@@ -62,6 +68,8 @@ void backward_kernel(const RnnShape& s, const StepSchedule& sched, const T* gout
                      bool padded, bool relu, bool reverse) {
   const int64_t H = s.hidden, I = s.input, N = s.rows;
   const int64_t T_ = sched.steps();
+  const int64_t B0 = T_ ? sched.batch[0] : 0;
+  const PackedRightOperand<T> packed_w(w_hh, /*trans=*/false, small_step(B0, H) ? 0 : B0, H, H);
   // Walk time opposite to the forward direction.
   for (int64_t i = 0; i < T_; ++i) {
     const int64_t t = reverse ? i : T_ - 1 - i;
@@ -81,7 +89,10 @@ void backward_kernel(const RnnShape& s, const StepSchedule& sched, const T* gout
                                              dz + r * H, H, relu);
                      });
     // g[:b] = dz_t @ W_hh: the grad of the state entering step t.
-    gemm<T>(false, false, b, H, H, T(1), dz, H, w_hh, H, T(0), g, H);
+    if (packed_w.valid() && b == packed_w.rows())
+      packed_w.compute(dz, T(0), g);
+    else
+      gemm<T>(false, false, b, H, H, T(1), dz, H, w_hh, H, T(0), g, H);
   }
   if (dx != nullptr) gemm<T>(false, false, N, I, H, T(1), dz_all, H, w_ih, I, T(0), dx, I);
   if (dw_ih == nullptr) return;
