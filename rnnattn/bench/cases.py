@@ -195,6 +195,9 @@ def full(device: str = "cpu") -> List[object]:
         for T in (32, 128, 512):
             for D in (64, 256):
                 add(_both(_pool, B, T, D))
+    # The shapes the attention-pooling issue quotes (wide and long).
+    for B, T, D in [(32, 512, 1024), (256, 2048, 256)]:
+        add(_both(_pool, B, T, D))
     return cases
 
 
