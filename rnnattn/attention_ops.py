@@ -25,21 +25,10 @@ import torch
 from torch import Tensor
 
 from . import _load  # noqa: F401  (registers torch.ops.rnnattn.*)
-from .ops import no_double_backward
+# The attention kernels cover the same devices and dtypes as the RNN kernels.
+from .ops import has_kernel, no_double_backward
 
 __all__ = ["attention_pool", "attention_pool_scores", "has_kernel", "num_chunks"]
-
-_CPU_DTYPES = (torch.float32, torch.float64)
-_CUDA_DTYPES = (torch.float32, torch.float64, torch.float16, torch.bfloat16)
-
-
-def has_kernel(device: torch.device, dtype: torch.dtype) -> bool:
-    """Whether the compiled attention-pooling kernels cover this device and dtype."""
-    if device.type == "cpu":
-        return dtype in _CPU_DTYPES
-    if device.type == "cuda":
-        return _load.WITH_CUDA and dtype in _CUDA_DTYPES
-    return False
 
 
 def num_chunks(steps: int, chunk_size: int) -> int:
