@@ -25,7 +25,8 @@ TORCH_SPEC=${CUDA_TORCH:-torch==2.14.1}
 [ -x "$VENV/bin/python" ] || "$PYTHON" -m venv "$VENV"
 PY="$VENV/bin/python"
 "$PY" -m pip install -q --no-cache-dir --upgrade pip setuptools wheel
-"$PY" -m pip install -q --no-cache-dir "$TORCH_SPEC" numpy pybind11 ninja pytest hypothesis expecttest
+# The same test dependencies as the Makefile's (tqdm and matplotlib are used by rnnattn.bench).
+"$PY" -m pip install -q --no-cache-dir "$TORCH_SPEC" numpy pybind11 ninja tqdm pytest expecttest hypothesis matplotlib
 "$PY" -c 'import torch; print("torch", torch.__version__, "CUDA", torch.version.cuda)'
 "$PY" -c 'import sys, torch; sys.exit(torch.version.cuda is None)' || {
   echo "cuda_build.sh: $TORCH_SPEC is not a CUDA build of torch" >&2; exit 1; }
