@@ -98,6 +98,45 @@ def test_forward_backward_packed(lengths, relu, reverse, device):
         assert_close(a, b, torch.float64)
 
 
+# The CPU kernel picks a path per step by its work rows*H*H: up to 2^19 a
+# single-threaded small GEMM, above it BLAS, above 2^21 split by columns of
+# W_hh across threads (H = 515: slices of whole cache lines plus a ragged
+# last one). These lengths give batch sizes 9, 6, 3, 1: the packed full-batch
+# step, unpacked BLAS steps and a small step, met in both directions.
+BIG_H = 515
+BIG_LENGTHS = [4, 3, 3, 2, 2, 2, 1, 1, 1]
+
+
+@pytest.mark.parametrize("threads", [1, 2, 3])
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+@pytest.mark.parametrize("reverse", [False, True])
+@pytest.mark.parametrize("packed", [False, True])
+def test_step_paths_and_thread_splits(packed, reverse, dtype, threads):
+    torch.manual_seed(0)
+    lengths = BIG_LENGTHS if packed else None
+    args = make_case(4, len(BIG_LENGTHS), 7, BIG_H, "cpu", packed_lengths=lengths, grad=True)
+    # float32 runs on the same values; the reference stays float64.
+    ours = [a.detach().to(dtype).requires_grad_() if a is not None and a.is_floating_point() else a
+            for a in args]
+    prev = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        out, hn = ops.rnn_layer(*ours, False, reverse)
+        go, gh = torch.randn_like(out), torch.randn_like(hn)
+        leaves = [a for a in ours if a is not None and a.requires_grad]
+        g = torch.autograd.grad((out * go).sum() + (hn * gh).sum(), leaves)
+    finally:
+        torch.set_num_threads(prev)
+    rout, rhn = reference.rnn_layer(*args, False, reverse)
+    rleaves = [a for a in args if a is not None and a.requires_grad]
+    rg = torch.autograd.grad((rout * go.double()).sum() + (rhn * gh.double()).sum(), rleaves)
+    tol = dict(rtol=1e-10, atol=1e-10) if dtype == torch.float64 else dict(rtol=1e-4, atol=1e-4)
+    torch.testing.assert_close(out.double(), rout, **tol)
+    torch.testing.assert_close(hn.double(), rhn, **tol)
+    for a, b in zip(g, rg):
+        torch.testing.assert_close(a.double(), b, **tol)
+
+
 def test_packed_hn_is_state_at_each_sequence_end():
     """h_n of a packed batch holds each sequence's own last state, not step T's."""
     lengths = [4, 2, 1]

@@ -1,15 +1,17 @@
 // CPU kernels of rnnattn::rnn_forward / rnn_backward (one layer, one direction).
 //
 // Forward: P = X W_ih^T is one GEMM over all rows, written straight into the
-// output buffer; then, step by step, out_t += h_{t-1} W_hh^T (one small GEMM
-// into BLAS, no dispatcher) and out_t = act(out_t + b) in one pointwise pass
-// that also refreshes the running state. The running state (B, H) is h_n at
-// the end: rows whose sequence has ended simply stop being updated, so a
-// PackedSequence is walked directly, in either direction.
+// output buffer; then, step by step, out_t += h_{t-1} W_hh^T and
+// out_t = act(out_t + b). Small steps run both on one thread with a
+// register-blocked GEMM (small_gemm.h); larger ones split the columns of
+// W_hh across threads, each doing its slice's GEMM and pointwise pass
+// (recurrent_gemm.h). The running state (B, H) is h_n at the end: rows whose
+// sequence has ended simply stop being updated, so a PackedSequence is
+// walked directly, in either direction.
 //
 // Backward: only dh is sequential: dz_t = (dout_t + g) * act'(h_t),
-// g = dz_t W_hh. dX, dW_ih, dW_hh and db are one GEMM / reduction each over
-// all N rows. Nothing is allocated inside the time loop.
+// g = dz_t W_hh, split the same way. dX, dW_ih, dW_hh and db are one GEMM /
+// reduction each over all N rows. Nothing is allocated inside the time loop.
 #include <ATen/ATen.h>
 #include <ATen/Parallel.h>
 #include <torch/library.h>
@@ -17,109 +19,156 @@
 #include "../rnn_common.h"
 #include "activation.h"
 #include "blas.h"
+#include "recurrent_gemm.h"
 #include "small_gemm.h"
 
 namespace rnnattn::cpu {
 namespace {
 
-// Rows are split across threads only when a step has enough work to pay for
-// waking them (~2^15 elements per task).
-constexpr int64_t kPointwiseGrain = 1 << 15;
-
 bool small_step(int64_t rows, int64_t H) { return rows * H * H <= kSmallGemmMaxWork; }
 
-// w_hh_t: W_hh^T (row-major H x H), used by the small-step path.
+// w_hh_t: W_hh^T (row-major H x H), used by the small-step path. The
+// running state is double-buffered (state, spare; both start as hx) so that
+// one step's GEMM reads the previous state while the same step's pointwise
+// pass writes the next one, column slice by column slice. Returns the buffer
+// that holds h_n.
 template <typename T>
-void forward_kernel(const RnnShape& s, const StepSchedule& sched, const T* x,
-                    const T* w_ih, const T* w_hh, const T* w_hh_t, const T* bias, T* out,
-                    T* state, bool relu, bool reverse) {
+T* forward_kernel(const RnnShape& s, const StepSchedule& sched, const T* x, const T* w_ih,
+                  const T* w_hh, const T* w_hh_t, const T* bias, T* out, T* state, T* spare,
+                  bool relu, bool reverse) {
   const int64_t H = s.hidden;
   gemm<T>(false, true, s.rows, H, s.input, T(1), x, s.input, w_ih, s.input, T(0), out, H);
   const int64_t T_ = sched.steps();
-  // W_hh^T packed once for the full-batch steps that go to BLAS.
+  // The full-batch steps (the largest) use W_hh^T packed once, by slices.
   const int64_t B0 = T_ ? sched.batch[0] : 0;
-  const PackedRightOperand<T> packed_w(w_hh, /*trans=*/true, small_step(B0, H) ? 0 : B0, H, H);
+  const RecurrentGemm<T> rec(w_hh, /*trans=*/true, small_step(B0, H) ? 0 : B0, H, H,
+                             recurrent_parts(B0, H));
+  T* cur = state;
+  T* nxt = spare;
+  int64_t b_prev = s.batch;
   for (int64_t i = 0; i < T_; ++i) {
     const int64_t t = reverse ? T_ - 1 - i : i;
     const int64_t b = sched.batch[t];
     T* o = out + sched.offset[t] * H;
+    // Rows whose sequence ended at the previous step hold their final state
+    // in cur only; copy them so both buffers agree on every row not updated
+    // from here on (rows not yet started hold hx in both).
+    if (b < b_prev) std::copy(cur + b * H, cur + b_prev * H, nxt + b * H);
+    b_prev = b;
     if (small_step(b, H)) {
       // Single-threaded, no BLAS call: the step's data is in L1/L2.
-      small_gemm(state, w_hh_t, o, b, H, H, /*accumulate=*/true);
-      for (int64_t r = 0; r < b; ++r) activate_row(o + r * H, state + r * H, bias, H, relu);
+      small_gemm(cur, w_hh_t, o, b, H, H, /*accumulate=*/true);
+      for (int64_t r = 0; r < b; ++r) activate_row(o + r * H, nxt + r * H, bias, H, relu);
+    } else {
+      at::parallel_for(0, rec.parts(), 1, [&](int64_t p0, int64_t p1) {
+        for (int64_t p = p0; p < p1; ++p) {
+          const int64_t c0 = rec.begin(p), n = rec.end(p) - c0;
+          rec.compute(p, cur, b, T(1), o);
+          for (int64_t r = 0; r < b; ++r)
+            activate_row(o + r * H + c0, nxt + r * H + c0, bias + c0, n, relu);
+        }
+      });
+    }
+    std::swap(cur, nxt);
+  }
+  return cur;
+}
+
+// The sequential part of the backward: dz_t = (dout_t + g) * act'(h_t) for
+// every step, walking time opposite to the forward; g (grad_hn on entry) ends
+// as grad_hx.
+template <typename T>
+void backward_recurrence(const RnnShape& s, const StepSchedule& sched, const T* gout,
+                         const T* w_hh, const T* out, T* g, T* dz_all, bool relu, bool reverse) {
+  const int64_t H = s.hidden;
+  const int64_t T_ = sched.steps();
+  const int64_t B0 = T_ ? sched.batch[0] : 0;
+  const RecurrentGemm<T> rec(w_hh, /*trans=*/false, small_step(B0, H) ? 0 : B0, H, H,
+                             recurrent_parts(B0, H));
+  auto step_at = [&](int64_t i) { return reverse ? i : T_ - 1 - i; };
+  // dz_t[:, c0:c1] over the step's rows; g holds the grad of the state
+  // leaving step t.
+  auto step_grad = [&](int64_t t, int64_t c0, int64_t c1) {
+    const int64_t off = sched.offset[t] * H;
+    for (int64_t r = 0; r < sched.batch[t]; ++r) {
+      const int64_t e = off + r * H + c0;
+      activation_grad_row(gout + e, g + r * H + c0, out + e, dz_all + e, c1 - c0, relu);
+    }
+  };
+  if (T_ > 0) step_grad(step_at(0), 0, H);
+  // Each iteration: g[:b] = dz_t @ W_hh (the grad of the state entering step
+  // t), then the next step's dz, which needs only the same columns of g, so
+  // each column slice does both while it is in cache.
+  for (int64_t i = 0; i < T_; ++i) {
+    const int64_t t = step_at(i);
+    const int64_t b = sched.batch[t];
+    const T* dz = dz_all + sched.offset[t] * H;
+    const bool has_next = i + 1 < T_;
+    const int64_t t_next = has_next ? step_at(i + 1) : 0;
+    if (small_step(b, H)) {
+      small_gemm(dz, w_hh, g, b, H, H, /*accumulate=*/false);
+      if (has_next) step_grad(t_next, 0, H);
       continue;
     }
-    if (packed_w.valid() && b == packed_w.rows())
-      packed_w.compute(state, T(1), o);
-    else
-      gemm<T>(false, true, b, H, H, T(1), state, H, w_hh, H, T(1), o, H);
-    at::parallel_for(0, b, std::max<int64_t>(1, kPointwiseGrain / H),
-                     [&](int64_t r0, int64_t r1) {
-                       for (int64_t r = r0; r < r1; ++r)
-                         activate_row(o + r * H, state + r * H, bias, H, relu);
-                     });
+    at::parallel_for(0, rec.parts(), 1, [&](int64_t p0, int64_t p1) {
+      for (int64_t p = p0; p < p1; ++p) {
+        rec.compute(p, dz, b, T(0), g);
+        if (has_next) step_grad(t_next, rec.begin(p), rec.end(p));
+      }
+    });
   }
 }
 
+// dW_hh = sum over steps of dz_t^T @ hprev_t. The state entering step t is,
+// row for row, the output of the step before it in the walk (for the rows
+// both steps hold) and hx (for rows whose sequence starts at t), so no copy
+// of the states is made: consecutive steps whose dz rows and state rows both
+// continue in memory are one GEMM. That is one GEMM over the output for
+// padded input, one per run of equal batch sizes for packed input, plus the
+// rows that start from hx.
 template <typename T>
-void backward_kernel(const RnnShape& s, const StepSchedule& sched, const T* gout,
-                     const T* x, const T* hx, const T* w_ih, const T* w_hh, const T* out,
-                     T* g, T* dz_all, T* hprev, T* dx, T* dw_ih, T* dw_hh, T* db,
-                     bool padded, bool relu, bool reverse) {
-  const int64_t H = s.hidden, I = s.input, N = s.rows;
-  const int64_t T_ = sched.steps();
-  const int64_t B0 = T_ ? sched.batch[0] : 0;
-  const PackedRightOperand<T> packed_w(w_hh, /*trans=*/false, small_step(B0, H) ? 0 : B0, H, H);
-  // Walk time opposite to the forward direction.
-  for (int64_t i = 0; i < T_; ++i) {
-    const int64_t t = reverse ? i : T_ - 1 - i;
+void recurrent_weight_grad(const RnnShape& s, const StepSchedule& sched, const T* hx,
+                           const T* out, const T* dz_all, T* dw_hh, bool reverse) {
+  const int64_t H = s.hidden, T_ = sched.steps();
+  std::fill(dw_hh, dw_hh + H * H, T(0));
+  auto accumulate = [&](const T* d, const T* h, int64_t rows) {
+    gemm<T>(true, false, H, H, rows, T(1), d, H, h, H, T(1), dw_hh, H);
+  };
+  const T* run_dz = nullptr;
+  const T* run_h = nullptr;
+  int64_t run_rows = 0;
+  for (int64_t t = 0; t < T_; ++t) {
     const int64_t b = sched.batch[t];
-    const int64_t off = sched.offset[t] * H;
-    T* dz = dz_all + off;
-    if (small_step(b, H)) {
-      for (int64_t r = 0; r < b; ++r)
-        activation_grad_row(gout + off + r * H, g + r * H, out + off + r * H, dz + r * H, H, relu);
-      small_gemm(dz, w_hh, g, b, H, H, /*accumulate=*/false);
-      continue;
+    const T* d = dz_all + sched.offset[t] * H;
+    const int64_t prev = reverse ? t + 1 : t - 1;  // the step whose output enters t
+    const bool has_prev = prev >= 0 && prev < T_;
+    const int64_t m = has_prev ? std::min(b, sched.batch[prev]) : 0;
+    if (m > 0) {
+      const T* h = out + sched.offset[prev] * H;
+      if (run_rows > 0 && d == run_dz + run_rows * H && h == run_h + run_rows * H) {
+        run_rows += m;
+      } else {
+        if (run_rows > 0) accumulate(run_dz, run_h, run_rows);
+        run_dz = d, run_h = h, run_rows = m;
+      }
     }
-    at::parallel_for(0, b, std::max<int64_t>(1, kPointwiseGrain / H),
-                     [&](int64_t r0, int64_t r1) {
-                       for (int64_t r = r0; r < r1; ++r)
-                         activation_grad_row(gout + off + r * H, g + r * H, out + off + r * H,
-                                             dz + r * H, H, relu);
-                     });
-    // g[:b] = dz_t @ W_hh: the grad of the state entering step t.
-    if (packed_w.valid() && b == packed_w.rows())
-      packed_w.compute(dz, T(0), g);
-    else
-      gemm<T>(false, false, b, H, H, T(1), dz, H, w_hh, H, T(0), g, H);
+    if (b > m) accumulate(d + m * H, hx + m * H, b - m);
   }
+  if (run_rows > 0) accumulate(run_dz, run_h, run_rows);
+}
+
+// The parallel part of the backward, from every step's dz: one GEMM each for
+// dX and dW_ih, recurrent_weight_grad, and a reduction for db. dx null: not
+// asked for; dw_ih, dw_hh and db all null: weight grads not asked for.
+template <typename T>
+void backward_gemms(const RnnShape& s, const StepSchedule& sched, const T* x, const T* hx,
+                    const T* w_ih, const T* out, const T* dz_all, T* dx, T* dw_ih, T* dw_hh,
+                    T* db, bool reverse) {
+  const int64_t H = s.hidden, I = s.input, N = s.rows;
   if (dx != nullptr) gemm<T>(false, false, N, I, H, T(1), dz_all, H, w_ih, I, T(0), dx, I);
-  if (dw_ih == nullptr) return;
+  if (dw_hh == nullptr) return;
   gemm<T>(true, false, H, I, N, T(1), dz_all, H, x, I, T(0), dw_ih, I);
-  if (padded) {
-    // Every step holds all B rows, so the states entering the steps are the
-    // output shifted by one step, plus hx: dW_hh is two GEMMs over views,
-    // with no (N, H) copy (keeps backward's peak memory below nn.RNN's).
-    const int64_t B = s.batch, NB = N - B;
-    const T* dz_first = reverse ? dz_all + NB * H : dz_all;  // the step that saw hx
-    const T* dz_rest = reverse ? dz_all : dz_all + B * H;
-    const T* prev_rest = reverse ? out + B * H : out;
-    gemm<T>(true, false, H, H, NB, T(1), dz_rest, H, prev_rest, H, T(0), dw_hh, H);
-    gemm<T>(true, false, H, H, B, T(1), dz_first, H, hx, H, T(1), dw_hh, H);
-  } else {
-    // Packed: replay the state each row saw entering its step, in forward
-    // order, so that dW_hh is one GEMM: dZ^T @ Hprev.
-    std::vector<T> st(hx, hx + s.batch * H);
-    for (int64_t i = 0; i < T_; ++i) {
-      const int64_t t = reverse ? T_ - 1 - i : i;
-      const int64_t n = sched.batch[t] * H;
-      const int64_t off = sched.offset[t] * H;
-      std::copy(st.begin(), st.begin() + n, hprev + off);
-      std::copy(out + off, out + off + n, st.begin());
-    }
-    gemm<T>(true, false, H, H, N, T(1), dz_all, H, hprev, H, T(0), dw_hh, H);
-  }
+  recurrent_weight_grad(s, sched, hx, out, dz_all, dw_hh, reverse);
   std::fill(db, db + H, T(0));
   for (int64_t r = 0; r < N; ++r) {
     const T* d = dz_all + r * H;
@@ -143,14 +192,15 @@ std::tuple<at::Tensor, at::Tensor> rnn_forward_cpu(
   out_shape.back() = s.hidden;
   auto output = at::empty(out_shape, x.options());
   auto h_n = hx.contiguous().clone();
+  auto spare = h_n.clone();  // the second state buffer
   // One bias vector (b_ih + b_hh, or zeros) keeps the pointwise loop branch-free.
   at::Tensor bias = b_ih.has_value() ? (*b_ih + *b_hh).contiguous() : at::zeros({s.hidden}, x.options());
   AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "rnnattn::rnn_forward", [&] {
-    forward_kernel<scalar_t>(s, sched, x.data_ptr<scalar_t>(), wi.data_ptr<scalar_t>(),
-                             wh.data_ptr<scalar_t>(), wh_t.data_ptr<scalar_t>(),
-                             bias.data_ptr<scalar_t>(),
-                             output.data_ptr<scalar_t>(), h_n.data_ptr<scalar_t>(), relu,
-                             reverse);
+    const scalar_t* last = forward_kernel<scalar_t>(
+        s, sched, x.data_ptr<scalar_t>(), wi.data_ptr<scalar_t>(), wh.data_ptr<scalar_t>(),
+        wh_t.data_ptr<scalar_t>(), bias.data_ptr<scalar_t>(), output.data_ptr<scalar_t>(),
+        h_n.data_ptr<scalar_t>(), spare.data_ptr<scalar_t>(), relu, reverse);
+    if (last == spare.data_ptr<scalar_t>()) h_n = spare;
   });
   return {output, h_n};
 }
@@ -169,9 +219,17 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> rnn_backw
   auto wi = w_ih.contiguous();
   auto wh = w_hh.contiguous();
   auto out = output.contiguous();
-  auto gout = grad_output.contiguous();
   auto g = grad_hn.contiguous().clone();  // becomes grad_hx
   auto dz = at::empty({s.rows, s.hidden}, x.options());
+  AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "rnnattn::rnn_backward", [&] {
+    auto gout = grad_output.contiguous();
+    backward_recurrence<scalar_t>(s, sched, gout.data_ptr<scalar_t>(), wh.data_ptr<scalar_t>(),
+                                  out.data_ptr<scalar_t>(), g.data_ptr<scalar_t>(),
+                                  dz.data_ptr<scalar_t>(), relu, reverse);
+  });
+  // The grads are allocated only now, after the recurrence has released its
+  // packed W_hh (and grad_output, if it was copied): this keeps the peak
+  // memory of the backward at the larger of its two phases, not their sum.
   // Grads not asked for are returned as distinct empty tensors (outputs of
   // an operator must not alias each other).
   auto none = [&] { return at::empty({0}, x.options()); };
@@ -179,18 +237,14 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> rnn_backw
   auto dwi = need_weight_grad ? at::empty_like(wi) : none();
   auto dwh = need_weight_grad ? at::empty_like(wh) : none();
   auto db = need_weight_grad ? at::empty({s.hidden}, x.options()) : none();
-  const bool padded = !batch_sizes.has_value();
-  auto hprev = need_weight_grad && !padded ? at::empty({s.rows, s.hidden}, x.options()) : none();
   AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "rnnattn::rnn_backward", [&] {
-    backward_kernel<scalar_t>(
-        s, sched, gout.data_ptr<scalar_t>(), x.data_ptr<scalar_t>(), h0.data_ptr<scalar_t>(),
-        wi.data_ptr<scalar_t>(), wh.data_ptr<scalar_t>(), out.data_ptr<scalar_t>(),
-        g.data_ptr<scalar_t>(), dz.data_ptr<scalar_t>(),
-        hprev.numel() ? hprev.data_ptr<scalar_t>() : nullptr,
-        need_input_grad ? dx.data_ptr<scalar_t>() : nullptr,
-        need_weight_grad ? dwi.data_ptr<scalar_t>() : nullptr,
-        need_weight_grad ? dwh.data_ptr<scalar_t>() : nullptr,
-        need_weight_grad ? db.data_ptr<scalar_t>() : nullptr, padded, relu, reverse);
+    backward_gemms<scalar_t>(s, sched, x.data_ptr<scalar_t>(), h0.data_ptr<scalar_t>(),
+                             wi.data_ptr<scalar_t>(), out.data_ptr<scalar_t>(),
+                             dz.data_ptr<scalar_t>(),
+                             need_input_grad ? dx.data_ptr<scalar_t>() : nullptr,
+                             need_weight_grad ? dwi.data_ptr<scalar_t>() : nullptr,
+                             need_weight_grad ? dwh.data_ptr<scalar_t>() : nullptr,
+                             need_weight_grad ? db.data_ptr<scalar_t>() : nullptr, reverse);
   });
   return {dx, g, dwi, dwh, db};
 }
