@@ -35,6 +35,9 @@ def rnn(
     a PackedSequence. Dropout (as in ``nn.RNN``) is applied to the output of
     every layer but the last when ``training``. ``layer`` is the one-layer,
     one-direction function: the fused op by default, the reference in tests.
+    With the fused op, the two directions of a layer run as one autograd node
+    (:func:`rnnattn.ops.rnn_bidirectional_layer`), which saves the layer's
+    output once for the backward.
 
     Returns ``(output, h_n)`` with ``output`` ``(T, B, D*H)`` (or ``(N, D*H)``)
     and ``h_n`` ``(num_layers * D, B, H)``.
@@ -43,16 +46,26 @@ def rnn(
     per = 4 if bias else 2
     h_n: List[Tensor] = []
     x = input
+    def layer_weights(k: int) -> List[Optional[Tensor]]:
+        w: List[Optional[Tensor]] = list(weights[k * per : (k + 1) * per])
+        return w if bias else w + [None, None]
+
     for l in range(num_layers):
-        outs: List[Tensor] = []
-        for d in range(directions):
-            k = l * directions + d
-            w = weights[k * per : (k + 1) * per]
-            b_ih, b_hh = (w[2], w[3]) if bias else (None, None)
-            out, h = layer(x, batch_sizes, hx[k], w[0], w[1], b_ih, b_hh, relu, d == 1)
-            outs.append(out)
-            h_n.append(h)
-        x = outs[0] if directions == 1 else torch.cat(outs, dim=-1)
+        k = l * directions
+        if directions == 2 and layer is ops.rnn_layer:
+            # One autograd node for both directions keeps the layer's output
+            # once for the backward, not twice (see ops.rnn_bidirectional_layer).
+            x, h_f, h_b = ops.rnn_bidirectional_layer(
+                x, batch_sizes, hx[k], hx[k + 1], layer_weights(k), layer_weights(k + 1), relu
+            )
+            h_n += [h_f, h_b]
+        else:
+            outs: List[Tensor] = []
+            for d in range(directions):
+                out, h = layer(x, batch_sizes, hx[k + d], *layer_weights(k + d), relu, d == 1)
+                outs.append(out)
+                h_n.append(h)
+            x = outs[0] if directions == 1 else torch.cat(outs, dim=-1)
         if dropout > 0 and training and l < num_layers - 1:
             x = F.dropout(x, p=dropout, training=True)
     return x, torch.stack(h_n, 0)

@@ -12,14 +12,14 @@
 direction; everything else (layers, directions, dropout) is composition in
 ``rnnattn.functional``.
 """
-from typing import Optional, Tuple
+from typing import Optional, Sequence, Tuple
 
 import torch
 from torch import Tensor
 
 from . import _load  # noqa: F401  (registers torch.ops.rnnattn.*)
 
-__all__ = ["rnn_layer", "has_kernel"]
+__all__ = ["rnn_layer", "rnn_bidirectional_layer", "has_kernel"]
 
 _CPU_DTYPES = (torch.float32, torch.float64)
 _CUDA_DTYPES = (torch.float32, torch.float64, torch.float16, torch.bfloat16)
@@ -106,43 +106,110 @@ def no_double_backward(what: str, *tensors) -> None:
         )
 
 
-def _rnn_setup_context(ctx, inputs, output):
-    input, batch_sizes, hx, w_ih, w_hh, b_ih, b_hh, relu, reverse = inputs
-    ctx.save_for_backward(input, batch_sizes, hx, w_ih, w_hh, output[0])
-    ctx.relu = relu
-    ctx.reverse = reverse
-    ctx.has_bias = b_ih is not None
+def _direction_grads(grad_output, grad_hn, input, batch_sizes, hx, w_ih, w_hh, output, relu, reverse, need):
+    """Grads of one layer and direction from the fused backward kernel.
 
-
-def _rnn_backward(ctx, grad_output, grad_hn):
-    input, batch_sizes, hx, w_ih, w_hh, output = ctx.saved_tensors
+    ``need`` holds needs_input_grad of (input, batch_sizes, hx, w_ih, w_hh,
+    b_ih, b_hh); returns the grads in that order (None where not needed).
+    ``grad_output`` and ``output`` may be strided views (one direction's half
+    of a bidirectional output): the CPU kernel reads them in place."""
     no_double_backward("the RNN", grad_output, grad_hn, input, hx, w_ih, w_hh)
     if grad_output is None:
         grad_output = torch.zeros_like(output)
     if grad_hn is None:
         grad_hn = torch.zeros_like(hx)
-    need = ctx.needs_input_grad
     need_input = bool(need[0])
     need_weight = bool(any(need[3:7]))
     dx, dhx, dwi, dwh, db = torch.ops.rnnattn.rnn_backward(
         grad_output, grad_hn, input, batch_sizes, hx, w_ih, w_hh, output,
-        ctx.relu, ctx.reverse, need_input, need_weight,
+        relu, reverse, need_input, need_weight,
     )
     # b_ih and b_hh enter as a sum, so they share one grad; each gets its own
     # tensor so that their .grad buffers never alias.
-    db_ih = db if ctx.has_bias and need[5] else None
-    db_hh = db.clone() if ctx.has_bias and need[6] else None
     return (
         dx if need_input else None,
         None,
         dhx if need[2] else None,
         dwi if need[3] else None,
         dwh if need[4] else None,
-        db_ih,
-        db_hh,
-        None,
-        None,
+        db if need[5] else None,
+        (db.clone() if need[5] else db) if need[6] else None,
     )
 
 
+def _rnn_setup_context(ctx, inputs, output):
+    input, batch_sizes, hx, w_ih, w_hh, b_ih, b_hh, relu, reverse = inputs
+    ctx.save_for_backward(input, batch_sizes, hx, w_ih, w_hh, output[0])
+    ctx.relu = relu
+    ctx.reverse = reverse
+
+
+def _rnn_backward(ctx, grad_output, grad_hn):
+    input, batch_sizes, hx, w_ih, w_hh, output = ctx.saved_tensors
+    grads = _direction_grads(
+        grad_output, grad_hn, input, batch_sizes, hx, w_ih, w_hh, output, ctx.relu, ctx.reverse,
+        ctx.needs_input_grad[:7],
+    )
+    return (*grads, None, None)
+
+
 torch.library.register_autograd("rnnattn::rnn_forward", _rnn_backward, setup_context=_rnn_setup_context)
+
+
+class _BidirectionalLayer(torch.autograd.Function):
+    """Both directions of one layer; the (..., 2H) output is saved once.
+
+    Composing two ``rnn_layer`` calls with ``torch.cat`` keeps each
+    direction's output alive for its backward beside the concatenation: the
+    layer's activations twice. Here each direction's backward gets its half of
+    the saved concatenation as a strided view instead."""
+
+    @staticmethod
+    def forward(input, batch_sizes, hx_f, hx_b, relu, *weights):
+        w_f, w_b = weights[:4], weights[4:]
+        out_f, h_f = torch.ops.rnnattn.rnn_forward(input, batch_sizes, hx_f, *w_f, relu, False)
+        out_b, h_b = torch.ops.rnnattn.rnn_forward(input, batch_sizes, hx_b, *w_b, relu, True)
+        return torch.cat([out_f, out_b], dim=-1), h_f, h_b
+
+    @staticmethod
+    def setup_context(ctx, inputs, output):
+        input, batch_sizes, hx_f, hx_b, relu, *weights = inputs
+        # Biases are not needed by the backward (and may be None).
+        ctx.save_for_backward(input, batch_sizes, hx_f, hx_b, weights[0], weights[1],
+                              weights[4], weights[5], output[0])
+        ctx.relu = relu
+
+    @staticmethod
+    def backward(ctx, grad_output, grad_hf, grad_hb):
+        input, batch_sizes, hx_f, hx_b, wi_f, wh_f, wi_b, wh_b, output = ctx.saved_tensors
+        H = wh_f.shape[0]
+        need = ctx.needs_input_grad
+        halves = [(output[..., :H], grad_output[..., :H] if grad_output is not None else None),
+                  (output[..., H:], grad_output[..., H:] if grad_output is not None else None)]
+        grads = []
+        for d, (hx, gh, w_ih, w_hh) in enumerate([(hx_f, grad_hf, wi_f, wh_f), (hx_b, grad_hb, wi_b, wh_b)]):
+            out, gout = halves[d]
+            dneed = (need[0], False, need[2 + d], *need[5 + 4 * d : 9 + 4 * d])
+            grads.append(_direction_grads(gout, gh, input, batch_sizes, hx, w_ih, w_hh, out, ctx.relu, d == 1, dneed))
+        (dx_f, _, dh_f, *dw_f), (dx_b, _, dh_b, *dw_b) = grads
+        dx = dx_f.add_(dx_b) if need[0] else None
+        return (dx, None, dh_f, dh_b, None, *dw_f, *dw_b)
+
+
+def rnn_bidirectional_layer(
+    input: Tensor,
+    batch_sizes: Optional[Tensor],
+    hx_f: Tensor,
+    hx_b: Tensor,
+    weights_f: Sequence[Optional[Tensor]],
+    weights_b: Sequence[Optional[Tensor]],
+    relu: bool = False,
+) -> Tuple[Tensor, Tensor, Tensor]:
+    """Both directions of one layer, fused (differentiable): the same values
+    as ``torch.cat`` of two :func:`rnn_layer` calls, with the layer's output
+    kept once for the backward instead of twice.
+
+    ``weights_f`` / ``weights_b`` are ``(w_ih, w_hh, b_ih, b_hh)`` (biases may
+    be None). Returns ``(output, h_n_forward, h_n_backward)`` with ``output``
+    ``(..., 2H)``."""
+    return _BidirectionalLayer.apply(input, batch_sizes, hx_f, hx_b, relu, *weights_f, *weights_b)

@@ -165,6 +165,33 @@ def test_save_and_load_whole_module():
     torch.testing.assert_close(loaded(x)[0], ours(x)[0], rtol=0, atol=0)
 
 
+@pytest.mark.parametrize("packed", [False, True])
+def test_bidirectional_stack_saves_each_layer_output_once(packed):
+    """For the backward, a bidirectional stack keeps each layer's (.., 2H)
+    output once (it is also the next layer's input) and the initial states:
+    no per-direction copies beside the concatenation."""
+    T, B, I, H, L = 5, 3, 4, 6, 2
+    ours = rnnattn.RNN(I, H, L, bidirectional=True).double()
+    x = torch.randn(T, B, I, dtype=torch.float64, requires_grad=True)
+    inp = nn.utils.rnn.pack_padded_sequence(x, [5, 4, 2]) if packed else x
+    rows = 11 if packed else T * B
+    saved = {}
+
+    def pack(t):
+        saved[t.untyped_storage().data_ptr()] = t.untyped_storage().nbytes()
+        return t
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        ours(inp)
+    leaves = {t.untyped_storage().data_ptr() for t in [x, *ours.parameters()]}
+    if packed:
+        leaves.add(inp.data.untyped_storage().data_ptr())
+    activations = sum(n for ptr, n in saved.items() if ptr not in leaves)
+    # batch_sizes is saved too (an int64 CPU tensor, T entries) when packed.
+    expected = 8 * (L * rows * 2 * H + L * 2 * B * H) + (8 * T if packed else 0)
+    assert activations == expected
+
+
 def test_torch_compile_fullgraph_module():
     _, ours = twins(4, 6, 2, bidirectional=True)
     x = torch.randn(5, 3, 4, dtype=torch.float64, requires_grad=True)

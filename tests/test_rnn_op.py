@@ -197,6 +197,79 @@ def test_opcheck(packed, device):
         )
 
 
+# --- both directions of a layer in one autograd node ------------------------
+
+
+def bidirectional_reference(x, bs, hx_f, hx_b, w_f, w_b):
+    out_f, h_f = reference.rnn_layer(x, bs, hx_f, *w_f, False, False)
+    out_b, h_b = reference.rnn_layer(x, bs, hx_b, *w_b, False, True)
+    return torch.cat([out_f, out_b], -1), h_f, h_b
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("bias", [True, False])
+@pytest.mark.parametrize("packed", [None, [5, 4, 4, 2, 1]])
+# Which inputs need grads, and which outputs the loss uses.
+@pytest.mark.parametrize("grads", ["all", "input", "backward weights", "h_n only", "output only"])
+def test_bidirectional_layer_matches_two_directions(grads, packed, bias, device):
+    x, bs, hx_f, *w_f = make_case(5, 3, 4, 6, device, packed_lengths=packed, bias=bias)
+    _, _, hx_b, *w_b = make_case(5, 3, 4, 6, device, packed_lengths=packed, bias=bias)
+    leaves = {"all": [x, hx_f, hx_b, *w_f, *w_b], "input": [x], "backward weights": w_b,
+              "h_n only": [x, hx_f, *w_f, *w_b], "output only": [x, hx_b, *w_f]}[grads]
+    leaves = [t.requires_grad_() for t in leaves if t is not None]
+    out, h_f, h_b = ops.rnn_bidirectional_layer(x, bs, hx_f, hx_b, w_f, w_b)
+    rout, rh_f, rh_b = bidirectional_reference(x, bs, hx_f, hx_b, w_f, w_b)
+    for a, b in [(out, rout), (h_f, rh_f), (h_b, rh_b)]:
+        assert_close(a, b, torch.float64)
+
+    def loss(o, hf, hb):
+        terms = {"h_n only": [hf, hb], "output only": [o]}.get(grads, [o, hf, hb])
+        return sum((t * torch.linspace(-1, 1, t.numel(), **F64, device=device).view_as(t)).sum()
+                   for t in terms)
+
+    g = torch.autograd.grad(loss(out, h_f, h_b), leaves)
+    rg = torch.autograd.grad(loss(rout, rh_f, rh_b), leaves)
+    for a, b in zip(g, rg):
+        assert_close(a, b, torch.float64)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("packed", [None, [3, 2, 2]])
+def test_gradcheck_bidirectional_layer(packed, device):
+    x, bs, hx_f, *w_f = make_case(3, 2, 3, 4, device, packed_lengths=packed, grad=True)
+    _, _, hx_b, *w_b = make_case(3, 2, 3, 4, device, packed_lengths=packed, grad=True)
+    fn = lambda x, hf, hb, *w: ops.rnn_bidirectional_layer(x, bs, hf, hb, w[:4], w[4:])  # noqa: E731
+    assert torch.autograd.gradcheck(fn, (x, hx_f, hx_b, *w_f, *w_b), eps=1e-6, atol=1e-7, rtol=1e-5)
+
+
+@pytest.mark.parametrize("packed", [None, [3, 3, 1]])
+def test_backward_reads_row_strided_output_in_place(packed):
+    """A direction's half of a (..., 2H) output, and of its grad, is passed to
+    rnn_backward as a view with a row stride; other layouts are copied. Either
+    way the grads equal those from contiguous tensors."""
+    x, bs, hx, w_ih, w_hh, _, _ = make_case(3, 3, 4, 5, "cpu", packed_lengths=packed)
+    out, _ = ops.rnn_layer(x, bs, hx, w_ih, w_hh)
+    gout, gh = torch.randn_like(out), torch.randn_like(hx)
+    H = out.shape[-1]
+
+    def half_of_wide(t):  # t as the middle third of a wider tensor
+        wide = torch.full((*t.shape[:-1], 3 * H), float("nan"), **F64)
+        wide[..., H : 2 * H] = t
+        return wide[..., H : 2 * H]
+
+    def time_major_view_of_batch_major(t):  # uneven row strides
+        return t.transpose(0, 1).contiguous().transpose(0, 1)
+
+    layouts = [half_of_wide] + ([time_major_view_of_batch_major] if packed is None else [])
+    want = torch.ops.rnnattn.rnn_backward(gout, gh, x, bs, hx, w_ih, w_hh, out, False, False, True, True)
+    for layout in layouts:
+        got = torch.ops.rnnattn.rnn_backward(
+            layout(gout), gh, x, bs, hx, w_ih, w_hh, layout(out), False, False, True, True
+        )
+        for a, b in zip(got, want):
+            torch.testing.assert_close(a, b, rtol=1e-13, atol=1e-13)
+
+
 def test_torch_compile_fullgraph():
     args = make_case(5, 3, 4, 6, "cpu", grad=True)
 

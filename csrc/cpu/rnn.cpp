@@ -16,6 +16,9 @@
 #include <ATen/Parallel.h>
 #include <torch/library.h>
 
+#include <tuple>
+#include <utility>
+
 #include "../rnn_common.h"
 #include "activation.h"
 #include "blas.h"
@@ -77,9 +80,11 @@ T* forward_kernel(const RnnShape& s, const StepSchedule& sched, const T* x, cons
 // The sequential part of the backward: dz_t = (dout_t + g) * act'(h_t) for
 // every step, walking time opposite to the forward; g (grad_hn on entry) ends
 // as grad_hx.
+// gout and out are rows ld_gout / ld_out elements apart (see as_rows).
 template <typename T>
 void backward_recurrence(const RnnShape& s, const StepSchedule& sched, const T* gout,
-                         const T* w_hh, const T* out, T* g, T* dz_all, bool relu, bool reverse) {
+                         int64_t ld_gout, const T* w_hh, const T* out, int64_t ld_out, T* g,
+                         T* dz_all, bool relu, bool reverse) {
   const int64_t H = s.hidden;
   const int64_t T_ = sched.steps();
   const int64_t B0 = T_ ? sched.batch[0] : 0;
@@ -89,10 +94,10 @@ void backward_recurrence(const RnnShape& s, const StepSchedule& sched, const T* 
   // dz_t[:, c0:c1] over the step's rows; g holds the grad of the state
   // leaving step t.
   auto step_grad = [&](int64_t t, int64_t c0, int64_t c1) {
-    const int64_t off = sched.offset[t] * H;
     for (int64_t r = 0; r < sched.batch[t]; ++r) {
-      const int64_t e = off + r * H + c0;
-      activation_grad_row(gout + e, g + r * H + c0, out + e, dz_all + e, c1 - c0, relu);
+      const int64_t row = sched.offset[t] + r;
+      activation_grad_row(gout + row * ld_gout + c0, g + r * H + c0, out + row * ld_out + c0,
+                          dz_all + row * H + c0, c1 - c0, relu);
     }
   };
   if (T_ > 0) step_grad(step_at(0), 0, H);
@@ -128,11 +133,12 @@ void backward_recurrence(const RnnShape& s, const StepSchedule& sched, const T* 
 // rows that start from hx.
 template <typename T>
 void recurrent_weight_grad(const RnnShape& s, const StepSchedule& sched, const T* hx,
-                           const T* out, const T* dz_all, T* dw_hh, bool reverse) {
+                           const T* out, int64_t ld_out, const T* dz_all, T* dw_hh,
+                           bool reverse) {
   const int64_t H = s.hidden, T_ = sched.steps();
   std::fill(dw_hh, dw_hh + H * H, T(0));
-  auto accumulate = [&](const T* d, const T* h, int64_t rows) {
-    gemm<T>(true, false, H, H, rows, T(1), d, H, h, H, T(1), dw_hh, H);
+  auto accumulate = [&](const T* d, const T* h, int64_t ld_h, int64_t rows) {
+    gemm<T>(true, false, H, H, rows, T(1), d, H, h, ld_h, T(1), dw_hh, H);
   };
   const T* run_dz = nullptr;
   const T* run_h = nullptr;
@@ -144,17 +150,17 @@ void recurrent_weight_grad(const RnnShape& s, const StepSchedule& sched, const T
     const bool has_prev = prev >= 0 && prev < T_;
     const int64_t m = has_prev ? std::min(b, sched.batch[prev]) : 0;
     if (m > 0) {
-      const T* h = out + sched.offset[prev] * H;
-      if (run_rows > 0 && d == run_dz + run_rows * H && h == run_h + run_rows * H) {
+      const T* h = out + sched.offset[prev] * ld_out;
+      if (run_rows > 0 && d == run_dz + run_rows * H && h == run_h + run_rows * ld_out) {
         run_rows += m;
       } else {
-        if (run_rows > 0) accumulate(run_dz, run_h, run_rows);
+        if (run_rows > 0) accumulate(run_dz, run_h, ld_out, run_rows);
         run_dz = d, run_h = h, run_rows = m;
       }
     }
-    if (b > m) accumulate(d + m * H, hx + m * H, b - m);
+    if (b > m) accumulate(d + m * H, hx + m * H, H, b - m);
   }
-  if (run_rows > 0) accumulate(run_dz, run_h, run_rows);
+  if (run_rows > 0) accumulate(run_dz, run_h, ld_out, run_rows);
 }
 
 // The parallel part of the backward, from every step's dz: one GEMM each for
@@ -162,18 +168,42 @@ void recurrent_weight_grad(const RnnShape& s, const StepSchedule& sched, const T
 // asked for; dw_ih, dw_hh and db all null: weight grads not asked for.
 template <typename T>
 void backward_gemms(const RnnShape& s, const StepSchedule& sched, const T* x, const T* hx,
-                    const T* w_ih, const T* out, const T* dz_all, T* dx, T* dw_ih, T* dw_hh,
-                    T* db, bool reverse) {
+                    const T* w_ih, const T* out, int64_t ld_out, const T* dz_all, T* dx,
+                    T* dw_ih, T* dw_hh, T* db, bool reverse) {
   const int64_t H = s.hidden, I = s.input, N = s.rows;
   if (dx != nullptr) gemm<T>(false, false, N, I, H, T(1), dz_all, H, w_ih, I, T(0), dx, I);
   if (dw_hh == nullptr) return;
   gemm<T>(true, false, H, I, N, T(1), dz_all, H, x, I, T(0), dw_ih, I);
-  recurrent_weight_grad(s, sched, hx, out, dz_all, dw_hh, reverse);
+  recurrent_weight_grad(s, sched, hx, out, ld_out, dz_all, dw_hh, reverse);
   std::fill(db, db + H, T(0));
   for (int64_t r = 0; r < N; ++r) {
     const T* d = dz_all + r * H;
     for (int64_t j = 0; j < H; ++j) db[j] += d[j];
   }
+}
+
+// A (..., H) tensor as rows of H values a fixed stride apart, with that
+// stride. One direction's half of a bidirectional layer's output (and of its
+// grad) is such a view: the backward reads it in place instead of copying
+// it. Any other layout is made contiguous.
+std::pair<at::Tensor, int64_t> as_rows(const at::Tensor& t) {
+  const int64_t H = t.size(-1);
+  if (t.stride(-1) == 1) {
+    int64_t ld = -1, next = 0;  // next: the stride the next outer dim must have
+    bool uniform = true;
+    for (int64_t d = t.dim() - 2; d >= 0 && uniform; --d) {
+      if (t.size(d) == 1) continue;
+      if (ld < 0) {
+        ld = t.stride(d);
+      } else {
+        uniform = t.stride(d) == next;
+      }
+      next = t.stride(d) * t.size(d);
+    }
+    if (ld < 0) ld = H;  // a single row
+    if (uniform && ld >= H) return {t, ld};
+  }
+  return {t.contiguous(), H};
 }
 
 std::tuple<at::Tensor, at::Tensor> rnn_forward_cpu(
@@ -218,14 +248,18 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> rnn_backw
   auto h0 = hx.contiguous();
   auto wi = w_ih.contiguous();
   auto wh = w_hh.contiguous();
-  auto out = output.contiguous();
+  at::Tensor out;
+  int64_t ld_out;
+  std::tie(out, ld_out) = as_rows(output);
   auto g = grad_hn.contiguous().clone();  // becomes grad_hx
   auto dz = at::empty({s.rows, s.hidden}, x.options());
   AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "rnnattn::rnn_backward", [&] {
-    auto gout = grad_output.contiguous();
-    backward_recurrence<scalar_t>(s, sched, gout.data_ptr<scalar_t>(), wh.data_ptr<scalar_t>(),
-                                  out.data_ptr<scalar_t>(), g.data_ptr<scalar_t>(),
-                                  dz.data_ptr<scalar_t>(), relu, reverse);
+    at::Tensor gout;
+    int64_t ld_gout;
+    std::tie(gout, ld_gout) = as_rows(grad_output);
+    backward_recurrence<scalar_t>(s, sched, gout.data_ptr<scalar_t>(), ld_gout,
+                                  wh.data_ptr<scalar_t>(), out.data_ptr<scalar_t>(), ld_out,
+                                  g.data_ptr<scalar_t>(), dz.data_ptr<scalar_t>(), relu, reverse);
   });
   // The grads are allocated only now, after the recurrence has released its
   // packed W_hh (and grad_output, if it was copied): this keeps the peak
@@ -239,7 +273,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> rnn_backw
   auto db = need_weight_grad ? at::empty({s.hidden}, x.options()) : none();
   AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "rnnattn::rnn_backward", [&] {
     backward_gemms<scalar_t>(s, sched, x.data_ptr<scalar_t>(), h0.data_ptr<scalar_t>(),
-                             wi.data_ptr<scalar_t>(), out.data_ptr<scalar_t>(),
+                             wi.data_ptr<scalar_t>(), out.data_ptr<scalar_t>(), ld_out,
                              dz.data_ptr<scalar_t>(),
                              need_input_grad ? dx.data_ptr<scalar_t>() : nullptr,
                              need_weight_grad ? dwi.data_ptr<scalar_t>() : nullptr,
