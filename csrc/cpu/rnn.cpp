@@ -216,21 +216,43 @@ std::tuple<at::Tensor, at::Tensor> rnn_forward_cpu(
   auto x = input.contiguous();
   auto wi = w_ih.contiguous();
   auto wh = w_hh.contiguous();
-  // W_hh^T for the small-step path (only if some step can be small).
-  auto wh_t = small_step(1, s.hidden) ? wh.t().contiguous() : wh;
+  auto h0 = hx.contiguous();
+  const int64_t H = s.hidden;
+  const bool small = small_step(1, H);  // some step may take the small-step path
   std::vector<int64_t> out_shape(input.sizes().begin(), input.sizes().end());
-  out_shape.back() = s.hidden;
+  out_shape.back() = H;
   auto output = at::empty(out_shape, x.options());
-  auto h_n = hx.contiguous().clone();
-  auto spare = h_n.clone();  // the second state buffer
-  // One bias vector (b_ih + b_hh, or zeros) keeps the pointwise loop branch-free.
-  at::Tensor bias = b_ih.has_value() ? (*b_ih + *b_hh).contiguous() : at::zeros({s.hidden}, x.options());
+  auto h_n = at::empty({s.batch, H}, x.options());
+  auto spare = at::empty({s.batch, H}, x.options());  // the second state buffer
+  // One bias vector (b_ih + b_hh, or zeros) keeps the pointwise loop
+  // branch-free; the small-step path multiplies by W_hh^T. The buffers are
+  // filled by plain loops: for a small RNN, each ATen op (clone, add,
+  // transpose + contiguous) costs microseconds, as much as several steps.
+  auto bias = at::empty({H}, x.options());
+  auto wh_t = small ? at::empty({H, H}, x.options()) : wh;
+  at::Tensor bi, bh;
+  if (b_ih.has_value()) bi = b_ih->contiguous(), bh = b_hh->contiguous();
   AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "rnnattn::rnn_forward", [&] {
-    const scalar_t* last = forward_kernel<scalar_t>(
-        s, sched, x.data_ptr<scalar_t>(), wi.data_ptr<scalar_t>(), wh.data_ptr<scalar_t>(),
-        wh_t.data_ptr<scalar_t>(), bias.data_ptr<scalar_t>(), output.data_ptr<scalar_t>(),
-        h_n.data_ptr<scalar_t>(), spare.data_ptr<scalar_t>(), relu, reverse);
-    if (last == spare.data_ptr<scalar_t>()) h_n = spare;
+    using T = scalar_t;
+    const T* h0p = h0.data_ptr<T>();
+    std::copy(h0p, h0p + s.batch * H, h_n.data_ptr<T>());
+    std::copy(h0p, h0p + s.batch * H, spare.data_ptr<T>());
+    T* b = bias.data_ptr<T>();
+    if (bi.defined()) {
+      for (int64_t j = 0; j < H; ++j) b[j] = bi.data_ptr<T>()[j] + bh.data_ptr<T>()[j];
+    } else {
+      std::fill(b, b + H, T(0));
+    }
+    if (small) {
+      const T* w = wh.data_ptr<T>();
+      T* wt = wh_t.data_ptr<T>();
+      for (int64_t i = 0; i < H; ++i)
+        for (int64_t j = 0; j < H; ++j) wt[j * H + i] = w[i * H + j];
+    }
+    const T* last = forward_kernel<T>(s, sched, x.data_ptr<T>(), wi.data_ptr<T>(), wh.data_ptr<T>(),
+                                      wh_t.data_ptr<T>(), b, output.data_ptr<T>(),
+                                      h_n.data_ptr<T>(), spare.data_ptr<T>(), relu, reverse);
+    if (last == spare.data_ptr<T>()) h_n = spare;
   });
   return {output, h_n};
 }

@@ -16,68 +16,88 @@ struct Vec {
   static constexpr int kLanes = 32 / sizeof(T);
 };
 
-// One R-row x (4 vectors) block of Y: the accumulators stay in registers for
+// One R-row x NV-vector block of Y: the accumulators stay in registers for
 // the whole k loop, each vector of B loaded once for R rows.
-template <typename T, int R>
+template <typename T, int R, int NV>
 __attribute__((always_inline)) inline void block(const T* __restrict X, const T* __restrict B,
                                                  T* __restrict Y, int64_t k, int64_t n,
                                                  bool accumulate) {
   using V = typename Vec<T>::type;
   using U = typename Vec<T>::unaligned;
   constexpr int L = Vec<T>::kLanes;
-  V acc[R][4];
+  V acc[R][NV];
   for (int r = 0; r < R; ++r)
-    for (int c = 0; c < 4; ++c)
+    for (int c = 0; c < NV; ++c)
       acc[r][c] = accumulate ? *reinterpret_cast<const U*>(Y + r * n + c * L) : V{};
-  for (int64_t p = 0; p < k; ++p) {
+  int64_t p = 0;
+  if constexpr (R == 1) {
+    // One row has only NV accumulators: too few to cover the FMA latency,
+    // so even and odd p go to two sets, summed at the end.
+    V acc2[NV] = {};
+    for (; p + 2 <= k; p += 2) {
+      const T a0 = X[p], a1 = X[p + 1];
+      for (int c = 0; c < NV; ++c) {
+        acc[0][c] += a0 * *reinterpret_cast<const U*>(B + p * n + c * L);
+        acc2[c] += a1 * *reinterpret_cast<const U*>(B + (p + 1) * n + c * L);
+      }
+    }
+    for (int c = 0; c < NV; ++c) acc[0][c] += acc2[c];
+  }
+  for (; p < k; ++p) {
     const T* b = B + p * n;
-    const V b0 = *reinterpret_cast<const U*>(b), b1 = *reinterpret_cast<const U*>(b + L);
-    const V b2 = *reinterpret_cast<const U*>(b + 2 * L), b3 = *reinterpret_cast<const U*>(b + 3 * L);
+    V bv[NV];
+    for (int c = 0; c < NV; ++c) bv[c] = *reinterpret_cast<const U*>(b + c * L);
     for (int r = 0; r < R; ++r) {
       const T a = X[r * k + p];
-      acc[r][0] += a * b0;
-      acc[r][1] += a * b1;
-      acc[r][2] += a * b2;
-      acc[r][3] += a * b3;
+      for (int c = 0; c < NV; ++c) acc[r][c] += a * bv[c];
     }
   }
   for (int r = 0; r < R; ++r)
-    for (int c = 0; c < 4; ++c) *reinterpret_cast<U*>(Y + r * n + c * L) = acc[r][c];
+    for (int c = 0; c < NV; ++c) *reinterpret_cast<U*>(Y + r * n + c * L) = acc[r][c];
 }
 
-// Columns [j0, n) of rows [i0, i0 + R): the ragged right edge.
-template <typename T>
-__attribute__((always_inline)) inline void edge(const T* __restrict X, const T* __restrict B,
-                                                T* __restrict Y, int64_t rows, int64_t k,
-                                                int64_t n, int64_t j0, bool accumulate) {
-  for (int64_t r = 0; r < rows; ++r) {
-    T* __restrict y = Y + r * n;
-    if (!accumulate)
-      for (int64_t j = j0; j < n; ++j) y[j] = T(0);
+// Columns [j0, n) of R rows, fewer than one vector: each y[j] is a dot
+// product down a column of B, kept in a register.
+template <typename T, int R>
+__attribute__((always_inline)) inline void tail(const T* __restrict X, const T* __restrict B,
+                                                T* __restrict Y, int64_t k, int64_t n, int64_t j0,
+                                                bool accumulate) {
+  for (int64_t j = j0; j < n; ++j) {
+    T acc[R];
+    for (int r = 0; r < R; ++r) acc[r] = accumulate ? Y[r * n + j] : T(0);
     for (int64_t p = 0; p < k; ++p) {
-      const T a = X[r * k + p];
-      const T* __restrict b = B + p * n;
-      for (int64_t j = j0; j < n; ++j) y[j] += a * b[j];
+      const T b = B[p * n + j];
+      for (int r = 0; r < R; ++r) acc[r] += X[r * k + p] * b;
     }
+    for (int r = 0; r < R; ++r) Y[r * n + j] = acc[r];
   }
+}
+
+// R rows of Y: blocks of 4 vectors, then one block of the remaining whole
+// vectors (so H = 100 or 300 does not fall to scalar code), then the
+// scalar tail.
+template <typename T, int R>
+__attribute__((always_inline)) inline void rows(const T* X, const T* B, T* Y, int64_t k,
+                                                int64_t n, bool accumulate) {
+  constexpr int L = Vec<T>::kLanes;
+  int64_t j = 0;
+  for (; j + 4 * L <= n; j += 4 * L) block<T, R, 4>(X, B + j, Y + j, k, n, accumulate);
+  const int64_t vectors = (n - j) / L;
+  if (vectors == 3) block<T, R, 3>(X, B + j, Y + j, k, n, accumulate);
+  if (vectors == 2) block<T, R, 2>(X, B + j, Y + j, k, n, accumulate);
+  if (vectors == 1) block<T, R, 1>(X, B + j, Y + j, k, n, accumulate);
+  tail<T, R>(X, B, Y, k, n, j + vectors * L, accumulate);
 }
 
 template <typename T>
 __attribute__((always_inline)) inline void small_gemm_impl(const T* X, const T* B, T* Y, int64_t m,
                                                            int64_t k, int64_t n, bool accumulate) {
-  constexpr int C = 4 * Vec<T>::kLanes;  // 32 floats / 16 doubles a block row
-  const int64_t nc = n - n % C;
+  // 3 rows x 4 vectors: 12 accumulators + 4 vectors of B fill the 16 ymm
+  // registers; each loaded vector of B feeds 3 FMAs.
   int64_t i = 0;
-  for (; i + 2 <= m; i += 2) {
-    for (int64_t j = 0; j < nc; j += C)
-      block<T, 2>(X + i * k, B + j, Y + i * n + j, k, n, accumulate);
-    edge(X + i * k, B, Y + i * n, 2, k, n, nc, accumulate);
-  }
-  if (i < m) {
-    for (int64_t j = 0; j < nc; j += C)
-      block<T, 1>(X + i * k, B + j, Y + i * n + j, k, n, accumulate);
-    edge(X + i * k, B, Y + i * n, 1, k, n, nc, accumulate);
-  }
+  for (; i + 3 <= m; i += 3) rows<T, 3>(X + i * k, B, Y + i * n, k, n, accumulate);
+  if (m - i == 2) rows<T, 2>(X + i * k, B, Y + i * n, k, n, accumulate);
+  if (m - i == 1) rows<T, 1>(X + i * k, B, Y + i * n, k, n, accumulate);
 }
 
 RNNATTN_TARGET_AVX2 void small_gemm_avx2(const float* X, const float* B, float* Y, int64_t m,

@@ -4,8 +4,9 @@
 // At rows*H*H below ~2^19 multiply-adds a step, the fixed cost of a BLAS call
 // (argument checks, threading decision, packing) is larger than the
 // arithmetic, and nn.RNN pays the dispatcher on top of it. This kernel keeps
-// a 2-row x 32-float block of Y in registers while it streams the rows of B,
-// so each loaded vector of B feeds two FMAs and Y is touched once per block.
+// a 3-row x 4-vector block of Y in registers while it streams the rows of B,
+// so each loaded vector of B feeds three FMAs and Y is touched once per
+// block; ragged widths use narrower vector blocks, then a scalar tail.
 // Built for AVX2+FMA and for baseline x86-64, chosen at run time (isa.h).
 #pragma once
 
