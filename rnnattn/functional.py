@@ -16,6 +16,13 @@ from . import ops
 LayerFn = Callable[..., Tuple[Tensor, Tensor]]
 
 
+def _layer_weights(weights: Sequence[Tensor], k: int, bias: bool) -> List[Optional[Tensor]]:
+    """(w_ih, w_hh, b_ih, b_hh) of layer-direction k; biases None without bias."""
+    if bias:
+        return list(weights[4 * k : 4 * k + 4])
+    return [weights[2 * k], weights[2 * k + 1], None, None]
+
+
 def rnn(
     input: Tensor,
     batch_sizes: Optional[Tensor],
@@ -43,29 +50,25 @@ def rnn(
     and ``h_n`` ``(num_layers * D, B, H)``.
     """
     directions = 2 if bidirectional else 1
-    per = 4 if bias else 2
     h_n: List[Tensor] = []
     x = input
-    def layer_weights(k: int) -> List[Optional[Tensor]]:
-        w: List[Optional[Tensor]] = list(weights[k * per : (k + 1) * per])
-        return w if bias else w + [None, None]
-
     for l in range(num_layers):
         k = l * directions
         if directions == 2 and layer is ops.rnn_layer:
             # One autograd node for both directions keeps the layer's output
             # once for the backward, not twice (see ops.rnn_bidirectional_layer).
-            x, h_f, h_b = ops.rnn_bidirectional_layer(
-                x, batch_sizes, hx[k], hx[k + 1], layer_weights(k), layer_weights(k + 1), relu
-            )
+            w_f, w_b = _layer_weights(weights, k, bias), _layer_weights(weights, k + 1, bias)
+            x, h_f, h_b = ops.rnn_bidirectional_layer(x, batch_sizes, hx[k], hx[k + 1], w_f, w_b, relu)
             h_n += [h_f, h_b]
         else:
             outs: List[Tensor] = []
             for d in range(directions):
-                out, h = layer(x, batch_sizes, hx[k + d], *layer_weights(k + d), relu, d == 1)
+                w = _layer_weights(weights, k + d, bias)
+                out, h = layer(x, batch_sizes, hx[k + d], *w, relu, d == 1)
                 outs.append(out)
                 h_n.append(h)
             x = outs[0] if directions == 1 else torch.cat(outs, dim=-1)
         if dropout > 0 and training and l < num_layers - 1:
             x = F.dropout(x, p=dropout, training=True)
+    # stack, not a view of the states: like nn.RNN's, h_n may be detach_()ed.
     return x, torch.stack(h_n, 0)

@@ -1,16 +1,17 @@
-"""Python bindings of the compiled operators: autograd and fake (meta) kernels.
+"""Python bindings of the compiled operators: fake (meta) kernels, and the
+differentiable entry points.
 
 ``torch.ops.rnnattn.rnn_forward`` / ``rnn_backward`` are registered in C++
-(csrc/ops.cpp). Here they get
-
-* a fake kernel each (``torch.library.register_fake``), so ``torch.compile``
-  and other tracing see output shapes without running the kernel, and
-* a backward (``torch.library.register_autograd``) that calls the fused
-  ``rnn_backward`` kernel.
+(csrc/ops.cpp), and so is the autograd of ``rnn_forward``
+(csrc/rnn_autograd.cpp: the backward is the fused ``rnn_backward``; a Python
+wrapper would cost more per call than a small RNN's whole forward). Here
+they get a fake kernel each (``torch.library.register_fake``), so
+``torch.compile`` and other tracing see output shapes without running the
+kernel.
 
 :func:`rnn_layer` is the differentiable entry point for one layer and one
-direction; everything else (layers, directions, dropout) is composition in
-``rnnattn.functional``.
+direction, :func:`rnn_bidirectional_layer` for both directions of a layer;
+everything else (layers, dropout) is composition in ``rnnattn.functional``.
 """
 from typing import Optional, Sequence, Tuple
 
@@ -135,25 +136,6 @@ def _direction_grads(grad_output, grad_hn, input, batch_sizes, hx, w_ih, w_hh, o
         db if need[5] else None,
         (db.clone() if need[5] else db) if need[6] else None,
     )
-
-
-def _rnn_setup_context(ctx, inputs, output):
-    input, batch_sizes, hx, w_ih, w_hh, b_ih, b_hh, relu, reverse = inputs
-    ctx.save_for_backward(input, batch_sizes, hx, w_ih, w_hh, output[0])
-    ctx.relu = relu
-    ctx.reverse = reverse
-
-
-def _rnn_backward(ctx, grad_output, grad_hn):
-    input, batch_sizes, hx, w_ih, w_hh, output = ctx.saved_tensors
-    grads = _direction_grads(
-        grad_output, grad_hn, input, batch_sizes, hx, w_ih, w_hh, output, ctx.relu, ctx.reverse,
-        ctx.needs_input_grad[:7],
-    )
-    return (*grads, None, None)
-
-
-torch.library.register_autograd("rnnattn::rnn_forward", _rnn_backward, setup_context=_rnn_setup_context)
 
 
 class _BidirectionalLayer(torch.autograd.Function):

@@ -192,6 +192,16 @@ def test_bidirectional_stack_saves_each_layer_output_once(packed):
     assert activations == expected
 
 
+@pytest.mark.parametrize("layers,bidir", [(1, False), (2, True)])
+def test_outputs_can_be_detached_in_place_like_nn_rnn(layers, bidir):
+    """Truncated BPTT code calls h.detach_(), which fails on views."""
+    for rnn in twins(3, 4, layers, bidirectional=bidir):
+        out, h = rnn(torch.randn(5, 2, 3, dtype=torch.float64, requires_grad=True))
+        h.detach_()
+        out.detach_()
+        assert not h.requires_grad and not out.requires_grad
+
+
 def test_torch_compile_fullgraph_module():
     _, ours = twins(4, 6, 2, bidirectional=True)
     x = torch.randn(5, 3, 4, dtype=torch.float64, requires_grad=True)
