@@ -1,4 +1,4 @@
-"""Python bindings of the attention-pooling operators: autograd and fake kernels.
+"""Python bindings of the attention-pooling operators: entry points and fake kernels.
 
 The four operators are registered in C++ (csrc/ops.cpp; their conventions are
 in csrc/attention_common.h):
@@ -10,9 +10,9 @@ in csrc/attention_common.h):
   the same pooling with the scores ``(B, T, k)`` given (computed by GEMMs, as
   for the additive score ``v . tanh(W input_t + b)``);
 
-each with a fused ``*_backward``. Here they get a fake kernel each (shapes for
-``torch.compile`` and other tracing) and a backward
-(``torch.library.register_autograd``) that takes the grads of both outputs.
+each with a fused ``*_backward`` that takes the grads of both outputs; their
+autograd is registered in C++ (csrc/attention_autograd.cpp). Here they get a
+fake kernel each (shapes for ``torch.compile`` and other tracing).
 
 :func:`attention_pool` and :func:`attention_pool_scores` are the
 differentiable entry points, in the operators' raw shapes: ``context``
@@ -26,7 +26,7 @@ from torch import Tensor
 
 from . import _load  # noqa: F401  (registers torch.ops.rnnattn.*)
 # The attention kernels cover the same devices and dtypes as the RNN kernels.
-from .ops import has_kernel, no_double_backward
+from .ops import has_kernel
 
 __all__ = ["attention_pool", "attention_pool_scores", "has_kernel", "num_chunks"]
 
@@ -134,73 +134,3 @@ def _attention_pool_scores_backward_fake(
     x = input if input.stride(-1) == 1 else input.contiguous()
     return (_grad_like(x) if need_input else none, _grad_like(scores) if need_scores else none)
 
-
-# ---- autograd ---------------------------------------------------------------
-
-
-def _setup_context(ctx, inputs, output):
-    input, score_src, lengths, mask, chunk_size = _split_inputs(inputs)
-    context, weights = output
-    ctx.save_for_backward(input, score_src, lengths, mask, context, weights)
-    ctx.chunk_size = chunk_size
-    # An output the caller did not use (often the weights) then arrives as
-    # None rather than a tensor of zeros; the kernel skips its terms.
-    ctx.set_materialize_grads(False)
-
-
-def _split_inputs(inputs):
-    if len(inputs) == 6:  # attention_pool_forward: (input, weight, bias, lengths, mask, chunk_size)
-        input, weight, _bias, lengths, mask, chunk_size = inputs
-        return input, weight, lengths, mask, chunk_size
-    return inputs  # attention_pool_scores_forward: (input, scores, lengths, mask, chunk_size)
-
-
-def _linear_setup_context(ctx, inputs, output):
-    _setup_context(ctx, inputs, output)
-    bias = inputs[2]
-    ctx.bias_meta = (bias.shape, bias.dtype, bias.device) if bias is not None else None
-
-
-def _linear_backward(ctx, grad_context, grad_weights):
-    input, weight, lengths, mask, context, weights = ctx.saved_tensors
-    no_double_backward("attention pooling", grad_context, grad_weights, input, weight)
-    need = ctx.needs_input_grad
-    need_input, need_weight = bool(need[0]), bool(need[1])
-    dx = dw = None
-    if need_input or need_weight:
-        if grad_context is None:
-            grad_context = torch.zeros_like(context)
-        dx, dw = torch.ops.rnnattn.attention_pool_backward(
-            grad_context, grad_weights, input, weight, lengths, mask, context, weights,
-            ctx.chunk_size, need_input, need_weight,
-        )
-    # d/d(bias) is exactly zero: the bias shifts every score of its head.
-    db = None
-    if ctx.bias_meta is not None and need[2]:
-        shape, dtype, device = ctx.bias_meta
-        db = torch.zeros(shape, dtype=dtype, device=device)
-    return (dx if need_input else None, dw if need_weight else None, db, None, None, None)
-
-
-def _scores_backward(ctx, grad_context, grad_weights):
-    input, scores, lengths, mask, context, weights = ctx.saved_tensors
-    no_double_backward("attention pooling", grad_context, grad_weights, input, scores)
-    need = ctx.needs_input_grad
-    need_input, need_scores = bool(need[0]), bool(need[1])
-    dx = dsc = None
-    if need_input or need_scores:
-        if grad_context is None:
-            grad_context = torch.zeros_like(context)
-        dx, dsc = torch.ops.rnnattn.attention_pool_scores_backward(
-            grad_context, grad_weights, input, scores, lengths, mask, context, weights,
-            ctx.chunk_size, need_input, need_scores,
-        )
-    return (dx if need_input else None, dsc if need_scores else None, None, None, None)
-
-
-torch.library.register_autograd(
-    "rnnattn::attention_pool_forward", _linear_backward, setup_context=_linear_setup_context
-)
-torch.library.register_autograd(
-    "rnnattn::attention_pool_scores_forward", _scores_backward, setup_context=_setup_context
-)
