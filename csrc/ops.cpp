@@ -1,7 +1,8 @@
 // Operator schemas of the rnnattn library, and the Python module stub that
 // loads them. Kernels live in csrc/cpu (TORCH_LIBRARY_IMPL for CPU) and
-// csrc/cuda (for CUDA); the Python layer (rnnattn/ops.py) adds autograd and
-// fake (meta) kernels.
+// csrc/cuda (for CUDA); the autograd of the forward ops in
+// csrc/rnn_autograd.cpp and csrc/attention_autograd.cpp (Autograd key); the
+// fake (meta) kernels in the Python layer (rnnattn/ops.py, attention_ops.py).
 #include <torch/extension.h>
 
 TORCH_LIBRARY(rnnattn, m) {

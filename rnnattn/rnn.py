@@ -29,6 +29,9 @@ class RNN(nn.RNNBase):
         "projection is a single GEMM over all steps, the recurrence a tight\n"
         "loop with no per-step dispatch, and the backward a hand-written BPTT.\n"
         "PackedSequence input is walked directly (no padding).\n\n"
+        "As with nn.RNN on cuDNN, the backward reads the hidden states from the\n"
+        "output, so modifying the output in place before backward() raises\n"
+        "autograd's in-place error; use out-of-place ops on it.\n\n"
         "torch.nn.RNN's documentation follows.\n\n" + (nn.RNN.__doc__ or "")
     )
 

@@ -202,6 +202,17 @@ def test_outputs_can_be_detached_in_place_like_nn_rnn(layers, bidir):
         assert not h.requires_grad and not out.requires_grad
 
 
+@pytest.mark.parametrize("layers,bidir,batch_first", [(1, False, False), (2, True, False), (1, True, True)])
+def test_in_place_change_of_the_output_is_a_loud_error(layers, bidir, batch_first):
+    """The backward reads the states from the output (as cuDNN's does): an
+    in-place change must raise autograd's error, never give wrong grads."""
+    _, ours = twins(3, 4, layers, bidirectional=bidir, batch_first=batch_first)
+    out, _ = ours(torch.randn(5, 2, 3, dtype=torch.float64, requires_grad=True))
+    out.mul_(2)
+    with pytest.raises(RuntimeError, match="modified by an inplace operation"):
+        out.sum().backward()
+
+
 def test_torch_compile_fullgraph_module():
     _, ours = twins(4, 6, 2, bidirectional=True)
     x = torch.randn(5, 3, 4, dtype=torch.float64, requires_grad=True)

@@ -44,7 +44,10 @@ class RecurrentGemm {
       : w_(w), trans_(trans), full_rows_(full_rows), n_(n), k_(k) {
     TORCH_CHECK(n > 0 && k > 0 && n <= INT32_MAX && k <= INT32_MAX && full_rows <= INT32_MAX,
                 "rnnattn: recurrent GEMM size out of the BLAS 32-bit index range");
-    // Slices are whole 64-byte lines of C, so no two threads write one line.
+    // Slice boundaries are multiples of a 64-byte line of columns, so slices
+    // start on line boundaries whenever rows do (H a multiple of 16 floats);
+    // otherwise neighbouring slices share a line at row ends (false sharing,
+    // a speed cost only: their elements are distinct).
     constexpr int64_t kLine = 64 / sizeof(T);
     const int64_t chunk = (n + parts - 1) / parts;
     const int64_t step = std::max<int64_t>(kLine, (chunk + kLine - 1) / kLine * kLine);
@@ -54,6 +57,20 @@ class RecurrentGemm {
   }
 
   int parts() const { return static_cast<int>(bounds_.size()) - 1; }
+
+  // Runs f(p) for every part: one task per thread, or all on the calling
+  // thread when a step of this many rows is too little work for a fork/join
+  // (the late, small steps of a packed batch).
+  template <typename F>
+  void for_each_part(int64_t rows, const F& f) const {
+    if (parts() == 1 || rows * n_ * k_ <= kSerialGemmMaxWork) {
+      for (int p = 0; p < parts(); ++p) f(p);
+      return;
+    }
+    at::parallel_for(0, parts(), 1, [&](int64_t p0, int64_t p1) {
+      for (int64_t p = p0; p < p1; ++p) f(static_cast<int>(p));
+    });
+  }
   int64_t begin(int p) const { return bounds_[p]; }
   int64_t end(int p) const { return bounds_[p + 1]; }
 

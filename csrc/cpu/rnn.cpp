@@ -63,13 +63,11 @@ T* forward_kernel(const RnnShape& s, const StepSchedule& sched, const T* x, cons
       small_gemm(cur, w_hh_t, o, b, H, H, /*accumulate=*/true);
       for (int64_t r = 0; r < b; ++r) activate_row(o + r * H, nxt + r * H, bias, H, relu);
     } else {
-      at::parallel_for(0, rec.parts(), 1, [&](int64_t p0, int64_t p1) {
-        for (int64_t p = p0; p < p1; ++p) {
-          const int64_t c0 = rec.begin(p), n = rec.end(p) - c0;
-          rec.compute(p, cur, b, T(1), o);
-          for (int64_t r = 0; r < b; ++r)
-            activate_row(o + r * H + c0, nxt + r * H + c0, bias + c0, n, relu);
-        }
+      rec.for_each_part(b, [&](int p) {
+        const int64_t c0 = rec.begin(p), n = rec.end(p) - c0;
+        rec.compute(p, cur, b, T(1), o);
+        for (int64_t r = 0; r < b; ++r)
+          activate_row(o + r * H + c0, nxt + r * H + c0, bias + c0, n, relu);
       });
     }
     std::swap(cur, nxt);
@@ -115,11 +113,9 @@ void backward_recurrence(const RnnShape& s, const StepSchedule& sched, const T* 
       if (has_next) step_grad(t_next, 0, H);
       continue;
     }
-    at::parallel_for(0, rec.parts(), 1, [&](int64_t p0, int64_t p1) {
-      for (int64_t p = p0; p < p1; ++p) {
-        rec.compute(p, dz, b, T(0), g);
-        if (has_next) step_grad(t_next, rec.begin(p), rec.end(p));
-      }
+    rec.for_each_part(b, [&](int p) {
+      rec.compute(p, dz, b, T(0), g);
+      if (has_next) step_grad(t_next, rec.begin(p), rec.end(p));
     });
   }
 }
@@ -218,7 +214,8 @@ std::tuple<at::Tensor, at::Tensor> rnn_forward_cpu(
   auto wh = w_hh.contiguous();
   auto h0 = hx.contiguous();
   const int64_t H = s.hidden;
-  const bool small = small_step(1, H);  // some step may take the small-step path
+  // Some step takes the small-step path (the last step has the fewest rows).
+  const bool small = small_step(sched.batch[sched.steps() - 1], H);
   std::vector<int64_t> out_shape(input.sizes().begin(), input.sizes().end());
   out_shape.back() = H;
   auto output = at::empty(out_shape, x.options());
