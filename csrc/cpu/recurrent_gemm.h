@@ -71,6 +71,7 @@ class RecurrentGemm {
       for (int64_t p = p0; p < p1; ++p) f(static_cast<int>(p));
     });
   }
+
   int64_t begin(int p) const { return bounds_[p]; }
   int64_t end(int p) const { return bounds_[p + 1]; }
 
