@@ -6,6 +6,8 @@
 #include <torch/autograd.h>
 #include <torch/library.h>
 
+#include "autograd_common.h"
+
 namespace rnnattn {
 namespace {
 
@@ -14,27 +16,67 @@ using torch::autograd::variable_list;
 using OptTensor = c10::optional<at::Tensor>;
 using TensorPair = std::tuple<at::Tensor, at::Tensor>;
 
-template <typename Signature>
-c10::TypedOperatorHandle<Signature> find_op(const char* name) {
-  return c10::Dispatcher::singleton().findSchemaOrThrow(name, "").typed<Signature>();
+TensorPair call_linear_forward(const at::Tensor& input, const at::Tensor& weight,
+                               const OptTensor& bias, const OptTensor& lengths,
+                               const OptTensor& mask, int64_t chunk_size) {
+  static const auto op =
+      find_op<TensorPair(const at::Tensor&, const at::Tensor&, const OptTensor&,
+                         const OptTensor&, const OptTensor&, int64_t)>(
+          "rnnattn::attention_pool_forward");
+  at::AutoDispatchBelowADInplaceOrView below_autograd;
+  return op.call(input, weight, bias, lengths, mask, chunk_size);
 }
 
-bool needs_grad(const at::Tensor& t) { return t.defined() && t.requires_grad(); }
-bool needs_grad(const OptTensor& t) { return t.has_value() && needs_grad(*t); }
-
-// The fused backwards have no backward of their own: under create_graph=True
-// their results would silently cut the graph, so refuse instead.
-void refuse_double_backward(std::initializer_list<const at::Tensor*> tensors) {
-  if (!at::GradMode::is_enabled()) return;
-  for (const at::Tensor* t : tensors)
-    TORCH_CHECK(!needs_grad(*t),
-                "rnnattn: attention pooling does not support double backward (create_graph=True "
-                "through its gradients); use rnnattn.reference for higher-order gradients");
+TensorPair call_scores_forward(const at::Tensor& input, const at::Tensor& scores,
+                               const OptTensor& lengths, const OptTensor& mask,
+                               int64_t chunk_size) {
+  static const auto op =
+      find_op<TensorPair(const at::Tensor&, const at::Tensor&, const OptTensor&,
+                         const OptTensor&, int64_t)>("rnnattn::attention_pool_scores_forward");
+  at::AutoDispatchBelowADInplaceOrView below_autograd;
+  return op.call(input, scores, lengths, mask, chunk_size);
 }
 
-// An output the caller did not use (often the weights) arrives as an
-// undefined grad (grads are not materialized); the kernel skips its terms.
-OptTensor optional_grad(const at::Tensor& g) { return g.defined() ? OptTensor(g) : c10::nullopt; }
+// Both backward ops take (grad_context, grad_weights, input, second, lengths,
+// mask, context, weights, chunk_size, need_input, need_second), where second
+// is the weight (linear score) or the scores.
+using BackwardSignature = TensorPair(const at::Tensor&, const OptTensor&, const at::Tensor&,
+                                     const at::Tensor&, const OptTensor&, const OptTensor&,
+                                     const at::Tensor&, const at::Tensor&, int64_t, bool, bool);
+
+// What both backwards need; the second saved tensor is the weight or the
+// scores. lengths and mask never need grads: kept as data.
+void save_for_pool_backward(AutogradContext* ctx, const at::Tensor& input,
+                            const at::Tensor& second, const at::Tensor& context,
+                            const at::Tensor& weights, const OptTensor& lengths,
+                            const OptTensor& mask, int64_t chunk_size) {
+  ctx->save_for_backward({input, second, context, weights});
+  ctx->saved_data["lengths"] = lengths;
+  ctx->saved_data["mask"] = mask;
+  ctx->saved_data["chunk_size"] = chunk_size;
+  // An output the caller did not use (often the weights) then arrives as an
+  // undefined grad; the kernel skips its terms.
+  ctx->set_materialize_grads(false);
+}
+
+// Grads of input (edge 0) and of the second argument (edge 1), undefined
+// where not needed, from the fused backward op.
+TensorPair pool_backward(const c10::TypedOperatorHandle<BackwardSignature>& op,
+                         AutogradContext* ctx, const variable_list& grads) {
+  const auto saved = ctx->get_saved_variables();
+  const at::Tensor &input = saved[0], &second = saved[1], &context = saved[2],
+                   &weights = saved[3];
+  refuse_double_backward("attention pooling", {&grads[0], &grads[1], &input, &second});
+  const bool need_input = ctx->needs_input_grad(0), need_second = ctx->needs_input_grad(1);
+  if (!need_input && !need_second) return {};
+  const at::Tensor grad_context = grads[0].defined() ? grads[0] : at::zeros_like(context);
+  const OptTensor grad_weights = grads[1].defined() ? OptTensor(grads[1]) : c10::nullopt;
+  auto [dx, d2] = op.call(grad_context, grad_weights, input, second,
+                          ctx->saved_data["lengths"].toOptional<at::Tensor>(),
+                          ctx->saved_data["mask"].toOptional<at::Tensor>(), context, weights,
+                          ctx->saved_data["chunk_size"].toInt(), need_input, need_second);
+  return {need_input ? dx : at::Tensor(), need_second ? d2 : at::Tensor()};
+}
 
 // Arguments: 0 input, 1 weight, 2 bias, 3 lengths, 4 mask, 5 chunk_size.
 class LinearPoolFunction : public torch::autograd::Function<LinearPoolFunction> {
@@ -43,51 +85,23 @@ class LinearPoolFunction : public torch::autograd::Function<LinearPoolFunction> 
                                const at::Tensor& weight, const OptTensor& bias,
                                const OptTensor& lengths, const OptTensor& mask,
                                int64_t chunk_size) {
-    static const auto op =
-        find_op<TensorPair(const at::Tensor&, const at::Tensor&, const OptTensor&,
-                           const OptTensor&, const OptTensor&, int64_t)>(
-            "rnnattn::attention_pool_forward");
-    at::Tensor context, weights;
-    {
-      at::AutoDispatchBelowADInplaceOrView below_autograd;
-      std::tie(context, weights) = op.call(input, weight, bias, lengths, mask, chunk_size);
-    }
-    ctx->save_for_backward({input, weight, context, weights});
-    // lengths and mask never need grads: kept as data.
-    ctx->saved_data["lengths"] = lengths;
-    ctx->saved_data["mask"] = mask;
-    ctx->saved_data["chunk_size"] = chunk_size;
+    auto [context, weights] = call_linear_forward(input, weight, bias, lengths, mask, chunk_size);
+    save_for_pool_backward(ctx, input, weight, context, weights, lengths, mask, chunk_size);
     ctx->saved_data["has_bias"] = bias.has_value() && bias->defined();
-    ctx->set_materialize_grads(false);
     return {context, weights};
   }
 
   static variable_list backward(AutogradContext* ctx, variable_list grads) {
-    static const auto op =
-        find_op<TensorPair(const at::Tensor&, const OptTensor&, const at::Tensor&,
-                           const at::Tensor&, const OptTensor&, const OptTensor&,
-                           const at::Tensor&, const at::Tensor&, int64_t, bool, bool)>(
-            "rnnattn::attention_pool_backward");
-    const auto saved = ctx->get_saved_variables();
-    const at::Tensor &input = saved[0], &weight = saved[1], &context = saved[2],
-                     &weights = saved[3];
-    refuse_double_backward({&grads[0], &grads[1], &input, &weight});
-    // Edges exist for the tensor arguments given: input 0, weight 1, bias 2.
-    const bool has_bias = ctx->saved_data["has_bias"].toBool();
-    const bool need_input = ctx->needs_input_grad(0), need_weight = ctx->needs_input_grad(1);
-    at::Tensor dx, dw, db;
-    if (need_input || need_weight) {
-      const at::Tensor grad_context = grads[0].defined() ? grads[0] : at::zeros_like(context);
-      std::tie(dx, dw) = op.call(grad_context, optional_grad(grads[1]), input, weight,
-                                 ctx->saved_data["lengths"].toOptional<at::Tensor>(),
-                                 ctx->saved_data["mask"].toOptional<at::Tensor>(), context,
-                                 weights, ctx->saved_data["chunk_size"].toInt(), need_input,
-                                 need_weight);
-    }
+    static const auto op = find_op<BackwardSignature>("rnnattn::attention_pool_backward");
+    auto [dx, dw] = pool_backward(op, ctx, grads);
     // d/d(bias) is exactly zero: the bias shifts every score of its head.
-    if (has_bias && ctx->needs_input_grad(2)) db = at::zeros({weight.size(0)}, weight.options());
-    return {need_input ? dx : at::Tensor(), need_weight ? dw : at::Tensor(), db,
-            at::Tensor(), at::Tensor(), at::Tensor()};
+    // (Edges exist for the tensor arguments given: input 0, weight 1, bias 2.)
+    at::Tensor db;
+    if (ctx->saved_data["has_bias"].toBool() && ctx->needs_input_grad(2)) {
+      const at::Tensor weight = ctx->get_saved_variables()[1];
+      db = at::zeros({weight.size(0)}, weight.options());
+    }
+    return {dx, dw, db, at::Tensor(), at::Tensor(), at::Tensor()};
   }
 };
 
@@ -97,44 +111,15 @@ class ScoresPoolFunction : public torch::autograd::Function<ScoresPoolFunction> 
   static variable_list forward(AutogradContext* ctx, const at::Tensor& input,
                                const at::Tensor& scores, const OptTensor& lengths,
                                const OptTensor& mask, int64_t chunk_size) {
-    static const auto op =
-        find_op<TensorPair(const at::Tensor&, const at::Tensor&, const OptTensor&,
-                           const OptTensor&, int64_t)>("rnnattn::attention_pool_scores_forward");
-    at::Tensor context, weights;
-    {
-      at::AutoDispatchBelowADInplaceOrView below_autograd;
-      std::tie(context, weights) = op.call(input, scores, lengths, mask, chunk_size);
-    }
-    ctx->save_for_backward({input, scores, context, weights});
-    ctx->saved_data["lengths"] = lengths;
-    ctx->saved_data["mask"] = mask;
-    ctx->saved_data["chunk_size"] = chunk_size;
-    ctx->set_materialize_grads(false);
+    auto [context, weights] = call_scores_forward(input, scores, lengths, mask, chunk_size);
+    save_for_pool_backward(ctx, input, scores, context, weights, lengths, mask, chunk_size);
     return {context, weights};
   }
 
   static variable_list backward(AutogradContext* ctx, variable_list grads) {
-    static const auto op =
-        find_op<TensorPair(const at::Tensor&, const OptTensor&, const at::Tensor&,
-                           const at::Tensor&, const OptTensor&, const OptTensor&,
-                           const at::Tensor&, const at::Tensor&, int64_t, bool, bool)>(
-            "rnnattn::attention_pool_scores_backward");
-    const auto saved = ctx->get_saved_variables();
-    const at::Tensor &input = saved[0], &scores = saved[1], &context = saved[2],
-                     &weights = saved[3];
-    refuse_double_backward({&grads[0], &grads[1], &input, &scores});
-    const bool need_input = ctx->needs_input_grad(0), need_scores = ctx->needs_input_grad(1);
-    at::Tensor dx, dsc;
-    if (need_input || need_scores) {
-      const at::Tensor grad_context = grads[0].defined() ? grads[0] : at::zeros_like(context);
-      std::tie(dx, dsc) = op.call(grad_context, optional_grad(grads[1]), input, scores,
-                                  ctx->saved_data["lengths"].toOptional<at::Tensor>(),
-                                  ctx->saved_data["mask"].toOptional<at::Tensor>(), context,
-                                  weights, ctx->saved_data["chunk_size"].toInt(), need_input,
-                                  need_scores);
-    }
-    return {need_input ? dx : at::Tensor(), need_scores ? dsc : at::Tensor(), at::Tensor(),
-            at::Tensor(), at::Tensor()};
+    static const auto op = find_op<BackwardSignature>("rnnattn::attention_pool_scores_backward");
+    auto [dx, dsc] = pool_backward(op, ctx, grads);
+    return {dx, dsc, at::Tensor(), at::Tensor(), at::Tensor()};
   }
 };
 
@@ -142,14 +127,8 @@ TensorPair attention_pool_forward_autograd(const at::Tensor& input, const at::Te
                                            const OptTensor& bias, const OptTensor& lengths,
                                            const OptTensor& mask, int64_t chunk_size) {
   if (!at::GradMode::is_enabled() ||
-      !(needs_grad(input) || needs_grad(weight) || needs_grad(bias))) {
-    static const auto op =
-        find_op<TensorPair(const at::Tensor&, const at::Tensor&, const OptTensor&,
-                           const OptTensor&, const OptTensor&, int64_t)>(
-            "rnnattn::attention_pool_forward");
-    at::AutoDispatchBelowADInplaceOrView below_autograd;
-    return op.call(input, weight, bias, lengths, mask, chunk_size);
-  }
+      !(needs_grad(input) || needs_grad(weight) || needs_grad(bias)))
+    return call_linear_forward(input, weight, bias, lengths, mask, chunk_size);
   auto out = LinearPoolFunction::apply(input, weight, bias, lengths, mask, chunk_size);
   return {out[0], out[1]};
 }
@@ -158,13 +137,8 @@ TensorPair attention_pool_scores_forward_autograd(const at::Tensor& input,
                                                   const at::Tensor& scores,
                                                   const OptTensor& lengths, const OptTensor& mask,
                                                   int64_t chunk_size) {
-  if (!at::GradMode::is_enabled() || !(needs_grad(input) || needs_grad(scores))) {
-    static const auto op =
-        find_op<TensorPair(const at::Tensor&, const at::Tensor&, const OptTensor&,
-                           const OptTensor&, int64_t)>("rnnattn::attention_pool_scores_forward");
-    at::AutoDispatchBelowADInplaceOrView below_autograd;
-    return op.call(input, scores, lengths, mask, chunk_size);
-  }
+  if (!at::GradMode::is_enabled() || !(needs_grad(input) || needs_grad(scores)))
+    return call_scores_forward(input, scores, lengths, mask, chunk_size);
   auto out = ScoresPoolFunction::apply(input, scores, lengths, mask, chunk_size);
   return {out[0], out[1]};
 }

@@ -10,6 +10,8 @@
 #include <torch/autograd.h>
 #include <torch/library.h>
 
+#include "autograd_common.h"
+
 namespace rnnattn {
 namespace {
 
@@ -21,13 +23,11 @@ std::tuple<at::Tensor, at::Tensor> call_forward(
     const at::Tensor& hx, const at::Tensor& w_ih, const at::Tensor& w_hh,
     const c10::optional<at::Tensor>& b_ih, const c10::optional<at::Tensor>& b_hh, bool relu,
     bool reverse) {
-  static const auto op = c10::Dispatcher::singleton()
-                             .findSchemaOrThrow("rnnattn::rnn_forward", "")
-                             .typed<std::tuple<at::Tensor, at::Tensor>(
-                                 const at::Tensor&, const c10::optional<at::Tensor>&,
-                                 const at::Tensor&, const at::Tensor&, const at::Tensor&,
-                                 const c10::optional<at::Tensor>&,
-                                 const c10::optional<at::Tensor>&, bool, bool)>();
+  static const auto op =
+      find_op<std::tuple<at::Tensor, at::Tensor>(
+          const at::Tensor&, const c10::optional<at::Tensor>&, const at::Tensor&,
+          const at::Tensor&, const at::Tensor&, const c10::optional<at::Tensor>&,
+          const c10::optional<at::Tensor>&, bool, bool)>("rnnattn::rnn_forward");
   at::AutoDispatchBelowADInplaceOrView below_autograd;
   return op.call(input, batch_sizes, hx, w_ih, w_hh, b_ih, b_hh, relu, reverse);
 }
@@ -38,12 +38,10 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> call_back
     const at::Tensor& w_hh, const at::Tensor& output, bool relu, bool reverse,
     bool need_input_grad, bool need_weight_grad) {
   static const auto op =
-      c10::Dispatcher::singleton()
-          .findSchemaOrThrow("rnnattn::rnn_backward", "")
-          .typed<std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor>(
-              const at::Tensor&, const at::Tensor&, const at::Tensor&,
-              const c10::optional<at::Tensor>&, const at::Tensor&, const at::Tensor&,
-              const at::Tensor&, const at::Tensor&, bool, bool, bool, bool)>();
+      find_op<std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor>(
+          const at::Tensor&, const at::Tensor&, const at::Tensor&,
+          const c10::optional<at::Tensor>&, const at::Tensor&, const at::Tensor&,
+          const at::Tensor&, const at::Tensor&, bool, bool, bool, bool)>("rnnattn::rnn_backward");
   return op.call(grad_output, grad_hn, input, batch_sizes, hx, w_ih, w_hh, output, relu, reverse,
                  need_input_grad, need_weight_grad);
 }
@@ -74,15 +72,7 @@ class RnnFunction : public torch::autograd::Function<RnnFunction> {
                      &output = saved[4];
     // grads are materialized: an output that got no grad arrives as zeros.
     const at::Tensor &grad_output = grads[0], &grad_hn = grads[1];
-    // The fused backward has no backward of its own: under create_graph=True
-    // its results would silently cut the graph (grads of grads would come
-    // out as zeros), so refuse instead.
-    if (at::GradMode::is_enabled()) {
-      for (const at::Tensor* t : {&grad_output, &grad_hn, &input, &hx, &w_ih, &w_hh})
-        TORCH_CHECK(!t->requires_grad(),
-                    "rnnattn: the RNN does not support double backward (create_graph=True "
-                    "through its gradients); use rnnattn.reference for higher-order gradients");
-    }
+    refuse_double_backward("the RNN", {&grad_output, &grad_hn, &input, &hx, &w_ih, &w_hh});
     auto batch_sizes = ctx->saved_data["batch_sizes"].toOptional<at::Tensor>();
     const bool has_bias = ctx->saved_data["has_bias"].toBool();
     // needs_input_grad counts only the tensor arguments that were given
@@ -114,13 +104,10 @@ std::tuple<at::Tensor, at::Tensor> rnn_forward_autograd(
     const at::Tensor& hx, const at::Tensor& w_ih, const at::Tensor& w_hh,
     const c10::optional<at::Tensor>& b_ih, const c10::optional<at::Tensor>& b_hh, bool relu,
     bool reverse) {
-  auto requires_grad = [](const c10::optional<at::Tensor>& t) {
-    return t.has_value() && t->defined() && t->requires_grad();
-  };
   // Inference: no graph node to build.
   if (!at::GradMode::is_enabled() ||
-      !(input.requires_grad() || hx.requires_grad() || w_ih.requires_grad() ||
-        w_hh.requires_grad() || requires_grad(b_ih) || requires_grad(b_hh)))
+      !(needs_grad(input) || needs_grad(hx) || needs_grad(w_ih) || needs_grad(w_hh) ||
+        needs_grad(b_ih) || needs_grad(b_hh)))
     return call_forward(input, batch_sizes, hx, w_ih, w_hh, b_ih, b_hh, relu, reverse);
   auto out = RnnFunction::apply(input, batch_sizes, hx, w_ih, w_hh, b_ih, b_hh, relu, reverse);
   return {out[0], out[1]};
