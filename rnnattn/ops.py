@@ -20,18 +20,20 @@ from torch import Tensor
 
 from . import _load  # noqa: F401  (registers torch.ops.rnnattn.*)
 
-__all__ = ["rnn_layer", "rnn_bidirectional_layer", "has_kernel"]
+__all__ = ["rnn_layer", "rnn_bidirectional_layer", "gru_layer", "lstm_layer", "has_kernel"]
 
 _CPU_DTYPES = (torch.float32, torch.float64)
 _CUDA_DTYPES = (torch.float32, torch.float64, torch.float16, torch.bfloat16)
 
 
-def has_kernel(device: torch.device, dtype: torch.dtype) -> bool:
-    """Whether the compiled RNN kernels cover tensors of this device and dtype."""
+def has_kernel(device: torch.device, dtype: torch.dtype, cell: str = "rnn") -> bool:
+    """Whether the compiled kernels of ``cell`` ("rnn", "gru" or "lstm")
+    cover tensors of this device and dtype. The GRU and LSTM have CPU kernels
+    only so far."""
     if device.type == "cpu":
         return dtype in _CPU_DTYPES
     if device.type == "cuda":
-        return _load.WITH_CUDA and dtype in _CUDA_DTYPES
+        return cell == "rnn" and _load.WITH_CUDA and dtype in _CUDA_DTYPES
     return False
 
 
@@ -65,6 +67,52 @@ def rnn_layer(
     return torch.ops.rnnattn.rnn_forward(input, batch_sizes, hx, w_ih, w_hh, b_ih, b_hh, relu, reverse)
 
 
+def gru_layer(
+    input: Tensor,
+    batch_sizes: Optional[Tensor],
+    hx: Tensor,
+    w_ih: Tensor,
+    w_hh: Tensor,
+    b_ih: Optional[Tensor] = None,
+    b_hh: Optional[Tensor] = None,
+    reverse: bool = False,
+) -> Tuple[Tensor, Tensor]:
+    """One GRU layer in one direction, fused (differentiable); torch's math,
+    gate order (r, z, n) and bias placement. Arguments as :func:`rnn_layer`
+    with ``w_ih`` ``(3H, I)``, ``w_hh`` ``(3H, H)``, biases ``(3H,)``.
+    Returns ``(output, h_n)``."""
+    output, h_n, _ = torch.ops.rnnattn.gru_forward(input, batch_sizes, hx, w_ih, w_hh, b_ih, b_hh, reverse)
+    return output, h_n
+
+
+def lstm_layer(
+    input: Tensor,
+    batch_sizes: Optional[Tensor],
+    hx: Tensor,
+    cx: Tensor,
+    w_ih: Tensor,
+    w_hh: Tensor,
+    b_ih: Optional[Tensor] = None,
+    b_hh: Optional[Tensor] = None,
+    w_hr: Optional[Tensor] = None,
+    reverse: bool = False,
+) -> Tuple[Tensor, Tensor, Tensor]:
+    """One LSTM layer in one direction, fused (differentiable); torch's math
+    and gate order (i, f, g, o). ``w_ih`` ``(4H, I)``, ``w_hh`` ``(4H, P)``,
+    biases ``(4H,)``, ``cx`` ``(B, H)``; ``w_hr`` ``(P, H)`` projects the
+    state to ``proj_size`` P (then ``hx``, ``h_n`` and the output are P wide,
+    else H). Returns ``(output, h_n, c_n)``."""
+    output, h_n, c_n, _ = torch.ops.rnnattn.lstm_forward(
+        input, batch_sizes, hx, cx, w_ih, w_hh, b_ih, b_hh, w_hr, reverse
+    )
+    return output, h_n, c_n
+
+
+def _maybe_empty(needed: bool, like: Tensor, shape):
+    """A fake grad: ``shape`` when asked for, else the kernels' empty tensor."""
+    return like.new_empty(shape if needed else (0,))
+
+
 def _out_shape(input: Tensor, hidden: int):
     return (*input.shape[:-1], hidden)
 
@@ -81,15 +129,66 @@ def _rnn_forward_fake(input, batch_sizes, hx, w_ih, w_hh, b_ih, b_hh, relu, reve
 def _rnn_backward_fake(
     grad_output, grad_hn, input, batch_sizes, hx, w_ih, w_hh, output, relu, reverse, need_input_grad, need_weight_grad
 ):
-    def maybe(needed, like, shape):
-        return like.new_empty(shape if needed else (0,))
-
     return (
-        maybe(need_input_grad, input, input.shape),
+        _maybe_empty(need_input_grad, input, input.shape),
         hx.new_empty(hx.shape),
-        maybe(need_weight_grad, w_ih, w_ih.shape),
-        maybe(need_weight_grad, w_hh, w_hh.shape),
-        maybe(need_weight_grad, w_ih, (w_ih.shape[0],)),
+        _maybe_empty(need_weight_grad, w_ih, w_ih.shape),
+        _maybe_empty(need_weight_grad, w_hh, w_hh.shape),
+        _maybe_empty(need_weight_grad, w_ih, (w_ih.shape[0],)),
+    )
+
+
+def _rows(input: Tensor, batch_sizes) -> int:
+    return input.shape[0] if batch_sizes is not None else input.shape[0] * input.shape[1]
+
+
+@torch.library.register_fake("rnnattn::gru_forward")
+def _gru_forward_fake(input, batch_sizes, hx, w_ih, w_hh, b_ih, b_hh, reverse):
+    torch._check(input.dim() == (2 if batch_sizes is not None else 3), lambda: "rnnattn: bad input rank")
+    torch._check(w_ih.dim() == 2 and input.shape[-1] == w_ih.shape[1], lambda: "rnnattn: input size mismatch")
+    hidden = w_ih.shape[0] // 3
+    reserve = input.new_empty((_rows(input, batch_sizes), 4 * hidden))
+    return input.new_empty(_out_shape(input, hidden)), hx.new_empty(hx.shape), reserve
+
+
+@torch.library.register_fake("rnnattn::gru_backward")
+def _gru_backward_fake(
+    grad_output, grad_hn, input, batch_sizes, hx, w_ih, w_hh, output, reserve, reverse, need_input_grad,
+    need_weight_grad,
+):
+    return (
+        _maybe_empty(need_input_grad, input, input.shape),
+        hx.new_empty(hx.shape),
+        _maybe_empty(need_weight_grad, w_ih, w_ih.shape),
+        _maybe_empty(need_weight_grad, w_hh, w_hh.shape),
+        _maybe_empty(need_weight_grad, w_ih, (w_ih.shape[0],)),
+        _maybe_empty(need_weight_grad, w_ih, (w_ih.shape[0],)),
+    )
+
+
+@torch.library.register_fake("rnnattn::lstm_forward")
+def _lstm_forward_fake(input, batch_sizes, hx, cx, w_ih, w_hh, b_ih, b_hh, w_hr, reverse):
+    torch._check(input.dim() == (2 if batch_sizes is not None else 3), lambda: "rnnattn: bad input rank")
+    torch._check(w_ih.dim() == 2 and input.shape[-1] == w_ih.shape[1], lambda: "rnnattn: input size mismatch")
+    hidden = w_ih.shape[0] // 4
+    state = w_hr.shape[0] if w_hr is not None else hidden
+    reserve = input.new_empty((_rows(input, batch_sizes), 5 * hidden))
+    return input.new_empty(_out_shape(input, state)), hx.new_empty(hx.shape), cx.new_empty(cx.shape), reserve
+
+
+@torch.library.register_fake("rnnattn::lstm_backward")
+def _lstm_backward_fake(
+    grad_output, grad_hn, grad_cn, input, batch_sizes, hx, cx, w_ih, w_hh, w_hr, output, reserve, reverse,
+    need_input_grad, need_weight_grad,
+):
+    return (
+        _maybe_empty(need_input_grad, input, input.shape),
+        hx.new_empty(hx.shape),
+        cx.new_empty(cx.shape),
+        _maybe_empty(need_weight_grad, w_ih, w_ih.shape),
+        _maybe_empty(need_weight_grad, w_hh, w_hh.shape),
+        _maybe_empty(need_weight_grad, w_ih, (w_ih.shape[0],)),
+        _maybe_empty(need_weight_grad and w_hr is not None, w_ih, w_hr.shape if w_hr is not None else (0,)),
     )
 
 

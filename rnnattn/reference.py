@@ -9,6 +9,31 @@ import torch
 from torch import Tensor
 
 
+def _walk(input, batch_sizes, states, reverse, step):
+    """Runs ``step(x_t, states_t) -> (h_t, new_states)`` over time, each step
+    on its ``batch_sizes[t]`` active rows; rows outside them keep their
+    states (their sequence ended, or with ``reverse`` has not started).
+    Returns the output (``input``'s leading shape) and the final states."""
+    if batch_sizes is None:
+        T, B = input.shape[0], input.shape[1]
+        batch_sizes = torch.full((T,), B, dtype=torch.long)
+        rows = input.reshape(T * B, -1)
+    else:
+        rows = input
+    sizes = [int(b) for b in batch_sizes]
+    starts = [sum(sizes[:t]) for t in range(len(sizes))]
+    outs = [None] * len(sizes)
+    order = range(len(sizes) - 1, -1, -1) if reverse else range(len(sizes))
+    for t in order:
+        b = sizes[t]
+        h, new = step(rows[starts[t] : starts[t] + b], [s[:b] for s in states])
+        outs[t] = h
+        states = [torch.cat([n, s[b:]], 0) for n, s in zip(new, states)]
+    output = torch.cat(outs, 0)
+    output = output.reshape(*input.shape[:-1], output.shape[-1])
+    return output, states
+
+
 def rnn_layer(
     input: Tensor,
     batch_sizes: Optional[Tensor],
@@ -29,30 +54,81 @@ def rnn_layer(
     step sequence ``b`` took.
     """
     act = torch.relu if relu else torch.tanh
-    if batch_sizes is None:
-        T, B = input.shape[0], input.shape[1]
-        batch_sizes = torch.full((T,), B, dtype=torch.long)
-        rows = input.reshape(T * B, -1)
-    else:
-        rows = input
-    sizes = [int(b) for b in batch_sizes]
-    starts = [sum(sizes[:t]) for t in range(len(sizes))]
-    state = hx
-    outs = [None] * len(sizes)
-    order = range(len(sizes) - 1, -1, -1) if reverse else range(len(sizes))
-    for t in order:
-        b = sizes[t]
-        x_t = rows[starts[t] : starts[t] + b]
-        z = x_t @ w_ih.T + state[:b] @ w_hh.T
+
+    def step(x, states):
+        z = x @ w_ih.T + states[0] @ w_hh.T
         if b_ih is not None:
             z = z + b_ih + b_hh
         h = act(z)
-        outs[t] = h
-        # Sequences that have not started yet (reverse) or have ended
-        # (forward) keep their state.
-        state = torch.cat([h, state[b:]], 0)
-    output = torch.cat(outs, 0).reshape(*input.shape[:-1], w_ih.shape[0])
-    return output, state
+        return h, [h]
+
+    output, (h_n,) = _walk(input, batch_sizes, [hx], reverse, step)
+    return output, h_n
+
+
+def gru_layer(
+    input: Tensor,
+    batch_sizes: Optional[Tensor],
+    hx: Tensor,
+    w_ih: Tensor,
+    w_hh: Tensor,
+    b_ih: Optional[Tensor] = None,
+    b_hh: Optional[Tensor] = None,
+    reverse: bool = False,
+) -> Tuple[Tensor, Tensor]:
+    """One GRU layer, one direction, as ``torch.nn.GRU`` computes it (gates r, z, n):
+    ``r = σ(A_r + R_r)``, ``z = σ(A_z + R_z)``, ``n = tanh(A_n + r * R_n)``,
+    ``h = (1 - z) * n + z * h_prev`` with ``A = x W_ih^T + b_ih`` and
+    ``R = h_prev W_hh^T + b_hh``. Arguments and results as :func:`rnn_layer`."""
+
+    def step(x, states):
+        h = states[0]
+        a = x @ w_ih.T
+        r_ = h @ w_hh.T
+        if b_ih is not None:
+            a, r_ = a + b_ih, r_ + b_hh
+        a_r, a_z, a_n = a.chunk(3, 1)
+        r_r, r_z, r_n = r_.chunk(3, 1)
+        r = torch.sigmoid(a_r + r_r)
+        z = torch.sigmoid(a_z + r_z)
+        n = torch.tanh(a_n + r * r_n)
+        h = (1 - z) * n + z * h
+        return h, [h]
+
+    output, (h_n,) = _walk(input, batch_sizes, [hx], reverse, step)
+    return output, h_n
+
+
+def lstm_layer(
+    input: Tensor,
+    batch_sizes: Optional[Tensor],
+    hx: Tensor,
+    cx: Tensor,
+    w_ih: Tensor,
+    w_hh: Tensor,
+    b_ih: Optional[Tensor] = None,
+    b_hh: Optional[Tensor] = None,
+    w_hr: Optional[Tensor] = None,
+    reverse: bool = False,
+) -> Tuple[Tensor, Tensor, Tensor]:
+    """One LSTM layer, one direction, as ``torch.nn.LSTM`` computes it (gates
+    i, f, g, o): ``c = f * c_prev + i * g``, ``h = o * tanh(c)`` [``@ W_hr^T``
+    with a projection]. Returns ``(output, h_n, c_n)``."""
+
+    def step(x, states):
+        h, c = states
+        z = x @ w_ih.T + h @ w_hh.T
+        if b_ih is not None:
+            z = z + b_ih + b_hh
+        zi, zf, zg, zo = z.chunk(4, 1)
+        c = torch.sigmoid(zf) * c + torch.sigmoid(zi) * torch.tanh(zg)
+        h = torch.sigmoid(zo) * torch.tanh(c)
+        if w_hr is not None:
+            h = h @ w_hr.T
+        return h, [h, c]
+
+    output, (h_n, c_n) = _walk(input, batch_sizes, [hx, cx], reverse, step)
+    return output, h_n, c_n
 
 
 # ---- attention pooling --------------------------------------------------------

@@ -1,14 +1,15 @@
-"""``rnnattn.RNN`` and ``rnnattn.RNNCell``: drop-in replacements for
-``torch.nn.RNN`` and ``torch.nn.RNNCell`` running on the fused kernels.
+"""``rnnattn.RNN``, ``GRU``, ``LSTM`` and their cells: drop-in replacements
+for torch's six recurrent modules running on the fused kernels.
 
-They are built on torch's own base classes (``nn.RNNBase``, ``nn.RNNCell``),
-so the parameters (names, shapes, initialisation), ``state_dict``, ``repr``
-and argument checks are torch's own; only ``forward`` differs, and only in how
-it computes. ``RNN`` derives from ``nn.RNNBase`` rather than ``nn.RNN``
-because TorchDynamo refuses to trace ``nn.RNN`` instances; rnnattn.RNN
-compiles with ``torch.compile(fullgraph=True)``. Devices
-and dtypes without a compiled kernel (see :func:`rnnattn.ops.has_kernel`) run
-torch's implementation, so the module works everywhere ``nn.RNN`` does.
+They are built on torch's own base classes (``nn.RNNBase``, ``nn.RNNCell``,
+``nn.GRUCell``, ``nn.LSTMCell``), so the parameters (names, shapes,
+initialisation), ``state_dict``, ``repr`` and argument checks are torch's own;
+only ``forward`` differs, and only in how it computes. The sequence modules
+derive from ``nn.RNNBase`` rather than ``nn.RNN`` / ``nn.GRU`` / ``nn.LSTM``
+because TorchDynamo refuses to trace instances of those; they compile with
+``torch.compile(fullgraph=True)``. Devices and dtypes without a compiled
+kernel (see :func:`rnnattn.ops.has_kernel`) run torch's implementation, so
+each module works everywhere its torch twin does.
 """
 import copy
 
@@ -18,22 +19,124 @@ from torch.nn.utils.rnn import PackedSequence
 
 from . import functional, ops
 
-__all__ = ["RNN", "RNNCell", "convert"]
+__all__ = ["RNN", "GRU", "LSTM", "RNNCell", "GRUCell", "LSTMCell", "convert"]
 
 
-class RNN(nn.RNNBase):
-    __doc__ = (
-        "Drop-in replacement for :class:`torch.nn.RNN` (same arguments, parameters,\n"
+class _FusedRNNBase(nn.RNNBase):
+    """The forward shared by :class:`RNN`, :class:`GRU` and :class:`LSTM`:
+    torch's argument handling (PackedSequence, unbatched input, ``h_0``
+    given or None, batch_first) and checks, then the fused layers of
+    :mod:`rnnattn.functional`. Devices and dtypes without a compiled kernel
+    run torch's own forward (``_torch_cls``)."""
+
+    _torch_cls = nn.RNNBase
+    _cell = "rnn"  # rnnattn.ops.has_kernel's name of the cell
+
+    def _zeros(self, batch: int, size: int, like: Tensor) -> Tensor:
+        directions = 2 if self.bidirectional else 1
+        return torch.zeros(self.num_layers * directions, batch, size, dtype=like.dtype, device=like.device)
+
+    def forward(self, input, hx=None):  # noqa: D102  (documented on the subclasses)
+        if hasattr(self, "_update_flat_weights"):  # torch >= 2.5
+            self._update_flat_weights()
+        weights = self._flat_weights
+        data = input.data if isinstance(input, PackedSequence) else input
+        if not ops.has_kernel(data.device, data.dtype, self._cell) or any(
+            w.device != data.device for w in weights
+        ):
+            # No fused kernel here (or a mismatch torch will report): torch's path.
+            return self._torch_cls.forward(self, input, hx)
+
+        lstm = self.mode == "LSTM"
+        h_size = self.proj_size if lstm and self.proj_size > 0 else self.hidden_size
+        orig_input = input
+        if isinstance(orig_input, PackedSequence):
+            input, batch_sizes, sorted_indices, unsorted_indices = input
+            if hx is None:
+                batch = int(batch_sizes[0])
+                hx = self._zeros(batch, h_size, input)
+                if lstm:
+                    hx = (hx, self._zeros(batch, self.hidden_size, input))
+            else:
+                hx = self.permute_hidden(hx, sorted_indices)
+            is_batched = True
+        else:
+            batch_sizes = sorted_indices = unsorted_indices = None
+            if input.dim() not in (2, 3):
+                tensor = " tensor" if self.mode.startswith("RNN") else ""
+                raise ValueError(
+                    f"{type(self).__name__}: Expected input to be 2D or 3D, got {input.dim()}D{tensor} instead"
+                )
+            is_batched = input.dim() == 3
+            batch_dim = 0 if self.batch_first else 1
+            if not is_batched:
+                input = input.unsqueeze(batch_dim)
+            if hx is None:
+                batch = input.size(batch_dim)
+                hx = self._zeros(batch, h_size, input)
+                if lstm:
+                    hx = (hx, self._zeros(batch, self.hidden_size, input))
+            elif lstm:
+                want = 3 if is_batched else 2
+                if hx[0].dim() != want or hx[1].dim() != want:
+                    kind = "batched 3-D" if is_batched else "unbatched 2-D"
+                    raise RuntimeError(
+                        f"For {kind} input, hx and cx should also be {want}-D but got "
+                        f"({hx[0].dim()}-D, {hx[1].dim()}-D) tensors"
+                    )
+                if not is_batched:
+                    hx = (hx[0].unsqueeze(1), hx[1].unsqueeze(1))
+            elif not is_batched:
+                if hx.dim() != 2:
+                    raise RuntimeError(
+                        f"For unbatched 2-D input, hx should also be 2-D but got {hx.dim()}-D tensor"
+                    )
+                hx = hx.unsqueeze(1)
+            elif hx.dim() != 3:
+                raise RuntimeError(f"For batched 3-D input, hx should also be 3-D but got {hx.dim()}-D tensor")
+        self.check_forward_args(input, hx, batch_sizes)
+        for h in hx if lstm else (hx,):
+            _check_same(input, h)
+        if batch_sizes is None and self.batch_first:
+            input = input.transpose(0, 1)
+        if batch_sizes is None and input.size(0) == 0:
+            raise RuntimeError("Expected sequence length to be larger than 0 in RNN")  # torch's words, every mode
+
+        output, hidden = self._layers(input, batch_sizes, hx, weights)
+
+        if isinstance(orig_input, PackedSequence):
+            return PackedSequence(output, batch_sizes, sorted_indices, unsorted_indices), self.permute_hidden(
+                hidden, unsorted_indices
+            )
+        if self.batch_first:
+            output = output.transpose(0, 1)
+        if not is_batched:
+            output = output.squeeze(0 if self.batch_first else 1)
+            hidden = (hidden[0].squeeze(1), hidden[1].squeeze(1)) if lstm else hidden.squeeze(1)
+        return output, hidden
+
+
+def _module_doc(torch_cls, what: str) -> str:
+    return (
+        f"Drop-in replacement for :class:`torch.nn.{torch_cls.__name__}` (same arguments, parameters,\n"
         "state_dict, inputs and outputs) computed by rnnattn's fused kernels.\n\n"
+        f"{what}\n\n"
+        "PackedSequence input is walked directly (no padding). As with cuDNN, the\n"
+        "backward reads the hidden states from the output, so modifying the\n"
+        "output in place before backward() raises autograd's in-place error;\n"
+        "use out-of-place ops on it.\n\n"
+        f"torch.nn.{torch_cls.__name__}'s documentation follows.\n\n" + (torch_cls.__doc__ or "")
+    )
+
+
+class RNN(_FusedRNNBase):
+    __doc__ = _module_doc(
+        nn.RNN,
         "Each layer and direction is one call of the fused operator: the input\n"
         "projection is a single GEMM over all steps, the recurrence a tight\n"
-        "loop with no per-step dispatch, and the backward a hand-written BPTT.\n"
-        "PackedSequence input is walked directly (no padding).\n\n"
-        "As with nn.RNN on cuDNN, the backward reads the hidden states from the\n"
-        "output, so modifying the output in place before backward() raises\n"
-        "autograd's in-place error; use out-of-place ops on it.\n\n"
-        "torch.nn.RNN's documentation follows.\n\n" + (nn.RNN.__doc__ or "")
+        "loop with no per-step dispatch, and the backward a hand-written BPTT.",
     )
+    _torch_cls = nn.RNN
 
     def __init__(
         self,
@@ -57,80 +160,89 @@ class RNN(nn.RNNBase):
             bidirectional, device=device, dtype=dtype,
         )
 
-    def forward(self, input, hx=None):  # noqa: D102  (documented above)
-        if hasattr(self, "_update_flat_weights"):  # torch >= 2.5
-            self._update_flat_weights()
-        weights = self._flat_weights
-        data = input.data if isinstance(input, PackedSequence) else input
-        if not ops.has_kernel(data.device, data.dtype) or any(
-            w.device != data.device for w in weights
-        ):
-            # No fused kernel here (or a mismatch torch will report): torch's path.
-            return nn.RNN.forward(self, input, hx)
-
-        directions = 2 if self.bidirectional else 1
-        orig_input = input
-        if isinstance(orig_input, PackedSequence):
-            input, batch_sizes, sorted_indices, unsorted_indices = input
-            if hx is None:
-                hx = torch.zeros(
-                    self.num_layers * directions, int(batch_sizes[0]), self.hidden_size,
-                    dtype=input.dtype, device=input.device,
-                )
-            else:
-                hx = self.permute_hidden(hx, sorted_indices)
-            is_batched = True
-        else:
-            batch_sizes = sorted_indices = unsorted_indices = None
-            if input.dim() not in (2, 3):
-                raise ValueError(f"RNN: Expected input to be 2D or 3D, got {input.dim()}D tensor instead")
-            is_batched = input.dim() == 3
-            batch_dim = 0 if self.batch_first else 1
-            if not is_batched:
-                input = input.unsqueeze(batch_dim)
-                if hx is not None:
-                    if hx.dim() != 2:
-                        raise RuntimeError(
-                            f"For unbatched 2-D input, hx should also be 2-D but got {hx.dim()}-D tensor"
-                        )
-                    hx = hx.unsqueeze(1)
-            elif hx is not None and hx.dim() != 3:
-                raise RuntimeError(f"For batched 3-D input, hx should also be 3-D but got {hx.dim()}-D tensor")
-            if hx is None:
-                hx = torch.zeros(
-                    self.num_layers * directions, input.size(batch_dim), self.hidden_size,
-                    dtype=input.dtype, device=input.device,
-                )
-        self.check_forward_args(input, hx, batch_sizes)
-        _check_same(input, hx)
-        if batch_sizes is None and self.batch_first:
-            input = input.transpose(0, 1)
-        if batch_sizes is None and input.size(0) == 0:
-            raise RuntimeError("Expected sequence length to be larger than 0 in RNN")
-
-        output, hidden = functional.rnn(
+    def _layers(self, input, batch_sizes, hx, weights):
+        return functional.rnn(
             input, batch_sizes, hx, weights, self.num_layers, self.bias, self.bidirectional,
             relu=self.nonlinearity == "relu", dropout=self.dropout, training=self.training,
         )
 
-        if isinstance(orig_input, PackedSequence):
-            return PackedSequence(output, batch_sizes, sorted_indices, unsorted_indices), self.permute_hidden(
-                hidden, unsorted_indices
+
+class GRU(_FusedRNNBase):
+    __doc__ = _module_doc(
+        nn.GRU,
+        "Gates r, z, n with torch's math, gate order and bias placement\n"
+        "(n = tanh(W_in x + b_in + r * (W_hn h + b_hn))). CPU float32/float64 run\n"
+        "the fused kernels; other devices and dtypes run torch's nn.GRU (cuDNN on\n"
+        "a GPU).",
+    )
+    _torch_cls = nn.GRU
+    _cell = "gru"
+
+    def __init__(self, *args, **kwargs):
+        if "proj_size" in kwargs:
+            raise ValueError("proj_size argument is only supported for LSTM, not RNN or GRU")
+        super().__init__("GRU", *args, **kwargs)
+
+    def _layers(self, input, batch_sizes, hx, weights):
+        return functional.gru(
+            input, batch_sizes, hx, weights, self.num_layers, self.bias, self.bidirectional,
+            dropout=self.dropout, training=self.training,
+        )
+
+
+class LSTM(_FusedRNNBase):
+    __doc__ = _module_doc(
+        nn.LSTM,
+        "Gates i, f, g, o with torch's math and gate order; ``proj_size``\n"
+        "projects h with W_hr as torch does. CPU float32/float64 run the fused\n"
+        "kernels; other devices and dtypes run torch's nn.LSTM (cuDNN on a GPU).",
+    )
+    _torch_cls = nn.LSTM
+    _cell = "lstm"
+    # torch's LSTM-specific handling of the (h_0, c_0) pair.
+    get_expected_cell_size = nn.LSTM.get_expected_cell_size
+    check_forward_args = nn.LSTM.check_forward_args
+    permute_hidden = nn.LSTM.permute_hidden
+
+    def __init__(self, *args, **kwargs):
+        super().__init__("LSTM", *args, **kwargs)
+
+    def _layers(self, input, batch_sizes, hx, weights):
+        return functional.lstm(
+            input, batch_sizes, hx, weights, self.num_layers, self.bias, self.bidirectional,
+            proj=self.proj_size > 0, dropout=self.dropout, training=self.training,
+        )
+
+
+def _check_cell_input(module: nn.Module, input: Tensor, states) -> None:
+    """torch's checks of a cell's input and states (``_VF.*_cell``'s messages);
+    ``states`` holds ``(label, tensor)``: ("0", hx) or ("0", h), ("1", c)."""
+    if input.size(1) != module.input_size:
+        raise RuntimeError(
+            f"input has inconsistent input_size: got {input.size(1)} expected {module.input_size}"
+        )
+    for label, h in states:
+        if h.size(0) != input.size(0):
+            raise RuntimeError(
+                f"Input batch size {input.size(0)} doesn't match hidden{label} batch size {h.size(0)}"
             )
-        if self.batch_first:
-            output = output.transpose(0, 1)
-        if not is_batched:
-            output = output.squeeze(0 if self.batch_first else 1)
-            hidden = hidden.squeeze(1)
-        return output, hidden
+        if h.size(1) != module.hidden_size:
+            raise RuntimeError(
+                f"hidden{label} has inconsistent hidden_size: got {h.size(1)}, expected {module.hidden_size}"
+            )
+        _check_same(input, h, weight=module.weight_ih)
+
+
+def _cell_doc(torch_cls, what: str) -> str:
+    return (
+        f"Drop-in replacement for :class:`torch.nn.{torch_cls.__name__}` on rnnattn's fused kernel\n"
+        f"({what}).\n\n"
+        f"torch.nn.{torch_cls.__name__}'s documentation follows.\n\n" + (torch_cls.__doc__ or "")
+    )
 
 
 class RNNCell(nn.RNNCell):
-    __doc__ = (
-        "Drop-in replacement for :class:`torch.nn.RNNCell` on rnnattn's fused kernel\n"
-        "(one time step of :class:`rnnattn.RNN`).\n\n"
-        "torch.nn.RNNCell's documentation follows.\n\n" + (nn.RNNCell.__doc__ or "")
-    )
+    __doc__ = _cell_doc(nn.RNNCell, "one time step of :class:`rnnattn.RNN`")
 
     def forward(self, input: Tensor, hx=None) -> Tensor:  # noqa: D102
         if not ops.has_kernel(input.device, input.dtype) or self.weight_ih.device != input.device:
@@ -146,25 +258,66 @@ class RNNCell(nn.RNNCell):
             hx = torch.zeros(input.size(0), self.hidden_size, dtype=input.dtype, device=input.device)
         elif not is_batched:
             hx = hx.unsqueeze(0)
-        if input.size(1) != self.input_size:
-            raise RuntimeError(
-                f"input has inconsistent input_size: got {input.size(1)} expected {self.input_size}"
-            )
-        if hx.size(0) != input.size(0):
-            raise RuntimeError(
-                f"Input batch size {input.size(0)} doesn't match hidden0 batch size {hx.size(0)}"
-            )
-        if hx.size(1) != self.hidden_size:
-            raise RuntimeError(
-                f"hidden0 has inconsistent hidden_size: got {hx.size(1)}, expected {self.hidden_size}"
-            )
-        _check_same(input, hx, weight=self.weight_ih)
+        _check_cell_input(self, input, [("0", hx)])
         out, _ = ops.rnn_layer(
             input.unsqueeze(0), None, hx, self.weight_ih, self.weight_hh, self.bias_ih, self.bias_hh,
             self.nonlinearity == "relu", False,
         )
         out = out.squeeze(0)
         return out if is_batched else out.squeeze(0)
+
+
+class GRUCell(nn.GRUCell):
+    __doc__ = _cell_doc(nn.GRUCell, "one time step of :class:`rnnattn.GRU`")
+
+    def forward(self, input: Tensor, hx=None) -> Tensor:  # noqa: D102
+        if not ops.has_kernel(input.device, input.dtype, "gru") or self.weight_ih.device != input.device:
+            return super().forward(input, hx)
+        if input.dim() not in (1, 2):
+            raise ValueError(f"GRUCell: Expected input to be 1D or 2D, got {input.dim()}D instead")
+        if hx is not None and hx.dim() not in (1, 2):
+            raise ValueError(f"GRUCell: Expected hidden to be 1D or 2D, got {hx.dim()}D instead")
+        is_batched = input.dim() == 2
+        if not is_batched:
+            input = input.unsqueeze(0)
+        if hx is None:
+            hx = torch.zeros(input.size(0), self.hidden_size, dtype=input.dtype, device=input.device)
+        elif not is_batched:
+            hx = hx.unsqueeze(0)
+        _check_cell_input(self, input, [("0", hx)])
+        out, _ = ops.gru_layer(
+            input.unsqueeze(0), None, hx, self.weight_ih, self.weight_hh, self.bias_ih, self.bias_hh, False
+        )
+        out = out.squeeze(0)
+        return out if is_batched else out.squeeze(0)
+
+
+class LSTMCell(nn.LSTMCell):
+    __doc__ = _cell_doc(nn.LSTMCell, "one time step of :class:`rnnattn.LSTM`")
+
+    def forward(self, input: Tensor, hx=None):  # noqa: D102
+        if not ops.has_kernel(input.device, input.dtype, "lstm") or self.weight_ih.device != input.device:
+            return super().forward(input, hx)
+        if input.dim() not in (1, 2):
+            raise ValueError(f"LSTMCell: Expected input to be 1D or 2D, got {input.dim()}D instead")
+        if hx is not None:
+            for idx, value in enumerate(hx):
+                if value.dim() not in (1, 2):
+                    raise ValueError(f"LSTMCell: Expected hx[{idx}] to be 1D or 2D, got {value.dim()}D instead")
+        is_batched = input.dim() == 2
+        if not is_batched:
+            input = input.unsqueeze(0)
+        if hx is None:
+            zeros = torch.zeros(input.size(0), self.hidden_size, dtype=input.dtype, device=input.device)
+            hx = (zeros, zeros)
+        elif not is_batched:
+            hx = (hx[0].unsqueeze(0), hx[1].unsqueeze(0))
+        _check_cell_input(self, input, [("0", hx[0]), ("1", hx[1])])
+        _, h, c = ops.lstm_layer(
+            input.unsqueeze(0), None, hx[0], hx[1], self.weight_ih, self.weight_hh, self.bias_ih,
+            self.bias_hh, None, False,
+        )
+        return (h, c) if is_batched else (h.squeeze(0), c.squeeze(0))
 
 
 def _check_same(input: Tensor, hx: Tensor, weight: Tensor = None) -> None:
@@ -181,8 +334,9 @@ def _check_same(input: Tensor, hx: Tensor, weight: Tensor = None) -> None:
 
 
 def convert(module: nn.Module) -> nn.Module:
-    """Swaps every ``torch.nn.RNN`` / ``torch.nn.RNNCell`` inside ``module``
-    (``module`` itself included) for its rnnattn twin, in place.
+    """Swaps every torch recurrent module (``nn.RNN``, ``nn.GRU``, ``nn.LSTM``
+    and their cells) inside ``module`` (``module`` itself included) for its
+    rnnattn twin, in place.
 
     The new modules take over the very same ``Parameter`` objects, so weights,
     their ``.grad`` and any optimizer already holding them carry over. Returns
@@ -197,7 +351,9 @@ def convert(module: nn.Module) -> nn.Module:
     return module
 
 
-_TWINS = {nn.RNN: RNN, nn.RNNCell: RNNCell}
+_TWINS = {
+    nn.RNN: RNN, nn.GRU: GRU, nn.LSTM: LSTM, nn.RNNCell: RNNCell, nn.GRUCell: GRUCell, nn.LSTMCell: LSTMCell,
+}
 
 
 def _twin(old: nn.Module) -> nn.Module:

@@ -331,7 +331,7 @@ def test_convert_swaps_rnns_and_keeps_the_parameters():
     converted = rnnattn.convert(model)
     assert converted is model
     assert type(model.rnn) is rnnattn.RNN and type(model.cell) is rnnattn.RNNCell
-    assert type(model.lstm) is nn.LSTM
+    assert type(model.lstm) is rnnattn.LSTM  # all six of torch's recurrent modules are swapped
     for n, p in model.named_parameters():
         assert p is params[n]  # an optimizer built before convert still holds them
     after = model(x)

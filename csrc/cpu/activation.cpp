@@ -76,7 +76,54 @@ RNNATTN_TARGET_AVX2 void tanh_row_avx2(float* o, float* state, const float* bias
   tanh_row_impl(o, state, bias, H);
 }
 
+// x = act(x + bias) in place (bias may be null); sigmoid(z) = (1 + tanh(z/2)) / 2,
+// so both gates' activations share tanh8. Near sigmoid's lower tail this
+// has an absolute (not relative) error of a few float ulp of 0.5.
+template <Act A>
+__attribute__((always_inline)) inline v8f act8(v8f z) {
+  if constexpr (A == Act::kTanh) {
+    return tanh8(z);
+  } else {
+    return 0.5f + 0.5f * tanh8(0.5f * z);
+  }
+}
+
+template <Act A>
+__attribute__((always_inline)) inline void act_impl(float* __restrict x, const float* __restrict bias,
+                                                    int64_t n) {
+  int64_t j = 0;
+  for (; j + 8 <= n; j += 8) {
+    v8f z, b{};
+    std::memcpy(&z, x + j, sizeof z);
+    if (bias != nullptr) std::memcpy(&b, bias + j, sizeof b);
+    const v8f t = act8<A>(z + b);
+    std::memcpy(x + j, &t, sizeof t);
+  }
+  if (j < n) {  // ragged tail through a zero-padded vector
+    const int64_t m = n - j;
+    v8f z{}, b{};
+    std::memcpy(&z, x + j, m * sizeof(float));
+    if (bias != nullptr) std::memcpy(&b, bias + j, m * sizeof(float));
+    const v8f t = act8<A>(z + b);
+    std::memcpy(x + j, &t, m * sizeof(float));
+  }
+}
+
+template <Act A>
+RNNATTN_TARGET_AVX2 void act_avx2(float* x, const float* bias, int64_t n) {
+  act_impl<A>(x, bias, n);
+}
+
 }  // namespace
+
+void activate_f32(Act act, float* x, const float* bias, int64_t n) {
+  const bool avx2 = use_avx2();
+  if (act == Act::kTanh) {
+    avx2 ? act_avx2<Act::kTanh>(x, bias, n) : act_impl<Act::kTanh>(x, bias, n);
+  } else {
+    avx2 ? act_avx2<Act::kSigmoid>(x, bias, n) : act_impl<Act::kSigmoid>(x, bias, n);
+  }
+}
 
 void tanh_row_f32(float* o, float* state, const float* bias, int64_t H) {
   if (use_avx2())

@@ -16,6 +16,27 @@ namespace rnnattn::cpu {
 // NaN propagates. Defined in activation.cpp.
 void tanh_row_f32(float* o, float* state, const float* bias, int64_t H);
 
+// The gate activations of the GRU and LSTM cells.
+enum class Act { kTanh, kSigmoid };
+
+// x = act(x + bias) in place over n floats (bias may be null), vectorized
+// like tanh_row_f32. Defined in activation.cpp.
+void activate_f32(Act act, float* x, const float* bias, int64_t n);
+
+// The same for any floating type: float takes the vectorized path, double
+// std::tanh / std::exp (the precision the tests check).
+template <typename T>
+inline void activate(Act act, T* __restrict x, const T* __restrict bias, int64_t n) {
+  if constexpr (std::is_same_v<T, float>) {
+    activate_f32(act, x, bias, n);
+  } else {
+    for (int64_t j = 0; j < n; ++j) {
+      const T z = x[j] + (bias != nullptr ? bias[j] : T(0));
+      x[j] = act == Act::kTanh ? std::tanh(z) : T(1) / (T(1) + std::exp(-z));
+    }
+  }
+}
+
 // o = act(o + bias); state = o. bias is never null (zeros when the layer
 // has no bias), which keeps the loops branch-free.
 template <typename T>

@@ -60,10 +60,11 @@ class RecurrentGemm {
 
   // Runs f(p) for every part: one task per thread, or all on the calling
   // thread when a step of this many rows is too little work for a fork/join
-  // (the late, small steps of a packed batch).
+  // (the late, small steps of a packed batch). gemms: how many GEMMs of
+  // this shape a part does per step (a cell's gates, csrc/cpu/recurrence.h).
   template <typename F>
-  void for_each_part(int64_t rows, const F& f) const {
-    if (parts() == 1 || rows * n_ * k_ <= kSerialGemmMaxWork) {
+  void for_each_part(int64_t rows, const F& f, int gemms = 1) const {
+    if (parts() == 1 || gemms * rows * n_ * k_ <= kSerialGemmMaxWork) {
       for (int p = 0; p < parts(); ++p) f(p);
       return;
     }
@@ -76,8 +77,12 @@ class RecurrentGemm {
   int64_t end(int p) const { return bounds_[p + 1]; }
 
   // C[:rows, begin(p):end(p)] = A[:rows] @ op(W)[:, begin(p):end(p)] + beta * C,
-  // on the calling thread only. A is rows x k (leading dim k), C leading dim n.
-  void compute(int p, const T* a, int64_t rows, T beta, T* c) const {
+  // on the calling thread only. A is rows x k with leading dim lda (0: k),
+  // C has leading dim ldc (0: n).
+  void compute(int p, const T* a, int64_t rows, T beta, T* c, int64_t lda = 0,
+               int64_t ldc = 0) const {
+    if (lda == 0) lda = k_;
+    if (ldc == 0) ldc = n_;
     if (rows == 0) return;
     const int64_t c0 = begin(p), cols = end(p) - c0;
     SerialBlasGuard serial(true);
@@ -85,13 +90,13 @@ class RecurrentGemm {
       if (!packed_.empty() && rows == full_rows_) {
         constexpr int kRowMajor = 101, kNoTrans = 111, kPacked = 151;
         cblas_sgemm_compute(kRowMajor, kNoTrans, kPacked, int(rows), int(cols), int(k_), a,
-                            int(k_), packed_[p].data_ptr<float>(), int(cols), beta, c + c0,
-                            int(n_));
+                            int(lda), packed_[p].data_ptr<float>(), int(cols), beta, c + c0,
+                            int(ldc));
         return;
       }
     }
-    gemm<T>(false, trans_, rows, cols, k_, T(1), a, k_, slice(p), trans_ ? k_ : n_, beta, c + c0,
-            n_);
+    gemm<T>(false, trans_, rows, cols, k_, T(1), a, lda, slice(p), trans_ ? k_ : n_, beta, c + c0,
+            ldc);
   }
 
  private:
@@ -129,11 +134,12 @@ class RecurrentGemm {
   std::vector<at::Tensor> packed_;
 };
 
-// How many column parts a step of rows x H x H multiply-adds is split into:
-// one per thread, unless the step is small enough that a fork/join costs
-// more than it saves, or we already run inside a parallel region.
-inline int recurrent_parts(int64_t rows, int64_t H) {
-  if (at::in_parallel_region() || rows * H * H <= kSerialGemmMaxWork) return 1;
+// How many column parts a step of `work` multiply-adds over H hidden units
+// is split into: one per thread, unless the step is small enough that a
+// fork/join costs more than it saves, or we already run inside a parallel
+// region.
+inline int recurrent_parts(int64_t work, int64_t H) {
+  if (at::in_parallel_region() || work <= kSerialGemmMaxWork) return 1;
   return static_cast<int>(std::max<int64_t>(1, std::min<int64_t>(at::get_num_threads(), H / 64)));
 }
 

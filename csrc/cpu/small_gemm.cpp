@@ -20,7 +20,7 @@ struct Vec {
 // the whole k loop, each vector of B loaded once for R rows.
 template <typename T, int R, int NV>
 __attribute__((always_inline)) inline void block(const T* __restrict X, const T* __restrict B,
-                                                 T* __restrict Y, int64_t k, int64_t n,
+                                                 T* __restrict Y, const Ld& ld, int64_t k,
                                                  bool accumulate) {
   using V = typename Vec<T>::type;
   using U = typename Vec<T>::unaligned;
@@ -28,7 +28,7 @@ __attribute__((always_inline)) inline void block(const T* __restrict X, const T*
   V acc[R][NV];
   for (int r = 0; r < R; ++r)
     for (int c = 0; c < NV; ++c)
-      acc[r][c] = accumulate ? *reinterpret_cast<const U*>(Y + r * n + c * L) : V{};
+      acc[r][c] = accumulate ? *reinterpret_cast<const U*>(Y + r * ld.y + c * L) : V{};
   int64_t p = 0;
   if constexpr (R == 1) {
     // One row has only NV accumulators: too few to cover the FMA latency,
@@ -37,39 +37,39 @@ __attribute__((always_inline)) inline void block(const T* __restrict X, const T*
     for (; p + 2 <= k; p += 2) {
       const T a0 = X[p], a1 = X[p + 1];
       for (int c = 0; c < NV; ++c) {
-        acc[0][c] += a0 * *reinterpret_cast<const U*>(B + p * n + c * L);
-        acc2[c] += a1 * *reinterpret_cast<const U*>(B + (p + 1) * n + c * L);
+        acc[0][c] += a0 * *reinterpret_cast<const U*>(B + p * ld.b + c * L);
+        acc2[c] += a1 * *reinterpret_cast<const U*>(B + (p + 1) * ld.b + c * L);
       }
     }
     for (int c = 0; c < NV; ++c) acc[0][c] += acc2[c];
   }
   for (; p < k; ++p) {
-    const T* b = B + p * n;
+    const T* b = B + p * ld.b;
     V bv[NV];
     for (int c = 0; c < NV; ++c) bv[c] = *reinterpret_cast<const U*>(b + c * L);
     for (int r = 0; r < R; ++r) {
-      const T a = X[r * k + p];
+      const T a = X[r * ld.x + p];
       for (int c = 0; c < NV; ++c) acc[r][c] += a * bv[c];
     }
   }
   for (int r = 0; r < R; ++r)
-    for (int c = 0; c < NV; ++c) *reinterpret_cast<U*>(Y + r * n + c * L) = acc[r][c];
+    for (int c = 0; c < NV; ++c) *reinterpret_cast<U*>(Y + r * ld.y + c * L) = acc[r][c];
 }
 
 // Columns [j0, n) of R rows, fewer than one vector: each y[j] is a dot
 // product down a column of B, kept in a register.
 template <typename T, int R>
 __attribute__((always_inline)) inline void tail(const T* __restrict X, const T* __restrict B,
-                                                T* __restrict Y, int64_t k, int64_t n, int64_t j0,
-                                                bool accumulate) {
+                                                T* __restrict Y, const Ld& ld, int64_t k,
+                                                int64_t n, int64_t j0, bool accumulate) {
   for (int64_t j = j0; j < n; ++j) {
     T acc[R];
-    for (int r = 0; r < R; ++r) acc[r] = accumulate ? Y[r * n + j] : T(0);
+    for (int r = 0; r < R; ++r) acc[r] = accumulate ? Y[r * ld.y + j] : T(0);
     for (int64_t p = 0; p < k; ++p) {
-      const T b = B[p * n + j];
-      for (int r = 0; r < R; ++r) acc[r] += X[r * k + p] * b;
+      const T b = B[p * ld.b + j];
+      for (int r = 0; r < R; ++r) acc[r] += X[r * ld.x + p] * b;
     }
-    for (int r = 0; r < R; ++r) Y[r * n + j] = acc[r];
+    for (int r = 0; r < R; ++r) Y[r * ld.y + j] = acc[r];
   }
 }
 
@@ -77,56 +77,58 @@ __attribute__((always_inline)) inline void tail(const T* __restrict X, const T* 
 // vectors (so H = 100 or 300 does not fall to scalar code), then the
 // scalar tail.
 template <typename T, int R>
-__attribute__((always_inline)) inline void rows(const T* X, const T* B, T* Y, int64_t k,
-                                                int64_t n, bool accumulate) {
+__attribute__((always_inline)) inline void rows(const T* X, const T* B, T* Y, const Ld& ld,
+                                                int64_t k, int64_t n, bool accumulate) {
   constexpr int L = Vec<T>::kLanes;
   int64_t j = 0;
-  for (; j + 4 * L <= n; j += 4 * L) block<T, R, 4>(X, B + j, Y + j, k, n, accumulate);
+  for (; j + 4 * L <= n; j += 4 * L) block<T, R, 4>(X, B + j, Y + j, ld, k, accumulate);
   const int64_t vectors = (n - j) / L;
-  if (vectors == 3) block<T, R, 3>(X, B + j, Y + j, k, n, accumulate);
-  if (vectors == 2) block<T, R, 2>(X, B + j, Y + j, k, n, accumulate);
-  if (vectors == 1) block<T, R, 1>(X, B + j, Y + j, k, n, accumulate);
-  tail<T, R>(X, B, Y, k, n, j + vectors * L, accumulate);
+  if (vectors == 3) block<T, R, 3>(X, B + j, Y + j, ld, k, accumulate);
+  if (vectors == 2) block<T, R, 2>(X, B + j, Y + j, ld, k, accumulate);
+  if (vectors == 1) block<T, R, 1>(X, B + j, Y + j, ld, k, accumulate);
+  tail<T, R>(X, B, Y, ld, k, n, j + vectors * L, accumulate);
 }
 
 template <typename T>
-__attribute__((always_inline)) inline void small_gemm_impl(const T* X, const T* B, T* Y, int64_t m,
-                                                           int64_t k, int64_t n, bool accumulate) {
+__attribute__((always_inline)) inline void small_gemm_impl(const T* X, const T* B, T* Y,
+                                                           const Ld& ld, int64_t m, int64_t k,
+                                                           int64_t n, bool accumulate) {
   // 3 rows x 4 vectors: 12 accumulators + 4 vectors of B fill the 16 ymm
   // registers; each loaded vector of B feeds 3 FMAs.
   int64_t i = 0;
-  for (; i + 3 <= m; i += 3) rows<T, 3>(X + i * k, B, Y + i * n, k, n, accumulate);
-  if (m - i == 2) rows<T, 2>(X + i * k, B, Y + i * n, k, n, accumulate);
-  if (m - i == 1) rows<T, 1>(X + i * k, B, Y + i * n, k, n, accumulate);
+  for (; i + 3 <= m; i += 3) rows<T, 3>(X + i * ld.x, B, Y + i * ld.y, ld, k, n, accumulate);
+  if (m - i == 2) rows<T, 2>(X + i * ld.x, B, Y + i * ld.y, ld, k, n, accumulate);
+  if (m - i == 1) rows<T, 1>(X + i * ld.x, B, Y + i * ld.y, ld, k, n, accumulate);
 }
 
-RNNATTN_TARGET_AVX2 void small_gemm_avx2(const float* X, const float* B, float* Y, int64_t m,
-                                         int64_t k, int64_t n, bool accumulate) {
-  small_gemm_impl(X, B, Y, m, k, n, accumulate);
+RNNATTN_TARGET_AVX2 void small_gemm_avx2(const float* X, const float* B, float* Y, const Ld& ld,
+                                         int64_t m, int64_t k, int64_t n, bool accumulate) {
+  small_gemm_impl(X, B, Y, ld, m, k, n, accumulate);
 }
-RNNATTN_TARGET_AVX2 void small_gemm_avx2(const double* X, const double* B, double* Y, int64_t m,
-                                         int64_t k, int64_t n, bool accumulate) {
-  small_gemm_impl(X, B, Y, m, k, n, accumulate);
+RNNATTN_TARGET_AVX2 void small_gemm_avx2(const double* X, const double* B, double* Y, const Ld& ld,
+                                         int64_t m, int64_t k, int64_t n, bool accumulate) {
+  small_gemm_impl(X, B, Y, ld, m, k, n, accumulate);
 }
 
 template <typename T>
-void dispatch(const T* X, const T* B, T* Y, int64_t m, int64_t k, int64_t n, bool accumulate) {
+void dispatch(const T* X, const T* B, T* Y, const Ld& ld, int64_t m, int64_t k, int64_t n,
+              bool accumulate) {
   if (use_avx2())
-    small_gemm_avx2(X, B, Y, m, k, n, accumulate);
+    small_gemm_avx2(X, B, Y, ld, m, k, n, accumulate);
   else
-    small_gemm_impl(X, B, Y, m, k, n, accumulate);
+    small_gemm_impl(X, B, Y, ld, m, k, n, accumulate);
 }
 
 }  // namespace
 
 void small_gemm(const float* X, const float* B, float* Y, int64_t m, int64_t k, int64_t n,
-                bool accumulate) {
-  dispatch(X, B, Y, m, k, n, accumulate);
+                bool accumulate, Ld ld) {
+  dispatch(X, B, Y, ld.or_dense(k, n), m, k, n, accumulate);
 }
 
 void small_gemm(const double* X, const double* B, double* Y, int64_t m, int64_t k, int64_t n,
-                bool accumulate) {
-  dispatch(X, B, Y, m, k, n, accumulate);
+                bool accumulate, Ld ld) {
+  dispatch(X, B, Y, ld.or_dense(k, n), m, k, n, accumulate);
 }
 
 }  // namespace rnnattn::cpu

@@ -1,4 +1,4 @@
-// Y (m x n) = [Y +] X (m x k) @ B (k x n), all row-major and contiguous: the
+// Y (m x n) = [Y +] X (m x k) @ B (k x n), all row-major: the
 // recurrent GEMM of one time step, for steps too small to pay for a BLAS call.
 //
 // At rows*H*H below ~2^19 multiply-adds a step, the fixed cost of a BLAS call
@@ -17,9 +17,16 @@ namespace rnnattn::cpu {
 // Steps with at most this many multiply-adds (rows * H * H) use small_gemm.
 constexpr int64_t kSmallGemmMaxWork = int64_t(1) << 19;
 
+// Leading dimensions (row strides) of X, B and Y; 0 means dense (k, n, n).
+// A cell's gates are column blocks of wider rows (csrc/cpu/recurrence.h).
+struct Ld {
+  int64_t x = 0, b = 0, y = 0;
+  Ld or_dense(int64_t k, int64_t n) const { return {x ? x : k, b ? b : n, y ? y : n}; }
+};
+
 void small_gemm(const float* X, const float* B, float* Y, int64_t m, int64_t k, int64_t n,
-                bool accumulate);
+                bool accumulate, Ld ld = {});
 void small_gemm(const double* X, const double* B, double* Y, int64_t m, int64_t k, int64_t n,
-                bool accumulate);
+                bool accumulate, Ld ld = {});
 
 }  // namespace rnnattn::cpu

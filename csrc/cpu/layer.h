@@ -1,0 +1,245 @@
+// Tensor-level forward and backward of one layer and direction for any cell:
+// allocation, the cell's combined bias and the layout of the reserve around
+// the pointer-level engine (recurrence.h). The ops (rnn.cpp, gru_lstm.cpp)
+// check their arguments and call these.
+#pragma once
+
+#include <ATen/ATen.h>
+
+#include <tuple>
+#include <utility>
+#include <vector>
+
+#include "../rnn_common.h"
+#include "recurrence.h"
+
+namespace rnnattn::cpu {
+
+// A (..., W) tensor as rows of W values a fixed stride apart, with that
+// stride. One direction's half of a bidirectional layer's output (and of its
+// grad) is such a view: the backward reads it in place instead of copying
+// it. Any other layout is made contiguous.
+inline std::pair<at::Tensor, int64_t> as_rows(const at::Tensor& t) {
+  const int64_t W = t.size(-1);
+  if (t.stride(-1) == 1) {
+    int64_t ld = -1, next = 0;  // next: the stride the next outer dim must have
+    bool uniform = true;
+    for (int64_t d = t.dim() - 2; d >= 0 && uniform; --d) {
+      if (t.size(d) == 1) continue;
+      if (ld < 0) {
+        ld = t.stride(d);
+      } else {
+        uniform = t.stride(d) == next;
+      }
+      next = t.stride(d) * t.size(d);
+    }
+    if (ld < 0) ld = W;  // a single row
+    if (uniform && ld >= W) return {t, ld};
+  }
+  return {t.contiguous(), W};
+}
+
+inline at::Tensor opt_contiguous(const c10::optional<at::Tensor>& t) {
+  return t.has_value() && t->defined() ? t->contiguous() : at::Tensor();
+}
+
+template <typename T>
+T* ptr_or_null(const at::Tensor& t) {
+  return t.defined() ? t.data_ptr<T>() : nullptr;
+}
+
+// The cell's bias as its pointwise step reads it (cells.h): b_ih + b_hh for
+// the gates whose A and R add, then b_ih of the others, then their b_hh;
+// zeros without biases. Filled by plain loops: for a small layer each ATen
+// op costs microseconds, as much as several steps.
+template <typename Cell, typename T>
+void fill_cell_bias(const at::Tensor& b_ih, const at::Tensor& b_hh, int64_t H, T* bias) {
+  const CellLayout<Cell> L{H};
+  const int64_t n = L.gates() + L.rest_cols();
+  if (!b_ih.defined()) {
+    std::fill(bias, bias + n, T(0));
+    return;
+  }
+  const T* bi = b_ih.data_ptr<T>();
+  const T* bh = b_hh.data_ptr<T>();
+  for (int64_t j = 0; j < L.sum_cols(); ++j) bias[j] = bi[j] + bh[j];
+  for (int64_t j = L.sum_cols(); j < L.gates(); ++j) bias[j] = bi[j];
+  for (int64_t j = 0; j < L.rest_cols(); ++j) bias[L.gates() + j] = bh[L.sum_cols() + j];
+}
+
+struct LayerForward {
+  at::Tensor output, h_n, c_n, reserve;  // c_n, reserve: undefined where the cell has none
+};
+
+template <typename Cell>
+LayerForward forward_layer_op(const Cell& cell, const RnnShape& s, const StepSchedule& sched,
+                              const at::Tensor& input, const at::Tensor& hx,
+                              const c10::optional<at::Tensor>& cx, const at::Tensor& w_ih,
+                              const at::Tensor& w_hh, const c10::optional<at::Tensor>& b_ih,
+                              const c10::optional<at::Tensor>& b_hh,
+                              const c10::optional<at::Tensor>& w_hr, bool reverse) {
+  constexpr bool kOutputIsReserve = Cell::kWsBlocks == 1;  // the Elman RNN
+  const CellLayout<Cell> L{s.hidden};
+  const int64_t H = s.hidden, Hs = s.state, B = s.batch;
+  auto x = input.contiguous();
+  auto wi = w_ih.contiguous();
+  auto wh = w_hh.contiguous();
+  auto h0 = hx.contiguous();
+  auto bi = opt_contiguous(b_ih), bh = opt_contiguous(b_hh), wr = opt_contiguous(w_hr);
+  auto c0 = opt_contiguous(cx);
+  const auto opts = x.options();
+  std::vector<int64_t> out_shape(input.sizes().begin(), input.sizes().end());
+  out_shape.back() = Hs;
+  LayerForward r;
+  r.output = at::empty(out_shape, opts);
+  if (!kOutputIsReserve) r.reserve = at::empty({s.rows, Cell::kWsBlocks * H}, opts);
+  r.h_n = at::empty({B, Hs}, opts);
+  at::Tensor spare = at::empty({B, Hs}, opts);  // the second state buffer
+  if (Cell::kHasCell) r.c_n = at::empty({B, H}, opts);
+  at::Tensor m = wr.defined() ? at::empty({B, H}, opts) : at::Tensor();
+  at::Tensor bias = at::empty({L.gates() + L.rest_cols()}, opts);
+  // The small-step path multiplies by W_hh^T; some step takes it when the
+  // last step (the fewest rows) does.
+  const bool small = small_step(sched.batch[sched.steps() - 1], Hs, L.gates());
+  at::Tensor wh_t = small ? at::empty({Hs, L.gates()}, opts) : at::Tensor();
+  AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "rnnattn::recurrent_forward", [&] {
+    using T = scalar_t;
+    const T* h0p = h0.data_ptr<T>();
+    std::copy(h0p, h0p + B * Hs, r.h_n.data_ptr<T>());
+    std::copy(h0p, h0p + B * Hs, spare.data_ptr<T>());
+    if (Cell::kHasCell) std::copy(c0.data_ptr<T>(), c0.data_ptr<T>() + B * H, r.c_n.data_ptr<T>());
+    fill_cell_bias<Cell, T>(bi, bh, H, bias.data_ptr<T>());
+    if (small) {
+      const T* w = wh.data_ptr<T>();
+      T* wt = wh_t.data_ptr<T>();
+      const int64_t rows = L.gates();
+      for (int64_t i = 0; i < rows; ++i)
+        for (int64_t j = 0; j < Hs; ++j) wt[j * rows + i] = w[i * Hs + j];
+    }
+    LayerPtrs<T> p;
+    p.x = x.data_ptr<T>();
+    p.w_ih = wi.data_ptr<T>();
+    p.w_hh = wh.data_ptr<T>();
+    p.w_hh_t = ptr_or_null<T>(wh_t);
+    p.w_hr = ptr_or_null<T>(wr);
+    p.bias = bias.data_ptr<T>();
+    p.out = r.output.data_ptr<T>();
+    p.ld_out = Hs;
+    p.ws = kOutputIsReserve ? p.out : r.reserve.data_ptr<T>();
+    p.ld_ws = kOutputIsReserve ? Hs : Cell::kWsBlocks * H;
+    const T* last = forward_layer<T>(cell, s, sched, p, r.h_n.data_ptr<T>(), spare.data_ptr<T>(),
+                                     Cell::kHasCell ? r.c_n.data_ptr<T>() : nullptr,
+                                     ptr_or_null<T>(m), reverse);
+    if (last == spare.data_ptr<T>()) r.h_n = spare;
+  });
+  return r;
+}
+
+struct LayerGrads {
+  // Undefined where not asked for or not part of the cell; db_hh only where
+  // it differs from db_ih (the GRU).
+  at::Tensor dx, dhx, dcx, dw_ih, dw_hh, db_ih, db_hh, dw_hr;
+};
+
+// m = o tanh(c) of every row, from an LSTM reserve (the projection's input).
+template <typename T>
+void projection_inputs(const T* ws, int64_t rows, int64_t H, T* m) {
+  for (int64_t r = 0; r < rows; ++r) {
+    const T* w = ws + r * 5 * H;
+    T* mr = m + r * H;
+    std::copy(w + 4 * H, w + 5 * H, mr);
+    activate<T>(Act::kTanh, mr, nullptr, H);
+    for (int64_t j = 0; j < H; ++j) mr[j] *= w[3 * H + j];
+  }
+}
+
+template <typename Cell>
+LayerGrads backward_layer_op(const Cell& cell, const RnnShape& s, const StepSchedule& sched,
+                             const at::Tensor& grad_output, const at::Tensor& grad_hn,
+                             const c10::optional<at::Tensor>& grad_cn, const at::Tensor& input,
+                             const at::Tensor& hx, const c10::optional<at::Tensor>& cx,
+                             const at::Tensor& w_ih, const at::Tensor& w_hh,
+                             const c10::optional<at::Tensor>& w_hr, const at::Tensor& output,
+                             const c10::optional<at::Tensor>& reserve, bool reverse,
+                             bool need_input_grad, bool need_weight_grad) {
+  constexpr bool kOutputIsReserve = Cell::kWsBlocks == 1;
+  const CellLayout<Cell> L{s.hidden};
+  const int64_t H = s.hidden, Hs = s.state, B = s.batch, N = s.rows;
+  const int64_t ld_dg = Cell::kGradBlocks * H;
+  auto x = input.contiguous();
+  auto h0 = hx.contiguous();
+  auto c0 = opt_contiguous(cx);
+  auto wi = w_ih.contiguous();
+  auto wh = w_hh.contiguous();
+  auto wr = opt_contiguous(w_hr);
+  auto ws = opt_contiguous(reserve);
+  const bool proj = wr.defined();
+  const auto opts = x.options();
+  at::Tensor out;
+  int64_t ld_out;
+  std::tie(out, ld_out) = as_rows(output);
+  LayerGrads r;
+  r.dhx = grad_hn.contiguous().clone();  // g: grad_hn -> grad_hx
+  if (Cell::kHasCell) r.dcx = grad_cn->contiguous().clone();
+  at::Tensor dg = at::empty({N, ld_dg}, opts);
+  at::Tensor tmp = Cell::kHasCell ? at::empty({B, H}, opts) : at::Tensor();
+  at::Tensor gh = proj ? at::empty({N, Hs}, opts) : at::Tensor();
+  at::Tensor dm = proj ? at::empty({B, H}, opts) : at::Tensor();
+  at::Tensor zeros = proj ? at::zeros({H}, opts) : at::Tensor();
+  AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "rnnattn::recurrent_backward", [&] {
+    using T = scalar_t;
+    auto [gout, ld_gout] = as_rows(grad_output);
+    LayerPtrs<T> p;
+    p.hx = h0.data_ptr<T>();
+    p.cx = ptr_or_null<T>(c0);
+    p.w_hh = wh.data_ptr<T>();
+    p.w_hr = ptr_or_null<T>(wr);
+    p.out = out.data_ptr<T>();
+    p.ld_out = ld_out;
+    p.ws = kOutputIsReserve ? p.out : ws.data_ptr<T>();
+    p.ld_ws = kOutputIsReserve ? ld_out : Cell::kWsBlocks * H;
+    backward_recurrence<T>(cell, s, sched, p, gout.data_ptr<T>(), ld_gout, r.dhx.data_ptr<T>(),
+                           ptr_or_null<T>(r.dcx), dg.data_ptr<T>(), ld_dg, ptr_or_null<T>(tmp),
+                           ptr_or_null<T>(gh), ptr_or_null<T>(dm), ptr_or_null<T>(zeros), reverse);
+  });
+  // The grads are allocated only now, after the recurrence has released its
+  // packed W_hh (and grad_output, if it was copied): this keeps the peak
+  // memory of the backward at the larger of its two phases, not their sum.
+  // Grads not asked for are returned as distinct empty tensors (outputs of
+  // an operator must not alias each other).
+  tmp = dm = zeros = at::Tensor();
+  auto none = [&] { return at::empty({0}, opts); };
+  r.dx = need_input_grad ? at::empty(input.sizes(), opts) : none();
+  r.dw_ih = need_weight_grad ? at::empty_like(wi) : none();
+  r.dw_hh = need_weight_grad ? at::empty_like(wh) : none();
+  r.db_ih = need_weight_grad ? at::empty({L.gates()}, opts) : none();
+  if (L.rest_cols() > 0) r.db_hh = need_weight_grad ? at::empty({L.gates()}, opts) : none();
+  if (proj) r.dw_hr = need_weight_grad ? at::empty_like(wr) : none();
+  AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "rnnattn::recurrent_backward", [&] {
+    using T = scalar_t;
+    LayerPtrs<T> p;
+    p.x = x.data_ptr<T>();
+    p.hx = h0.data_ptr<T>();
+    p.w_ih = wi.data_ptr<T>();
+    p.out = out.data_ptr<T>();
+    p.ld_out = ld_out;
+    backward_gemms<T, Cell>(s, sched, p, dg.data_ptr<T>(), ld_dg,
+                            need_input_grad ? r.dx.data_ptr<T>() : nullptr,
+                            need_weight_grad ? r.dw_ih.data_ptr<T>() : nullptr,
+                            need_weight_grad ? r.dw_hh.data_ptr<T>() : nullptr,
+                            need_weight_grad ? r.db_ih.data_ptr<T>() : nullptr,
+                            need_weight_grad && L.rest_cols() > 0 ? r.db_hh.data_ptr<T>() : nullptr,
+                            reverse);
+    if (proj && need_weight_grad) {
+      // dW_hr = sum_t gh_t^T m_t, with m recomputed from the reserve.
+      dg = at::Tensor();
+      at::Tensor m = at::empty({N, H}, opts);
+      projection_inputs<T>(ws.data_ptr<T>(), N, H, m.data_ptr<T>());
+      gemm<T>(true, false, Hs, H, N, T(1), gh.data_ptr<T>(), Hs, m.data_ptr<T>(), H, T(0),
+              r.dw_hr.data_ptr<T>(), H);
+    }
+  });
+  return r;
+}
+
+}  // namespace rnnattn::cpu

@@ -1,0 +1,348 @@
+// The recurrence engine: one layer, one direction of any cell (cells.h),
+// forward and backward, on raw pointers. The ops (rnn.cpp, gru_lstm.cpp)
+// only check arguments, allocate and call these.
+//
+// Forward: A = X W_ih^T is one GEMM over all rows, into the reserve (the
+// output itself for the Elman RNN); then, step by step, the recurrent GEMM
+// h_{t-1} W_hh^T over all gates and the cell's pointwise step. Small steps
+// run on one thread with a register-blocked GEMM (small_gemm.h); larger ones
+// split the hidden units across threads, each part doing the GEMM of its
+// units' columns in every gate and then their pointwise step while they are
+// in cache (recurrent_gemm.h), one fork/join per step. The running state is
+// double-buffered, so one step's GEMM reads h_{t-1} while its pointwise pass
+// writes h_t. Rows whose sequence has ended stop being updated, so a
+// PackedSequence is walked directly, in either direction.
+//
+// Backward: only dh (and the LSTM's dc) are sequential: the cell turns dh
+// into the step's gate grads dG, and dh_{t-1} = [dh z +] dR W_hh, split by
+// hidden units like the forward. dX, dW_ih, dW_hh and the bias grads are one
+// GEMM / reduction each over all N rows afterwards. Nothing is allocated
+// inside the time loop.
+//
+// With an LSTM projection (proj_size P > 0) the state is h = m W_hr^T
+// (P wide) and each step has a second, serial GEMM; those steps run the
+// pointwise part on all units at once.
+#pragma once
+
+#include <ATen/ATen.h>
+
+#include <algorithm>
+#include <utility>
+#include <vector>
+
+#include "../rnn_common.h"
+#include "blas.h"
+#include "cells.h"
+#include "recurrent_gemm.h"
+#include "small_gemm.h"
+
+namespace rnnattn::cpu {
+
+// Where the blocks of a cell's rows are, given H (see cells.h).
+template <typename Cell>
+struct CellLayout {
+  int64_t H;
+  static constexpr int G = Cell::kGates, S = Cell::kSumGates;
+  int64_t gates() const { return G * H; }        // rows of W_ih / W_hh
+  int64_t sum_cols() const { return S * H; }     // gates whose A and R add
+  int64_t rest_cols() const { return (G - S) * H; }
+  int64_t rest_at() const { return G * H; }      // where R (or dR) of the other gates is
+  // Column in the reserve row where gate g's recurrent GEMM lands.
+  int64_t gemm_col(int g) const { return g < S ? g * H : (G + g - S) * H; }
+};
+
+// Raw pointers and sizes of one layer call. ws/ld_ws: the reserve rows (for
+// the Elman RNN the output rows). out/ld_out: the output (the state h_t,
+// Hs = P or H wide); rows of the output may be further apart than Hs (one
+// direction's half of a bidirectional output, read in place).
+template <typename T>
+struct LayerPtrs {
+  const T* x = nullptr;
+  const T* hx = nullptr;
+  const T* cx = nullptr;  // LSTM
+  const T* w_ih = nullptr;
+  const T* w_hh = nullptr;
+  const T* w_hh_t = nullptr;  // W_hh^T (Hs x G*H) for the small-step path, or null
+  const T* w_hr = nullptr;    // LSTM projection (P x H), or null
+  const T* bias = nullptr;    // the cell's combined bias (cells.h)
+  T* out = nullptr;
+  int64_t ld_out = 0;
+  T* ws = nullptr;
+  int64_t ld_ws = 0;
+};
+
+// The sizes of a step for the threshold between the small and the BLAS path
+// (rows * k * n multiply-adds).
+inline bool small_step(int64_t rows, int64_t k, int64_t n) {
+  return rows * k * n <= kSmallGemmMaxWork;
+}
+
+// Forward of one layer and direction. state/spare: the (B, Hs) state
+// buffers, both holding hx on entry; c: (B, H) holding cx (LSTM). m: (B, H)
+// scratch for the projection's input (proj only). Returns the buffer that
+// holds h_n; c holds c_n.
+template <typename T, typename Cell>
+T* forward_layer(const Cell& cell, const RnnShape& s, const StepSchedule& sched,
+                 const LayerPtrs<T>& p, T* state, T* spare, T* c, T* m, bool reverse) {
+  const CellLayout<Cell> L{s.hidden};
+  const int64_t H = s.hidden, Hs = s.state, G = L.gates();
+  const bool proj = p.w_hr != nullptr;
+  gemm<T>(false, true, s.rows, G, s.input, T(1), p.x, s.input, p.w_ih, s.input, T(0), p.ws, p.ld_ws);
+  const int64_t T_ = sched.steps();
+  const int64_t B0 = T_ ? sched.batch[0] : 0;
+  // Steps too large for small_gemm split the hidden units across threads;
+  // the full-batch steps (the largest) use W_hh's gate blocks packed once.
+  std::vector<RecurrentGemm<T>> rec;
+  if (!proj && !small_step(B0, Hs, G)) {
+    const int parts = recurrent_parts(B0 * Hs * G, H);
+    rec.reserve(Cell::kGates);
+    for (int g = 0; g < Cell::kGates; ++g)
+      rec.emplace_back(p.w_hh + g * H * Hs, /*trans=*/true, B0, H, Hs, parts);
+  }
+  T* cur = state;
+  T* nxt = spare;
+  int64_t b_prev = s.batch;
+  for (int64_t i = 0; i < T_; ++i) {
+    const int64_t t = reverse ? T_ - 1 - i : i;
+    const int64_t b = sched.batch[t];
+    const int64_t row0 = sched.offset[t];
+    T* ws = p.ws + row0 * p.ld_ws;
+    // Rows whose sequence ended at the previous step hold their final state
+    // in cur only; copy them so both buffers agree on every row not updated
+    // from here on (rows not yet started hold hx in both).
+    if (b < b_prev) std::copy(cur + b * Hs, cur + b_prev * Hs, nxt + b * Hs);
+    b_prev = b;
+    auto pointwise = [&](int64_t c0, int64_t c1) {
+      for (int64_t r = 0; r < b; ++r) {
+        CellRow<T> row;
+        row.ws = ws + r * p.ld_ws;
+        row.h_prev = cur + r * Hs;
+        row.h_out = proj ? m + r * H : p.out + (row0 + r) * p.ld_out;
+        row.h_next = proj ? nullptr : nxt + r * Hs;
+        row.c = Cell::kHasCell ? c + r * H : nullptr;
+        cell.forward(row, p.bias, H, c0, c1);
+      }
+    };
+    if (small_step(b, Hs, G)) {
+      // Single-threaded, no BLAS call: the step's data is in L1/L2. (w_hh_t
+      // exists: the last step, with the fewest rows, is small too.)
+      small_gemm(cur, p.w_hh_t, ws, b, Hs, L.sum_cols(), true, Ld{Hs, G, p.ld_ws});
+      if (L.rest_cols() > 0)
+        small_gemm(cur, p.w_hh_t + L.sum_cols(), ws + L.rest_at(), b, Hs, L.rest_cols(), false,
+                   Ld{Hs, G, p.ld_ws});
+      pointwise(0, H);
+    } else if (!proj) {
+      rec[0].for_each_part(
+          b,
+          [&](int part) {
+            for (int g = 0; g < Cell::kGates; ++g)
+              rec[g].compute(part, cur, b, g < Cell::kSumGates ? T(1) : T(0), ws + L.gemm_col(g),
+                             Hs, p.ld_ws);
+            pointwise(rec[0].begin(part), rec[0].end(part));
+          },
+          Cell::kGates);
+    } else {
+      for (int g = 0; g < Cell::kGates; ++g)
+        gemm<T>(false, true, b, H, Hs, T(1), cur, Hs, p.w_hh + g * H * Hs, Hs,
+                g < Cell::kSumGates ? T(1) : T(0), ws + L.gemm_col(g), p.ld_ws);
+      pointwise(0, H);
+    }
+    if (proj) {
+      T* o = p.out + row0 * p.ld_out;
+      gemm<T>(false, true, b, Hs, H, T(1), m, H, p.w_hr, H, T(0), o, p.ld_out);
+      for (int64_t r = 0; r < b; ++r) std::copy(o + r * p.ld_out, o + r * p.ld_out + Hs, nxt + r * Hs);
+    }
+    std::swap(cur, nxt);
+  }
+  return cur;
+}
+
+// The state entering step t, row r: the output of the step before it in the
+// walk (while that step held row r), else hx.
+template <typename T>
+struct PrevState {
+  const StepSchedule& sched;
+  bool reverse;
+  int64_t prev(int64_t t) const { return reverse ? t + 1 : t - 1; }
+  // Row of the previous step's rows holding row r, or -1 (row r starts at t).
+  int64_t row(int64_t t, int64_t r) const {
+    const int64_t q = prev(t);
+    if (q < 0 || q >= sched.steps() || r >= sched.batch[q]) return -1;
+    return sched.offset[q] + r;
+  }
+};
+
+// The sequential part of the backward: the gate grads dG of every step
+// (ld_dg apart), walking time opposite to the forward. g: (B, Hs) holding
+// grad_hn on entry, grad_hx on exit; dc: (B, H) grad_cn -> grad_cx (LSTM).
+// gout: grad of the output, rows ld_gout apart. tmp: (B, H) scratch. With a
+// projection, gh (N, Hs) receives the total grad of every h_t (for dW_hr)
+// and dm (B, H) is scratch.
+template <typename T, typename Cell>
+void backward_recurrence(const Cell& cell, const RnnShape& s, const StepSchedule& sched,
+                         const LayerPtrs<T>& p, const T* gout, int64_t ld_gout, T* g, T* dc,
+                         T* dg, int64_t ld_dg, T* tmp, T* gh, T* dm, const T* zeros, bool reverse) {
+  const CellLayout<Cell> L{s.hidden};
+  const int64_t H = s.hidden, Hs = s.state, G = L.gates();
+  const bool proj = p.w_hr != nullptr;
+  const int64_t T_ = sched.steps();
+  const int64_t B0 = T_ ? sched.batch[0] : 0;
+  const PrevState<T> prev{sched, reverse};
+  // dh_{t-1} = dG[:, summed gates] W_hh[summed gates] + dR[:, other gates] W_hh[other gates],
+  // split by units like the forward.
+  std::vector<RecurrentGemm<T>> rec;
+  if (!proj && !small_step(B0, Hs, G)) {
+    const int parts = recurrent_parts(B0 * Hs * G, H);
+    rec.emplace_back(p.w_hh, /*trans=*/false, B0, Hs, L.sum_cols(), parts);
+    if (L.rest_cols() > 0)
+      rec.emplace_back(p.w_hh + L.sum_cols() * Hs, /*trans=*/false, B0, Hs, L.rest_cols(), parts);
+  }
+  const T beta_direct = Cell::kDirectGrad ? T(1) : T(0);
+  auto step_at = [&](int64_t i) { return reverse ? i : T_ - 1 - i; };
+  // dG of step t over units [c0, c1); g (or dm) holds the grad of h_t.
+  auto step_grad = [&](int64_t t, int64_t c0, int64_t c1) {
+    for (int64_t r = 0; r < sched.batch[t]; ++r) {
+      const int64_t row = sched.offset[t] + r;
+      const int64_t pr = prev.row(t, r);
+      CellRow<T> cr;
+      cr.ws = p.ws + row * p.ld_ws;
+      cr.h_prev = pr >= 0 ? p.out + pr * p.ld_out : p.hx + r * Hs;
+      if (Cell::kHasCell) {
+        cr.c = dc + r * H;
+        cr.c_prev = pr >= 0 ? p.ws + pr * p.ld_ws + 4 * H : p.cx + r * H;
+      }
+      cr.gout = proj ? zeros : gout + row * ld_gout;
+      cr.dh = proj ? dm + r * H : g + r * Hs;
+      cr.dg = dg + row * ld_dg;
+      cr.tmp = tmp + r * H;
+      cell.backward(cr, H, c0, c1);
+    }
+  };
+  // With a projection, the grad of m_t = o tanh(c_t): dm = (gout_t + g) W_hr.
+  auto project_grad = [&](int64_t t) {
+    const int64_t b = sched.batch[t];
+    T* ght = gh + sched.offset[t] * Hs;
+    for (int64_t r = 0; r < b; ++r) {
+      const T* go = gout + (sched.offset[t] + r) * ld_gout;
+      for (int64_t j = 0; j < Hs; ++j) ght[r * Hs + j] = go[j] + g[r * Hs + j];
+    }
+    gemm<T>(false, false, b, H, Hs, T(1), ght, Hs, p.w_hr, H, T(0), dm, H);
+  };
+  if (T_ > 0) {
+    if (proj) project_grad(step_at(0));
+    step_grad(step_at(0), 0, H);
+  }
+  // Each iteration: g[:b] = [g z +] dG_t W_hh (the grad of the state
+  // entering step t), then the next step's dG, which needs only the same
+  // units of g, so each part does both while they are in cache.
+  for (int64_t i = 0; i < T_; ++i) {
+    const int64_t t = step_at(i);
+    const int64_t b = sched.batch[t];
+    const T* d = dg + sched.offset[t] * ld_dg;
+    const bool has_next = i + 1 < T_;
+    const int64_t t_next = has_next ? step_at(i + 1) : 0;
+    if (small_step(b, Hs, G) || proj) {
+      if (small_step(b, Hs, G)) {
+        small_gemm(d, p.w_hh, g, b, L.sum_cols(), Hs, Cell::kDirectGrad, Ld{ld_dg, Hs, Hs});
+        if (L.rest_cols() > 0)
+          small_gemm(d + L.rest_at(), p.w_hh + L.sum_cols() * Hs, g, b, L.rest_cols(), Hs, true,
+                     Ld{ld_dg, Hs, Hs});
+      } else {
+        gemm<T>(false, false, b, Hs, L.sum_cols(), T(1), d, ld_dg, p.w_hh, Hs, beta_direct, g, Hs);
+        if (L.rest_cols() > 0)
+          gemm<T>(false, false, b, Hs, L.rest_cols(), T(1), d + L.rest_at(), ld_dg,
+                  p.w_hh + L.sum_cols() * Hs, Hs, T(1), g, Hs);
+      }
+      if (has_next) {
+        if (proj) project_grad(t_next);
+        step_grad(t_next, 0, H);
+      }
+      continue;
+    }
+    rec[0].for_each_part(
+        b,
+        [&](int part) {
+          rec[0].compute(part, d, b, beta_direct, g, ld_dg, Hs);
+          if (rec.size() > 1) rec[1].compute(part, d + L.rest_at(), b, T(1), g, ld_dg, Hs);
+          if (has_next) step_grad(t_next, rec[0].begin(part), rec[0].end(part));
+        },
+        static_cast<int>(rec.size()));
+  }
+}
+
+// dW (width x Hs) = sum over steps of d_t^T @ hprev_t, d_t: `width` columns
+// of the gate grads. The state entering step t is, row for row, the output
+// of the step before it in the walk (for the rows both steps hold) and hx
+// (for rows whose sequence starts at t), so no copy of the states is made:
+// consecutive steps whose grad rows and state rows both continue in memory
+// are one GEMM. That is one GEMM over the output for padded input, one per
+// run of equal batch sizes for packed input, plus the rows that start from
+// hx.
+template <typename T>
+void recurrent_weight_grad(const RnnShape& s, const StepSchedule& sched, const T* hx,
+                           const T* out, int64_t ld_out, const T* d_all, int64_t ld_d,
+                           int64_t width, T* dw, bool reverse) {
+  const int64_t Hs = s.state, T_ = sched.steps();
+  std::fill(dw, dw + width * Hs, T(0));
+  auto accumulate = [&](const T* d, const T* h, int64_t ld_h, int64_t rows) {
+    gemm<T>(true, false, width, Hs, rows, T(1), d, ld_d, h, ld_h, T(1), dw, Hs);
+  };
+  const T* run_d = nullptr;
+  const T* run_h = nullptr;
+  int64_t run_rows = 0;
+  for (int64_t t = 0; t < T_; ++t) {
+    const int64_t b = sched.batch[t];
+    const T* d = d_all + sched.offset[t] * ld_d;
+    const int64_t prev = reverse ? t + 1 : t - 1;  // the step whose output enters t
+    const bool has_prev = prev >= 0 && prev < T_;
+    const int64_t m = has_prev ? std::min(b, sched.batch[prev]) : 0;
+    if (m > 0) {
+      const T* h = out + sched.offset[prev] * ld_out;
+      if (run_rows > 0 && d == run_d + run_rows * ld_d && h == run_h + run_rows * ld_out) {
+        run_rows += m;
+      } else {
+        if (run_rows > 0) accumulate(run_d, run_h, ld_out, run_rows);
+        run_d = d, run_h = h, run_rows = m;
+      }
+    }
+    if (b > m) accumulate(d + m * ld_d, hx + m * Hs, Hs, b - m);
+  }
+  if (run_rows > 0) accumulate(run_d, run_h, ld_out, run_rows);
+}
+
+// Column sums of `cols` columns of rows ld apart.
+template <typename T>
+void column_sums(const T* d, int64_t ld, int64_t rows, int64_t cols, T* sum) {
+  std::fill(sum, sum + cols, T(0));
+  for (int64_t r = 0; r < rows; ++r) {
+    const T* row = d + r * ld;
+    for (int64_t j = 0; j < cols; ++j) sum[j] += row[j];
+  }
+}
+
+// The parallel part of the backward, from every step's gate grads: one GEMM
+// each for dX and dW_ih, recurrent_weight_grad per block of dR, and
+// reductions for the bias grads (db_hh differs from db_ih only in the gates
+// whose R is kept apart: the GRU's n). dx null: not asked for; dw_ih null:
+// weight grads not asked for; db_hh null: the cell's two bias grads are equal.
+template <typename T, typename Cell>
+void backward_gemms(const RnnShape& s, const StepSchedule& sched, const LayerPtrs<T>& p,
+                    const T* dg, int64_t ld_dg, T* dx, T* dw_ih, T* dw_hh, T* db_ih, T* db_hh,
+                    bool reverse) {
+  const CellLayout<Cell> L{s.hidden};
+  const int64_t G = L.gates(), I = s.input, N = s.rows, Hs = s.state;
+  if (dx != nullptr) gemm<T>(false, false, N, I, G, T(1), dg, ld_dg, p.w_ih, I, T(0), dx, I);
+  if (dw_ih == nullptr) return;
+  gemm<T>(true, false, G, I, N, T(1), dg, ld_dg, p.x, I, T(0), dw_ih, I);
+  recurrent_weight_grad(s, sched, p.hx, p.out, p.ld_out, dg, ld_dg, L.sum_cols(), dw_hh, reverse);
+  if (L.rest_cols() > 0)
+    recurrent_weight_grad(s, sched, p.hx, p.out, p.ld_out, dg + L.rest_at(), ld_dg, L.rest_cols(),
+                          dw_hh + L.sum_cols() * Hs, reverse);
+  column_sums(dg, ld_dg, N, G, db_ih);
+  if (db_hh != nullptr) {
+    std::copy(db_ih, db_ih + L.sum_cols(), db_hh);
+    column_sums(dg + L.rest_at(), ld_dg, N, L.rest_cols(), db_hh + L.sum_cols());
+  }
+}
+
+}  // namespace rnnattn::cpu

@@ -1,0 +1,297 @@
+"""The fused GRU and LSTM layer ops against the plain-PyTorch reference.
+
+One tester for both cells: a case is the op's positional arguments, built by
+``make_case``; ``run(cell, args, reverse)`` calls ``rnnattn.ops`` or
+``rnnattn.reference`` with the same arguments."""
+import pytest
+import torch
+from torch.nn.utils.rnn import pack_sequence
+
+from rnnattn import ops, reference
+
+GATES = {"gru": 3, "lstm": 4}
+TOL = {torch.float64: dict(rtol=1e-10, atol=1e-10), torch.float32: dict(rtol=2e-5, atol=2e-5)}
+
+
+def make_case(cell, T, B, I, H, dtype=torch.float64, lengths=None, bias=True, proj=0, grad=True):
+    """Positional arguments of ops.gru_layer / ops.lstm_layer (without reverse).
+    Weights scaled so the gates are neither saturated nor linear."""
+    g = dict(dtype=dtype)
+    if lengths is not None:
+        B = len(lengths)
+    G = GATES[cell]
+    Hs = proj or H
+    w_ih = torch.randn(G * H, I, **g) / I**0.5
+    w_hh = torch.randn(G * H, Hs, **g) / Hs**0.5
+    b_ih = torch.randn(G * H, **g) * 0.3 if bias else None
+    b_hh = torch.randn(G * H, **g) * 0.3 if bias else None
+    hx = torch.randn(B, Hs, **g) * 0.5
+    if lengths is None:
+        x, bs = torch.randn(T, B, I, **g), None
+    else:
+        p = pack_sequence([torch.randn(L, I, **g) for L in lengths], enforce_sorted=True)
+        x, bs = p.data, p.batch_sizes
+    if cell == "gru":
+        args = [x, bs, hx, w_ih, w_hh, b_ih, b_hh]
+    else:
+        cx = torch.randn(B, H, **g) * 0.5
+        w_hr = torch.randn(proj, H, **g) / H**0.5 if proj else None
+        args = [x, bs, hx, cx, w_ih, w_hh, b_ih, b_hh, w_hr]
+    if grad:
+        for a in args:
+            if a is not None and a.is_floating_point():
+                a.requires_grad_(True)
+    return args
+
+
+def run(cell, args, reverse, impl=ops):
+    fn = impl.gru_layer if cell == "gru" else impl.lstm_layer
+    return fn(*args, reverse=reverse) if impl is reference else fn(*args, reverse)
+
+
+def leaves(args):
+    return [a for a in args if a is not None and a.requires_grad]
+
+
+def check_against_reference(cell, args, reverse, dtype, ref_args=None):
+    """Outputs and every grad of ops vs reference (reference in float64 when
+    ref_args are the float64 originals)."""
+    ref_args = ref_args if ref_args is not None else args
+    outs = run(cell, args, reverse)
+    routs = run(cell, ref_args, reverse, reference)
+    tol = TOL[dtype]
+    for o, r in zip(outs, routs):
+        assert o.shape == r.shape
+        torch.testing.assert_close(o.double(), r.double(), **tol)
+    ws = [torch.randn_like(r) for r in routs]
+    g = torch.autograd.grad(sum((o * w.to(o.dtype)).sum() for o, w in zip(outs, ws)), leaves(args))
+    rg = torch.autograd.grad(sum((o * w).sum() for o, w in zip(routs, ws)), leaves(ref_args))
+    assert len(g) == len(rg)
+    for a, b in zip(g, rg):
+        torch.testing.assert_close(a.double(), b.double(), **tol)
+
+
+SHAPES = [  # (T, B, I, H)
+    (1, 1, 1, 1),
+    (1, 3, 5, 7),
+    (5, 1, 4, 6),
+    (7, 3, 5, 9),
+    (4, 2, 33, 17),
+    (3, 5, 8, 65),
+]
+PACKED = [[1], [3, 3, 1], [5, 4, 4, 2, 1], [6, 1]]
+
+
+@pytest.mark.parametrize("cell", ["gru", "lstm"])
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+@pytest.mark.parametrize("reverse", [False, True])
+@pytest.mark.parametrize("shape", SHAPES)
+def test_padded_matches_reference(shape, reverse, dtype, cell):
+    T, B, I, H = shape
+    args = make_case(cell, T, B, I, H, dtype)
+    check_against_reference(cell, args, reverse, dtype)
+
+
+@pytest.mark.parametrize("cell", ["gru", "lstm"])
+@pytest.mark.parametrize("reverse", [False, True])
+@pytest.mark.parametrize("bias", [True, False])
+@pytest.mark.parametrize("lengths", PACKED)
+def test_packed_matches_reference(lengths, bias, reverse, cell):
+    args = make_case(cell, None, None, 5, 6, lengths=lengths, bias=bias)
+    check_against_reference(cell, args, reverse, torch.float64)
+
+
+@pytest.mark.parametrize("reverse", [False, True])
+@pytest.mark.parametrize("lengths", [None, [5, 4, 4, 2, 1]])
+@pytest.mark.parametrize("shape", [(1, 1, 3, 5, 1), (4, 3, 5, 7, 3), (3, 2, 4, 66, 17)])
+def test_lstm_projection_matches_reference(shape, lengths, reverse):
+    T, B, I, H, P = shape
+    args = make_case("lstm", T, B, I, H, lengths=lengths, proj=P)
+    check_against_reference("lstm", args, reverse, torch.float64)
+
+
+# Per step the kernel picks small_gemm (rows * k * gates <= 2^19), else BLAS
+# split by hidden units across threads (above 2^21 multiply-adds), the
+# full-batch steps with packed W_hh. These lengths give batch sizes 9, 6, 3,
+# 1 at H = 259: the packed full-batch step, unpacked BLAS steps and small
+# steps, met in both directions; odd H gives ragged unit slices.
+BIG_H = 259
+BIG_LENGTHS = [4, 3, 3, 2, 2, 2, 1, 1, 1]
+
+
+@pytest.mark.parametrize("cell", ["gru", "lstm"])
+@pytest.mark.parametrize("threads", [1, 2, 3])
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+@pytest.mark.parametrize("reverse", [False, True])
+@pytest.mark.parametrize("packed", [False, True])
+def test_step_paths_and_thread_splits(packed, reverse, dtype, threads, cell):
+    lengths = BIG_LENGTHS if packed else None
+    args = make_case(cell, 4, len(BIG_LENGTHS), 7, BIG_H, lengths=lengths)
+    ours = [a.detach().to(dtype).requires_grad_() if a is not None and a.is_floating_point() else a
+            for a in args]
+    prev = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        tol = dict(rtol=1e-10, atol=1e-10) if dtype == torch.float64 else dict(rtol=2e-4, atol=2e-4)
+        outs = run(cell, ours, reverse)
+        ws = [torch.randn_like(o) for o in outs]
+        g = torch.autograd.grad(sum((o * w).sum() for o, w in zip(outs, ws)), leaves(ours))
+    finally:
+        torch.set_num_threads(prev)
+    routs = run(cell, args, reverse, reference)
+    rg = torch.autograd.grad(sum((o * w.double()).sum() for o, w in zip(routs, ws)), leaves(args))
+    for o, r in zip(outs, routs):
+        torch.testing.assert_close(o.double(), r, **tol)
+    for a, b in zip(g, rg):
+        torch.testing.assert_close(a.double(), b, **tol)
+
+
+def test_packed_final_states_are_each_sequence_end():
+    """h_n / c_n of a packed batch hold each sequence's own last state."""
+    lengths = [4, 2, 1]
+    for cell in ("gru", "lstm"):
+        args = make_case(cell, None, None, 3, 4, lengths=lengths, grad=False)
+        out, hn = run(cell, args, False)[:2]
+        starts = torch.cumsum(torch.cat([torch.zeros(1, dtype=torch.long), args[1][:-1]]), 0)
+        for b, L in enumerate(lengths):
+            torch.testing.assert_close(hn[b], out[starts[L - 1] + b], rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("cell", ["gru", "lstm"])
+@pytest.mark.parametrize("bias", [True, False])
+@pytest.mark.parametrize("reverse", [False, True])
+@pytest.mark.parametrize("packed", [None, [3, 2, 2]])
+def test_gradcheck(packed, reverse, bias, cell):
+    args = make_case(cell, 3, 2, 3, 4, lengths=packed, bias=bias)
+    assert torch.autograd.gradcheck(lambda *a: run(cell, list(a), reverse), args, eps=1e-6, atol=1e-7, rtol=1e-5)
+
+
+@pytest.mark.parametrize("packed", [None, [3, 2, 2]])
+def test_gradcheck_lstm_projection(packed):
+    args = make_case("lstm", 3, 2, 3, 5, lengths=packed, proj=2)
+    assert torch.autograd.gradcheck(lambda *a: run("lstm", list(a), True), args, eps=1e-6, atol=1e-7, rtol=1e-5)
+
+
+NAMES = {
+    "gru": ["x", "batch_sizes", "hx", "w_ih", "w_hh", "b_ih", "b_hh"],
+    "lstm": ["x", "batch_sizes", "hx", "cx", "w_ih", "w_hh", "b_ih", "b_hh", "w_hr"],
+}
+
+
+@pytest.mark.parametrize(
+    "cell,leaf",
+    [("gru", n) for n in ["x", "hx", "w_ih", "w_hh", "b_ih", "b_hh", "w_hh+b_hh"]]
+    + [("lstm", n) for n in ["x", "hx", "cx", "w_ih", "w_hh", "b_ih", "b_hh", "w_hr", "b_ih+b_hh"]],
+)
+@pytest.mark.parametrize("packed", [None, [3, 3, 1]])
+def test_each_input_alone_gets_its_grad(leaf, packed, cell):
+    """The autograd kernel maps each argument to its graph edge (batch_sizes,
+    the biases and w_hr may be absent) and asks the kernel only for what is needed."""
+    args = make_case(cell, 3, 3, 4, 5, lengths=packed, proj=2 if cell == "lstm" else 0, grad=False)
+    want = [args[NAMES[cell].index(n)].requires_grad_() for n in leaf.split("+")]
+    outs = run(cell, args, False)
+    routs = run(cell, args, False, reference)
+
+    def loss(os):
+        return sum((o * torch.linspace(-1, 1, o.numel(), dtype=o.dtype).view_as(o)).sum() for o in os)
+
+    g = torch.autograd.grad(loss(outs), want)
+    rg = torch.autograd.grad(loss(routs), want)
+    for a, b in zip(g, rg):
+        torch.testing.assert_close(a, b, **TOL[torch.float64])
+    if leaf == "b_ih+b_hh":
+        assert g[0].data_ptr() != g[1].data_ptr()  # their .grad buffers must not alias
+
+
+@pytest.mark.parametrize("cell", ["gru", "lstm"])
+@pytest.mark.parametrize("packed", [None, [3, 2, 2]])
+def test_opcheck(packed, cell):
+    args = make_case(cell, 3, 2, 3, 4, lengths=packed, grad=True)
+    op = torch.ops.rnnattn.gru_forward if cell == "gru" else torch.ops.rnnattn.lstm_forward
+    torch.library.opcheck(op, (*args, True))
+    outs = op(*[a.detach() if torch.is_tensor(a) else a for a in args], False)
+    d = [a.detach() if torch.is_tensor(a) else a for a in args]
+    for need_input, need_weight in [(True, True), (False, True), (True, False), (False, False)]:
+        if cell == "gru":
+            x, bs, hx, w_ih, w_hh = d[:5]
+            bargs = (torch.randn_like(outs[0]), torch.randn_like(outs[1]), x, bs, hx, w_ih, w_hh, outs[0],
+                     outs[2], False, need_input, need_weight)
+            torch.library.opcheck(torch.ops.rnnattn.gru_backward, bargs)
+        else:
+            x, bs, hx, cx, w_ih, w_hh, _, _, w_hr = d
+            bargs = (torch.randn_like(outs[0]), torch.randn_like(outs[1]), torch.randn_like(outs[2]), x, bs, hx, cx,
+                     w_ih, w_hh, w_hr, outs[0], outs[3], False, need_input, need_weight)
+            torch.library.opcheck(torch.ops.rnnattn.lstm_backward, bargs)
+
+
+def test_opcheck_lstm_projection():
+    args = make_case("lstm", 3, 2, 3, 5, proj=3)
+    torch.library.opcheck(torch.ops.rnnattn.lstm_forward, (*args, False))
+
+
+@pytest.mark.parametrize("cell", ["gru", "lstm"])
+def test_torch_compile_fullgraph(cell):
+    args = make_case(cell, 4, 3, 5, 6, grad=True)
+    fn = torch.compile(lambda *a: run(cell, list(a), False), fullgraph=True, backend="aot_eager")
+    outs = fn(*args)
+    routs = run(cell, args, False, reference)
+    for o, r in zip(outs, routs):
+        torch.testing.assert_close(o, r, **TOL[torch.float64])
+    g = torch.autograd.grad(sum(o.sum() for o in outs), leaves(args))
+    rg = torch.autograd.grad(sum(o.sum() for o in routs), leaves(args))
+    for a, b in zip(g, rg):
+        torch.testing.assert_close(a, b, **TOL[torch.float64])
+
+
+def _set(args, cell, name, value):
+    args = list(args)
+    args[NAMES[cell].index(name)] = value
+    return args
+
+
+@pytest.mark.parametrize(
+    "cell,name,make,msg",
+    [
+        ("gru", "w_ih", lambda a: a[3][:-1], r"w_ih must be \(3\*hidden_size, input_size\)"),
+        ("gru", "w_hh", lambda a: a[4][:, :-1], r"w_hh must be \(18, 6\)"),
+        ("gru", "b_hh", lambda a: a[6][:-1], r"b_hh must be \(18\)"),
+        ("gru", "hx", lambda a: a[2][:, :-1], r"hx must be \(batch, 6\)"),
+        ("lstm", "cx", lambda a: a[3][:, :-1], r"cx must be \(2, 6\)"),
+        ("lstm", "w_hr", lambda a: torch.randn(7, 6, dtype=torch.float64), r"w_hr must be \(proj_size, 6\)"),
+        ("lstm", "w_ih", lambda a: a[4].float(), r"w_ih has dtype Float but input has dtype Double"),
+        ("lstm", "w_ih", lambda a: a[4][:-2], r"w_ih must be \(4\*hidden_size, input_size\)"),
+    ],
+)
+def test_bad_arguments_raise_clear_errors(cell, name, make, msg):
+    args = make_case(cell, 3, 2, 4, 6, grad=False)
+    with pytest.raises(RuntimeError, match=msg):
+        run(cell, _set(args, cell, name, make(args)), False)
+
+
+def test_reserve_of_the_wrong_shape_is_rejected():
+    args = make_case("gru", 3, 2, 4, 6, grad=False)
+    out, hn, reserve = torch.ops.rnnattn.gru_forward(*args, False)
+    x, bs, hx, w_ih, w_hh = args[:5]
+    with pytest.raises(RuntimeError, match=r"reserve must be the contiguous \(6, 24\)"):
+        torch.ops.rnnattn.gru_backward(out, hn, x, bs, hx, w_ih, w_hh, out, reserve[:, :-1], False, True, True)
+
+
+@pytest.mark.parametrize("cell", ["gru", "lstm"])
+def test_double_backward_is_refused_not_silently_zero(cell):
+    args = make_case(cell, 3, 2, 3, 4)
+    (gx,) = torch.autograd.grad(run(cell, args, False)[0].sum(), [args[0]], create_graph=False)
+    assert gx.shape == args[0].shape
+    with pytest.raises(RuntimeError, match=f"the {cell.upper()} does not support double backward"):
+        torch.autograd.grad(run(cell, args, False)[0].sum(), [args[0]], create_graph=True)
+
+
+@pytest.mark.parametrize("cell", ["gru", "lstm"])
+def test_non_contiguous_inputs(cell):
+    args = make_case(cell, 4, 3, 5, 6, grad=False)
+    x = args[0]
+    xt = x.transpose(0, 1).contiguous().transpose(0, 1)  # same values, other strides
+    assert not xt.is_contiguous()
+    a = run(cell, [xt] + args[1:], False)
+    b = run(cell, args, False)
+    for o, r in zip(a, b):
+        torch.testing.assert_close(o, r, rtol=0, atol=0)
