@@ -1,0 +1,237 @@
+"""rnnattn's six recurrent modules in place of torch's: PyTorch's own
+module_db samples (torch.testing._internal.common_modules: packed sequences,
+unbatched input, h_0 given or None, dropout, both training modes) and its
+error samples, plus a grid of configurations, each against torch's module
+holding the same state_dict."""
+import itertools
+
+import pytest
+import torch
+from torch import nn
+from torch.nn.utils.rnn import PackedSequence, pack_padded_sequence
+
+import rnnattn
+
+TOL64 = dict(rtol=1e-10, atol=1e-10)
+TWINS = {
+    nn.RNN: rnnattn.RNN, nn.GRU: rnnattn.GRU, nn.LSTM: rnnattn.LSTM,
+    nn.RNNCell: rnnattn.RNNCell, nn.GRUCell: rnnattn.GRUCell, nn.LSTMCell: rnnattn.LSTMCell,
+}
+
+
+def tensors(x):
+    """Every tensor in a nested output (tuples, PackedSequence), in order."""
+    if isinstance(x, PackedSequence):
+        return [x.data]
+    if isinstance(x, (tuple, list)):
+        return [t for e in x for t in tensors(e)]
+    return [x] if torch.is_tensor(x) else []
+
+
+def pair(torch_cls, args, kwargs, dtype=torch.float64):
+    """torch's module and rnnattn's twin with the same weights."""
+    torch.manual_seed(0)
+    ref = torch_cls(*args, **kwargs).to(dtype)
+    ours = TWINS[torch_cls](*args, **kwargs).to(dtype)
+    ours.load_state_dict(ref.state_dict())
+    return ref, ours
+
+
+def check_same(ref, ours, args, kwargs, seed=0):
+    """Outputs and the grads of every input and parameter agree (the same
+    RNG state before each call: dropout draws the same masks)."""
+    torch.manual_seed(seed)
+    o1 = tensors(ref(*args, **kwargs))
+    torch.manual_seed(seed)
+    o2 = tensors(ours(*args, **kwargs))
+    assert len(o1) == len(o2)
+    for a, b in zip(o2, o1):
+        assert a.dtype == b.dtype
+        torch.testing.assert_close(a, b, **TOL64)
+    leaves = [t for t in tensors(list(args) + list(kwargs.values())) if t.requires_grad]
+    ws = [torch.randn_like(t) for t in o1]
+    if not leaves and not any(p.requires_grad for p in ref.parameters()):
+        return
+
+    def grads(module, outs):
+        params = list(module.parameters())
+        return torch.autograd.grad(sum((o * w).sum() for o, w in zip(outs, ws)), leaves + params,
+                                   allow_unused=True)
+
+    for a, b in zip(grads(ours, o2), grads(ref, o1)):
+        assert (a is None) == (b is None)
+        if a is not None:
+            torch.testing.assert_close(a, b, **TOL64)
+
+
+def _infos(cls):
+    from torch.testing._internal.common_modules import module_db
+
+    return [m for m in module_db if m.module_cls is cls]
+
+
+def _samples(cls, training):
+    (info,) = _infos(cls)
+    return info.module_inputs_func(info, device="cpu", dtype=torch.float64, requires_grad=True, training=training)
+
+
+def _error_samples(cls):
+    (info,) = _infos(cls)
+    return info.module_error_inputs_func(info, device="cpu", dtype=torch.float64, requires_grad=True, training=True)
+
+
+SAMPLE_CASES = [(c, t, i) for c in TWINS for t in (True, False) for i in range(len(_samples(c, t)))]
+ERROR_CASES = [(c, i) for c in TWINS for i in range(len(_error_samples(c)))]
+
+
+def _case_id(case):
+    return "-".join(str(getattr(v, "__name__", v)) for v in case)
+
+
+@pytest.mark.parametrize("case", SAMPLE_CASES, ids=_case_id)
+def test_pytorch_module_db_samples(case):
+    cls, training, i = case
+    s = _samples(cls, training)[i]
+    ref, ours = pair(cls, s.constructor_input.args, s.constructor_input.kwargs)
+    ref.train(training)
+    ours.train(training)
+    check_same(ref, ours, s.forward_input.args, s.forward_input.kwargs)
+
+
+@pytest.mark.parametrize("case", ERROR_CASES, ids=_case_id)
+def test_pytorch_module_db_error_samples(case):
+    """The same error type and message as torch's module."""
+    from torch.testing._internal.common_modules import ModuleErrorEnum
+
+    cls, i = case
+    e = _error_samples(cls)[i]
+    mi = e.module_error_input
+    ctor = lambda c: c(*mi.constructor_input.args, **mi.constructor_input.kwargs)  # noqa: E731
+    if e.error_on == ModuleErrorEnum.CONSTRUCTION_ERROR:
+        for c in (cls, TWINS[cls]):
+            with pytest.raises(e.error_type, match=e.error_regex):
+                ctor(c)
+        return
+    for c in (cls, TWINS[cls]):
+        m = ctor(c).double()
+        with pytest.raises(e.error_type, match=e.error_regex):
+            m(*mi.forward_input.args, **mi.forward_input.kwargs)
+
+
+CONFIGS = list(itertools.product([nn.GRU, nn.LSTM], [1, 3], [False, True], [False, True], [True, False]))
+
+
+@pytest.mark.parametrize("cls,layers,bidir,batch_first,bias", CONFIGS)
+def test_matches_torch_padded(cls, layers, bidir, batch_first, bias):
+    T, B, I, H = 5, 3, 4, 7
+    ref, ours = pair(cls, (I, H, layers), dict(bias=bias, batch_first=batch_first, bidirectional=bidir))
+    x = torch.randn((B, T, I) if batch_first else (T, B, I), dtype=torch.float64, requires_grad=True)
+    D = layers * (2 if bidir else 1)
+    h0 = torch.randn(D, B, H, dtype=torch.float64, requires_grad=True)
+    c0 = torch.randn(D, B, H, dtype=torch.float64, requires_grad=True)
+    for hx in (None, h0 if cls is nn.GRU else (h0, c0)):
+        check_same(ref, ours, (x,) if hx is None else (x, hx), {})
+
+
+@pytest.mark.parametrize("proj", [1, 3])
+@pytest.mark.parametrize("bidir", [False, True])
+@pytest.mark.parametrize("packed", [False, True])
+def test_lstm_proj_size_matches_torch(proj, bidir, packed):
+    T, B, I, H, L = 4, 3, 5, 6, 2
+    ref, ours = pair(nn.LSTM, (I, H, L), dict(proj_size=proj, bidirectional=bidir))
+    x = torch.randn(T, B, I, dtype=torch.float64, requires_grad=True)
+    D = L * (2 if bidir else 1)
+    hx = (torch.randn(D, B, proj, dtype=torch.float64, requires_grad=True),
+          torch.randn(D, B, H, dtype=torch.float64, requires_grad=True))
+    inp = pack_padded_sequence(x, torch.tensor([4, 1, 3]), enforce_sorted=False) if packed else x
+    check_same(ref, ours, (inp, hx), {})
+    check_same(ref, ours, (inp,), {})
+
+
+@pytest.mark.parametrize("cls", [nn.GRU, nn.LSTM])
+@pytest.mark.parametrize("bidir", [False, True])
+@pytest.mark.parametrize("lengths", [[5, 2, 4, 1, 5], [1], [3, 3]])
+def test_matches_torch_packed_unsorted(cls, bidir, lengths):
+    T, I, H, B = max(lengths), 3, 6, len(lengths)
+    ref, ours = pair(cls, (I, H, 2), dict(bidirectional=bidir))
+    x = torch.randn(T, B, I, dtype=torch.float64, requires_grad=True)
+    packed = pack_padded_sequence(x, torch.tensor(lengths), enforce_sorted=False)
+    D = 2 * (2 if bidir else 1)
+    h0 = torch.randn(D, B, H, dtype=torch.float64, requires_grad=True)
+    hx = h0 if cls is nn.GRU else (h0, torch.randn(D, B, H, dtype=torch.float64, requires_grad=True))
+    check_same(ref, ours, (packed, hx), {})
+    check_same(ref, ours, (packed,), {})
+
+
+@pytest.mark.parametrize("cls", [nn.GRU, nn.LSTM])
+def test_unbatched_and_float32(cls):
+    ref, ours = pair(cls, (4, 5, 2), dict(batch_first=True))
+    x = torch.randn(6, 4, dtype=torch.float64, requires_grad=True)
+    check_same(ref, ours, (x,), {})
+    ref32, ours32 = ref.float(), ours.float()
+    x32 = torch.randn(3, 6, 4)
+    for a, b in zip(tensors(ours32(x32)), tensors(ref32(x32))):
+        torch.testing.assert_close(a, b, rtol=2e-5, atol=2e-5)
+
+
+@pytest.mark.parametrize("cls", [nn.GRU, nn.LSTM])
+def test_dropout_between_layers_uses_torchs_random_stream(cls):
+    ref, ours = pair(cls, (4, 5, 3), dict(dropout=0.5))
+    ref.train(), ours.train()
+    x = torch.randn(6, 2, 4, dtype=torch.float64, requires_grad=True)
+    check_same(ref, ours, (x,), {}, seed=7)
+
+
+@pytest.mark.parametrize("cls", [nn.GRUCell, nn.LSTMCell])
+@pytest.mark.parametrize("bias", [True, False])
+@pytest.mark.parametrize("batched", [True, False])
+@pytest.mark.parametrize("given", [True, False])
+def test_cells_match_torch(cls, bias, batched, given):
+    ref, ours = pair(cls, (4, 6), dict(bias=bias))
+    shape = (3,) if batched else ()
+    x = torch.randn(*shape, 4, dtype=torch.float64, requires_grad=True)
+    h = torch.randn(*shape, 6, dtype=torch.float64, requires_grad=True)
+    hx = h if cls is nn.GRUCell else (h, torch.randn(*shape, 6, dtype=torch.float64, requires_grad=True))
+    check_same(ref, ours, (x, hx) if given else (x,), {})
+
+
+@pytest.mark.parametrize("cls", [nn.GRU, nn.LSTM, nn.GRUCell, nn.LSTMCell])
+def test_state_dict_and_parameters_are_torchs(cls):
+    ref, ours = pair(cls, (4, 6), {})
+    assert list(ref.state_dict()) == list(ours.state_dict())
+    assert [p.shape for p in ref.parameters()] == [p.shape for p in ours.parameters()]
+    ref.load_state_dict(ours.state_dict())
+
+
+@pytest.mark.parametrize("cls", [nn.GRU, nn.LSTM])
+def test_devices_and_dtypes_without_a_kernel_run_torchs_implementation(cls):
+    """bfloat16 on the CPU has no GRU/LSTM kernel: the module runs torch's."""
+    ref, ours = pair(cls, (4, 6), {}, dtype=torch.bfloat16)
+    x = torch.randn(5, 2, 4, dtype=torch.bfloat16)
+    for a, b in zip(tensors(ours(x)), tensors(ref(x))):
+        torch.testing.assert_close(a, b, rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("cls", [nn.GRU, nn.LSTM])
+def test_torch_compile_fullgraph_module(cls):
+    ref, ours = pair(cls, (4, 6, 2), dict(bidirectional=True))
+    x = torch.randn(5, 3, 4, dtype=torch.float64, requires_grad=True)
+    compiled = torch.compile(ours, fullgraph=True, backend="aot_eager")
+    out = tensors(compiled(x))
+    want = tensors(ref(x))
+    for a, b in zip(out, want):
+        torch.testing.assert_close(a, b, **TOL64)
+    g = torch.autograd.grad(sum(o.sum() for o in out), [x])
+    rg = torch.autograd.grad(sum(o.sum() for o in want), [x])
+    torch.testing.assert_close(g[0], rg[0], **TOL64)
+
+
+def test_convert_swaps_all_six_and_keeps_the_parameters():
+    model = nn.ModuleDict({"rnn": nn.RNN(3, 4), "gru": nn.GRU(3, 4), "lstm": nn.LSTM(3, 4, proj_size=2),
+                           "rc": nn.RNNCell(3, 4), "gc": nn.GRUCell(3, 4), "lc": nn.LSTMCell(3, 4)})
+    params = dict(model.named_parameters())
+    rnnattn.convert(model)
+    assert [type(m) for m in model.values()] == [rnnattn.RNN, rnnattn.GRU, rnnattn.LSTM, rnnattn.RNNCell,
+                                                 rnnattn.GRUCell, rnnattn.LSTMCell]
+    for n, p in model.named_parameters():
+        assert p is params[n]
