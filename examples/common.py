@@ -68,13 +68,16 @@ def set_seed(seed: int) -> None:
 
 
 def with_torch_rnn(model: nn.Module) -> nn.Module:
-    """A copy of ``model`` whose ``rnnattn.RNN`` is replaced by a
-    ``torch.nn.RNN`` with the same configuration and weights."""
+    """A copy of ``model`` whose rnnattn recurrent layer (``model.rnn``:
+    RNN, GRU or LSTM) is replaced by torch's module of the same kind,
+    configuration and weights."""
     model = copy.deepcopy(model)
     r = model.rnn
-    ref = nn.RNN(
-        r.input_size, r.hidden_size, r.num_layers, nonlinearity=r.nonlinearity, bias=r.bias,
-        batch_first=r.batch_first, dropout=r.dropout, bidirectional=r.bidirectional,
+    torch_cls = getattr(nn, type(r).__name__)
+    extra = {"nonlinearity": r.nonlinearity} if torch_cls is nn.RNN else {}
+    ref = torch_cls(
+        r.input_size, r.hidden_size, r.num_layers, bias=r.bias, batch_first=r.batch_first, dropout=r.dropout,
+        bidirectional=r.bidirectional, **extra,
     ).to(next(r.parameters()))
     ref.load_state_dict(r.state_dict())
     model.rnn = ref
@@ -189,8 +192,10 @@ def add_common_args(p: argparse.ArgumentParser, epochs: int, batch_size: int, lr
     p.add_argument("--threads", type=int, default=1,
                    help="torch.set_num_threads (default 1: these batches are too small for more threads to pay; "
                         "0 keeps torch's default)")
+    p.add_argument("--cell", choices=["rnn", "gru", "lstm"], default="rnn",
+                   help="recurrent layer: rnnattn.RNN, GRU or LSTM")
     p.add_argument("--baseline", action="store_true",
-                   help="also train the same model with torch.nn.RNN swapped in, and print both")
+                   help="also train the same model with torch's module (nn.RNN/GRU/LSTM) swapped in, and print both")
     p.add_argument("--plot", metavar="FILE.png", help="save the attention weights over a few test sequences")
     p.add_argument("--data-dir", help="folder holding <Problem>_TRAIN.ts / _TEST.ts (default: the aeon or "
                    "sktime package's data, installed with `pip install --no-deps aeon`)")
@@ -232,7 +237,9 @@ def run(args, problem: str, build: Callable[[int, int], nn.Module], transform: C
     print(f"{problem}: {len(train_data)} train / {len(test_data)} test sequences, {channels} feature(s) per step, "
           f"lengths {min(lengths)}-{max(lengths)}, {len(classes)} classes; torch {torch.__version__}, "
           f"{torch.get_num_threads()} threads")
-    variants = [("rnnattn.RNN", lambda m: m)] + ([("torch.nn.RNN", with_torch_rnn)] if args.baseline else [])
+    kind = {"rnn": "RNN", "gru": "GRU", "lstm": "LSTM"}[args.cell]
+    ours = f"rnnattn.{kind}"
+    variants = [(ours, lambda m: m)] + ([(f"torch.nn.{kind}", with_torch_rnn)] if args.baseline else [])
     results = {name: [] for name, _ in variants}
     for seed in args.seeds:
         set_seed(seed)
@@ -245,8 +252,8 @@ def run(args, problem: str, build: Callable[[int, int], nn.Module], transform: C
                             desc=f"seed {seed} {name}", progress=not args.no_progress)
             acc = accuracy(model, test_data)
             results[name].append((acc, wall, cpu))
-            print(f"seed {seed}  {name:13s} test accuracy {acc:.4f}  train time {wall:6.1f} s (CPU {cpu:6.1f} s)")
-            if args.plot and name == "rnnattn.RNN" and seed == args.seeds[0]:
+            print(f"seed {seed}  {name:14s} test accuracy {acc:.4f}  train time {wall:6.1f} s (CPU {cpu:6.1f} s)")
+            if args.plot and name == ours and seed == args.seeds[0]:
                 plot_attention(model, test_data, classes, args.plot,
                                title=f"{problem}: attention over test sequences (seed {seed}, accuracy {acc:.3f})",
                                frame=plot_frame)
@@ -255,5 +262,5 @@ def run(args, problem: str, build: Callable[[int, int], nn.Module], transform: C
         print(f"\nsummary over seeds {args.seeds} ({args.epochs} epochs):")
         for name, rs in results.items():
             acc, wall, cpu = np.array(rs).T
-            print(f"  {name:13s} test accuracy {acc.mean():.4f} +- {acc.std():.4f} (min {acc.min():.4f})  "
+            print(f"  {name:14s} test accuracy {acc.mean():.4f} +- {acc.std():.4f} (min {acc.min():.4f})  "
                   f"train time {wall.mean():6.1f} s +- {wall.std():.1f} (CPU {cpu.mean():6.1f} s)")

@@ -29,7 +29,7 @@ def main(argv=None):
     def build(channels, classes):
         return rnnattn.RNNAttentionClassifier(
             classes, input_size=channels, hidden_size=args.hidden, num_layers=args.layers,
-            bidirectional=not args.unidirectional, heads=args.heads, chunk_size=args.chunk_size,
+            cell=args.cell, bidirectional=not args.unidirectional, heads=args.heads, chunk_size=args.chunk_size,
             head_dropout=0.2,
         )
 

@@ -38,7 +38,7 @@ def main(argv=None):
 
     def build(channels, classes):
         return rnnattn.RNNAttentionClassifier(
-            classes, input_size=channels, hidden_size=args.hidden, bidirectional=True, heads=args.heads,
+            classes, input_size=channels, hidden_size=args.hidden, cell=args.cell, bidirectional=True, heads=args.heads,
             chunk_size=args.chunk_size or None, chunk_reduce=args.chunk_reduce, head_dropout=0.2,
         )
 

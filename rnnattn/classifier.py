@@ -1,7 +1,7 @@
 """``rnnattn.RNNAttentionClassifier``: sequence classifier built from the
 package's two fused operators.
 
-    [Embedding] -> rnnattn.RNN -> rnnattn.AttentionPooling [-> chunk reduction] -> Dropout -> Linear
+    [Embedding] -> rnnattn.RNN | GRU | LSTM -> rnnattn.AttentionPooling [-> chunk reduction] -> Dropout -> Linear
 
 Variable lengths are handled by packing: padded input with ``lengths`` is
 packed before the RNN (so a bidirectional RNN's reverse direction starts at
@@ -29,11 +29,12 @@ from torch import Tensor, nn
 from torch.nn.utils.rnn import PackedSequence, pack_padded_sequence
 
 from .attention import AttentionPooling
-from .rnn import RNN
+from .rnn import GRU, LSTM, RNN
 
 __all__ = ["RNNAttentionClassifier"]
 
 _CHUNK_REDUCTIONS = ("attention", "mean")
+_CELLS = {"rnn": RNN, "gru": GRU, "lstm": LSTM}
 
 
 class RNNAttentionClassifier(nn.Module):
@@ -44,8 +45,11 @@ class RNNAttentionClassifier(nn.Module):
         input_size: features per step of float input ``(B, T, input_size)``.
             Leave ``None`` when ``vocab_size`` is given.
         hidden_size: RNN hidden size per direction.
+        cell: ``"rnn"`` (:class:`rnnattn.RNN`), ``"gru"`` (:class:`rnnattn.GRU`)
+            or ``"lstm"`` (:class:`rnnattn.LSTM`): the recurrent layer.
         num_layers, nonlinearity, bidirectional, dropout: as in
-            :class:`torch.nn.RNN` (``dropout`` between RNN layers).
+            :class:`torch.nn.RNN` (``dropout`` between RNN layers;
+            ``nonlinearity`` only with ``cell="rnn"``).
         vocab_size: when given, the input is integer token ids ``(B, T)`` and
             goes through ``nn.Embedding(vocab_size, embedding_dim,
             padding_idx)`` first.
@@ -76,8 +80,8 @@ class RNNAttentionClassifier(nn.Module):
           attention each step gets (zeros past a sequence's length); T is the
           padded input's length, or the longest sequence of a PackedSequence.
 
-    Saving: ``state_dict`` and ``torch.save(model)`` both work; the RNN's keys
-    are ``torch.nn.RNN``'s. ``DistributedDataParallel`` works as for any module
+    Saving: ``state_dict`` and ``torch.save(model)`` both work; the recurrent
+    layer's keys are those of torch's module (``torch.nn.RNN``, ``GRU``, ``LSTM``). ``DistributedDataParallel`` works as for any module
     (tested: gloo, CPU, fused ops). ``torch.compile(fullgraph=True)`` covers
     equal-length padded input without ``lengths``; variable lengths are
     data-dependent (packing) and compile with graph breaks.
@@ -95,6 +99,7 @@ class RNNAttentionClassifier(nn.Module):
         vocab_size: Optional[int] = None,
         embedding_dim: Optional[int] = None,
         padding_idx: Optional[int] = None,
+        cell: str = "rnn",
         heads: int = 1,
         score: str = "linear",
         attn_size: Optional[int] = None,
@@ -112,6 +117,10 @@ class RNNAttentionClassifier(nn.Module):
                 "RNNAttentionClassifier: give exactly one of input_size (float features) and vocab_size "
                 f"(token ids), got input_size={input_size}, vocab_size={vocab_size}"
             )
+        if cell not in _CELLS:
+            raise ValueError(f"RNNAttentionClassifier: cell must be one of {tuple(_CELLS)}, got {cell!r}")
+        if cell != "rnn" and nonlinearity != "tanh":
+            raise ValueError(f"RNNAttentionClassifier: nonlinearity applies to cell='rnn' only, got cell={cell!r}")
         if num_classes < 1:
             raise ValueError(f"RNNAttentionClassifier: num_classes must be >= 1, got {num_classes}")
         if chunk_reduce not in _CHUNK_REDUCTIONS:
@@ -128,9 +137,11 @@ class RNNAttentionClassifier(nn.Module):
         else:
             self.embedding = None
             rnn_input = input_size
-        self.rnn = RNN(
-            rnn_input, hidden_size, num_layers, nonlinearity=nonlinearity, bias=True, batch_first=batch_first,
-            dropout=dropout, bidirectional=bidirectional, **factory,
+        self.cell = cell
+        extra = {"nonlinearity": nonlinearity} if cell == "rnn" else {}
+        self.rnn = _CELLS[cell](
+            rnn_input, hidden_size, num_layers, bias=True, batch_first=batch_first, dropout=dropout,
+            bidirectional=bidirectional, **extra, **factory,
         )
         state = hidden_size * (2 if bidirectional else 1)
         self.pool = AttentionPooling(

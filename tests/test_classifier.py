@@ -59,6 +59,8 @@ CONFIGS = [
     dict(chunk_size=1),
     dict(chunk_size=8),  # one chunk covers every sequence
     dict(score="additive", attn_size=7, chunk_size=3, heads=2),
+    dict(cell="gru", bidirectional=True),
+    dict(cell="lstm", num_layers=2, bidirectional=True, chunk_size=2),
 ]
 
 
@@ -171,13 +173,15 @@ def test_token_ids(packed):
     torch.testing.assert_close(by_hand(pack_sequence(feats, enforce_sorted=False))[0], logits, **TOL)
 
 
-def test_same_as_torch_rnn_swapped_in():
-    """The classifier's RNN is a drop-in nn.RNN: the same weights in torch's own
-    module give the same logits and the same gradients."""
-    model = make(num_layers=2, bidirectional=True, chunk_size=2)
-    twin = make(num_layers=2, bidirectional=True, chunk_size=2)
+@pytest.mark.parametrize("cell", ["rnn", "gru", "lstm"])
+def test_same_as_torch_rnn_swapped_in(cell):
+    """The classifier's recurrent layer is a drop-in for torch's module: the
+    same weights in nn.RNN / nn.GRU / nn.LSTM give the same logits and the
+    same gradients."""
+    model = make(num_layers=2, bidirectional=True, chunk_size=2, cell=cell)
+    twin = make(num_layers=2, bidirectional=True, chunk_size=2, cell=cell)
     r = twin.rnn
-    twin.rnn = nn.RNN(3, 5, 2, batch_first=True, bidirectional=True, dtype=DT)
+    twin.rnn = getattr(nn, type(r).__name__)(3, 5, 2, batch_first=True, bidirectional=True, dtype=DT)
     twin.rnn.load_state_dict(r.state_dict())
     xs = seqs([7, 2, 4])
     outs = [m(pack_sequence(xs, enforce_sorted=False))[0] for m in (model, twin)]
@@ -284,6 +288,8 @@ def test_factory_kwargs_and_dropout_modes():
         (dict(), "exactly one of input_size"),
         (dict(input_size=3, vocab_size=5), "exactly one of input_size"),
         (dict(input_size=3, chunk_size=2, chunk_reduce="max"), "chunk_reduce"),
+        (dict(input_size=3, cell="transformer"), "cell must be one of"),
+        (dict(input_size=3, cell="gru", nonlinearity="relu"), "nonlinearity applies to cell='rnn' only"),
     ],
 )
 def test_bad_construction(kwargs, message):
