@@ -102,7 +102,7 @@ def test_default_grid_holds_every_floor_case_and_floors_are_as_promised():
         assert key in default, key
     got = {k: [f.describe() for f in c.floors] for k, c in default.items() if c.floors}
     mem = "peak memory <= nn.RNN"
-    assert got == {
+    want = {
         "rnn/L1/B1-T100-I32-H64/fwd+bwd": ["speedup vs nn.RNN >= 3x", mem],
         "rnn/L1/B16-T100-I64-H128/fwd+bwd": ["speedup vs nn.RNN >= 3x", mem],
         "rnn/L1/B64-T100-I512-H1024/fwd+bwd": ["speedup vs nn.RNN >= 1.2x", mem],
@@ -111,6 +111,12 @@ def test_default_grid_holds_every_floor_case_and_floors_are_as_promised():
         "rnn/L1/B64-T100-I512-H1024/fwd": [mem],
         "pool/B64-T128-D256/fwd+bwd": ["speedup vs eager >= 2x"],
     }
+    for cell, gemm, fwd_bwd in [("gru", "nn.GRU", (5, 2.5, 1.2)), ("lstm", "nn.LSTM", (2, 1.2, 1.2))]:
+        mem_cell = f"peak memory <= {gemm}"
+        for shape, floor in zip(["B1-T100-I32-H64", "B16-T100-I64-H128", "B64-T100-I512-H1024"], fwd_bwd):
+            want[f"{cell}/L1/{shape}/fwd+bwd"] = [f"speedup vs {gemm} >= {floor:g}x", mem_cell]
+            want[f"{cell}/L1/{shape}/fwd"] = [f"speedup vs {gemm} >= 1x", mem_cell]
+    assert got == want
     assert len(set(default)) == len(default)
 
 
@@ -160,16 +166,18 @@ def test_floor_checks_mark_met_and_unmet():
 # contenders: every contender of a case computes the same thing
 
 
+@pytest.mark.parametrize("cell", ["rnn", "gru", "lstm"])
 @pytest.mark.parametrize("mode", cases.MODES)
 @pytest.mark.parametrize(
     "case_args", [dict(B=3, T=5, I=4, H=6), dict(B=4, T=7, I=3, H=5, layers=2, bidirectional=True, packed=True)]
 )
-def test_rnn_contenders_agree(case_args, mode):
-    case = cases.RNNCase(mode=mode, **case_args)
-    built = contenders.rnn_contenders(case, torch.device("cpu"), torch.float64, cases.RNN_CONTENDERS)
+def test_rnn_contenders_agree(case_args, mode, cell):
+    case = cases.RNNCase(mode=mode, cell=cell, **case_args)
+    built = contenders.rnn_contenders(case, torch.device("cpu"), torch.float64, case.contenders)
     vals = {n: c.check() for n, c in built.contenders.items()}
-    assert set(vals) == set(cases.RNN_CONTENDERS)
-    n_expected = 2 if mode == "fwd" else 2 + 1 + 4 * case.layers * (2 if case.bidirectional else 1)
+    assert set(vals) == set(case.contenders)
+    outputs = 3 if cell == "lstm" else 2
+    n_expected = outputs if mode == "fwd" else outputs + 1 + 4 * case.layers * (2 if case.bidirectional else 1)
     for n, v in vals.items():
         assert len(v) == n_expected, n
         assert runner._rel_diff(vals["rnnattn"], v) < 1e-10, n

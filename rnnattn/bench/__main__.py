@@ -15,7 +15,8 @@ _DTYPES = {"float32": torch.float32, "float64": torch.float64, "float16": torch.
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="python -m rnnattn.bench",
-        description="Times rnnattn's fused RNN and attention pooling against torch.nn.RNN (cuDNN on GPU), "
+        description="Times rnnattn's fused RNN, GRU, LSTM and attention pooling against torch.nn.RNN/GRU/LSTM "
+        "(cuDNN on GPU), "
         "the plain-PyTorch reference, the eager/compiled/SDPA attention pooling; prints a table of "
         "medians, speedups (baseline time / rnnattn time), peak memory and the README's speed floors.",
     )
@@ -27,12 +28,13 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--device", default="cpu", help="cpu (default) or cuda[:N]")
     p.add_argument("--dtype", default="float32", choices=sorted(_DTYPES))
     p.add_argument("--threads", type=int, default=None, help="torch.set_num_threads (default: torch's choice)")
-    p.add_argument("--only", choices=["rnn", "pool"], help="run one section")
+    p.add_argument("--only", choices=["rnn", "gru", "lstm", "pool"], help="run one section")
     p.add_argument("--match", default=None, metavar="REGEX",
                    help="run only cases whose key (see --list) matches this regular expression, "
                    "e.g. 'H(1760|2048|2560)' for the DeepBench sizes")
     p.add_argument("--exclude", action="append", default=[], metavar="CONTENDER",
-                   help="leave a baseline out (repeatable): nn.RNN, reference, eager, compile, sdpa")
+                   help="leave a baseline out (repeatable): nn.RNN, nn.GRU, nn.LSTM, reference, eager, compile, "
+                   "sdpa")
     p.add_argument("--compile", action=argparse.BooleanOptionalAction, default=None,
                    help="time torch.compile of the eager pooling (default: yes, but not with --quick: "
                    "compiling takes tens of seconds per shape)")
@@ -59,7 +61,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     if "rnnattn" in args.exclude:
         print("rnnattn.bench: rnnattn is what is being measured; it cannot be excluded", file=sys.stderr)
         return 2
-    known = set(cases.RNN_CONTENDERS + cases.POOL_CONTENDERS)
+    known = set(cases.RNN_CONTENDERS + cases.GRU_CONTENDERS + cases.LSTM_CONTENDERS + cases.POOL_CONTENDERS)
     unknown = [n for n in args.exclude if n not in known]
     if unknown:
         print(f"rnnattn.bench: --exclude {unknown[0]!r}: not a contender; choose from "

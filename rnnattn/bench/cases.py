@@ -15,7 +15,11 @@ from typing import Dict, List, Tuple
 MODES = ("fwd", "fwd+bwd")
 
 RNN_CONTENDERS = ("rnnattn", "nn.RNN", "reference")
+GRU_CONTENDERS = ("rnnattn", "nn.GRU", "reference")
+LSTM_CONTENDERS = ("rnnattn", "nn.LSTM", "reference")
 POOL_CONTENDERS = ("rnnattn", "eager", "compile", "sdpa")
+CELL_CONTENDERS = {"rnn": RNN_CONTENDERS, "gru": GRU_CONTENDERS, "lstm": LSTM_CONTENDERS}
+TORCH_MODULE = {"rnn": "nn.RNN", "gru": "nn.GRU", "lstm": "nn.LSTM"}
 
 
 @dataclass(frozen=True)
@@ -41,9 +45,10 @@ class MemoryFloor:
 
 @dataclass(frozen=True)
 class RNNCase:
-    """``nn.RNN(I, H, num_layers=layers, bidirectional=...)`` on ``(T, B, I)``
-    input (time-major, ``nn.RNN``'s default). ``packed`` feeds a
-    PackedSequence whose lengths spread evenly from ``T`` down to ``T // 4``."""
+    """``nn.RNN(I, H, num_layers=layers, bidirectional=...)`` (or ``nn.GRU`` /
+    ``nn.LSTM``, by ``cell``) on ``(T, B, I)`` input (time-major, torch's
+    default). ``packed`` feeds a PackedSequence whose lengths spread evenly
+    from ``T`` down to ``T // 4``."""
 
     B: int
     T: int
@@ -54,9 +59,15 @@ class RNNCase:
     bidirectional: bool = False
     packed: bool = False
     floors: Tuple[object, ...] = field(default=(), compare=False)
+    cell: str = "rnn"  # "rnn", "gru" or "lstm": also the report's section
 
-    section = "rnn"
-    contenders = RNN_CONTENDERS
+    @property
+    def section(self) -> str:
+        return self.cell
+
+    @property
+    def contenders(self) -> Tuple[str, ...]:
+        return CELL_CONTENDERS[self.cell]
 
     @property
     def kind(self) -> str:
@@ -74,7 +85,7 @@ class RNNCase:
     @property
     def key(self) -> str:
         tag = f"L{self.layers}" + ("bi" if self.bidirectional else "") + ("-packed" if self.packed else "")
-        return f"rnn/{tag}/B{self.B}-T{self.T}-I{self.I}-H{self.H}/{self.mode}"
+        return f"{self.cell}/{tag}/B{self.B}-T{self.T}-I{self.I}-H{self.H}/{self.mode}"
 
 
 @dataclass(frozen=True)
@@ -104,9 +115,12 @@ class PoolCase:
 
 
 # ---------------------------------------------------------------------------
-# The floors (issue 5): the cases that carry them must be in the default grid.
+# The floors (issue 5 for the RNN, issue 10 for the GRU and LSTM): the cases
+# that carry them must be in the default grid.
 
 _MEM = MemoryFloor("nn.RNN")
+_MEM_GRU = MemoryFloor("nn.GRU")
+_MEM_LSTM = MemoryFloor("nn.LSTM")
 _FLOOR_TABLE: Dict[Tuple[str, Tuple[int, ...], str], Tuple[object, ...]] = {
     # (section, shape, mode) -> floors
     ("rnn", (1, 100, 32, 64), "fwd+bwd"): (Floor("nn.RNN", 3.0), _MEM),
@@ -116,13 +130,26 @@ _FLOOR_TABLE: Dict[Tuple[str, Tuple[int, ...], str], Tuple[object, ...]] = {
     ("rnn", (16, 100, 64, 128), "fwd"): (Floor("nn.RNN", 2.0), _MEM),
     ("rnn", (64, 100, 512, 1024), "fwd"): (_MEM,),
     ("pool", (64, 128, 256), "fwd+bwd"): (Floor("eager", 2.0),),
+    # GRU and LSTM: fwd+bwd speedups as issue 10 asks; forward never slower.
+    ("gru", (1, 100, 32, 64), "fwd+bwd"): (Floor("nn.GRU", 5.0), _MEM_GRU),
+    ("gru", (16, 100, 64, 128), "fwd+bwd"): (Floor("nn.GRU", 2.5), _MEM_GRU),
+    ("gru", (64, 100, 512, 1024), "fwd+bwd"): (Floor("nn.GRU", 1.2), _MEM_GRU),
+    ("gru", (1, 100, 32, 64), "fwd"): (Floor("nn.GRU", 1.0), _MEM_GRU),
+    ("gru", (16, 100, 64, 128), "fwd"): (Floor("nn.GRU", 1.0), _MEM_GRU),
+    ("gru", (64, 100, 512, 1024), "fwd"): (Floor("nn.GRU", 1.0), _MEM_GRU),
+    ("lstm", (1, 100, 32, 64), "fwd+bwd"): (Floor("nn.LSTM", 2.0), _MEM_LSTM),
+    ("lstm", (16, 100, 64, 128), "fwd+bwd"): (Floor("nn.LSTM", 1.2), _MEM_LSTM),
+    ("lstm", (64, 100, 512, 1024), "fwd+bwd"): (Floor("nn.LSTM", 1.2), _MEM_LSTM),
+    ("lstm", (1, 100, 32, 64), "fwd"): (Floor("nn.LSTM", 1.0), _MEM_LSTM),
+    ("lstm", (16, 100, 64, 128), "fwd"): (Floor("nn.LSTM", 1.0), _MEM_LSTM),
+    ("lstm", (64, 100, 512, 1024), "fwd"): (Floor("nn.LSTM", 1.0), _MEM_LSTM),
 }
 
 
-def _rnn(B, T, I, H, mode, layers=1, bidirectional=False, packed=False) -> RNNCase:
+def _rnn(B, T, I, H, mode, layers=1, bidirectional=False, packed=False, cell="rnn") -> RNNCase:
     plain = layers == 1 and not bidirectional and not packed
-    floors = _FLOOR_TABLE.get(("rnn", (B, T, I, H), mode), ()) if plain else ()
-    return RNNCase(B, T, I, H, mode, layers, bidirectional, packed, floors)
+    floors = _FLOOR_TABLE.get((cell, (B, T, I, H), mode), ()) if plain else ()
+    return RNNCase(B, T, I, H, mode, layers, bidirectional, packed, floors, cell)
 
 
 def _pool(B, T, D, mode) -> PoolCase:
@@ -144,18 +171,21 @@ def quick() -> List[object]:
     for B, T, I, H in [(1, 100, 32, 64), (16, 100, 64, 128)]:
         cases += _both(_rnn, B, T, I, H)
     cases += _both(_rnn, 8, 50, 32, 64, layers=2, bidirectional=True, packed=True)
+    for cell in ("gru", "lstm"):
+        cases += _both(_rnn, 16, 100, 64, 128, cell=cell)
     cases += _both(_pool, 64, 128, 256)
     return cases
 
 
 def default() -> List[object]:
     """A few minutes on 2 cores: every floor case, a packed 2-layer
-    bidirectional stack, and three pooling shapes (short/wide, the floor
-    shape, long/narrow)."""
+    bidirectional stack of each cell, and three pooling shapes (short/wide,
+    the floor shape, long/narrow)."""
     cases: List[object] = []
-    for B, T, I, H in [(1, 100, 32, 64), (16, 100, 64, 128), (64, 100, 512, 1024)]:
-        cases += _both(_rnn, B, T, I, H)
-    cases += _both(_rnn, 16, 100, 64, 128, layers=2, bidirectional=True, packed=True)
+    for cell in ("rnn", "gru", "lstm"):
+        for B, T, I, H in [(1, 100, 32, 64), (16, 100, 64, 128), (64, 100, 512, 1024)]:
+            cases += _both(_rnn, B, T, I, H, cell=cell)
+        cases += _both(_rnn, 16, 100, 64, 128, layers=2, bidirectional=True, packed=True, cell=cell)
     for B, T, D in [(256, 32, 512), (64, 128, 256), (16, 512, 128)]:
         cases += _both(_pool, B, T, D)
     return cases
@@ -214,7 +244,7 @@ def required_floor_keys() -> List[str]:
     """Keys of every case that carries a floor (all are in the default grid)."""
     keys = []
     for (section, shape, mode), _ in _FLOOR_TABLE.items():
-        c = _rnn(*shape, mode) if section == "rnn" else _pool(*shape, mode)
+        c = _pool(*shape, mode) if section == "pool" else _rnn(*shape, mode, cell=section)
         keys.append(c.key)
     return keys
 

@@ -12,9 +12,10 @@ share a ``.grad``) and exposes
 * ``reset()``: drops gradients left by earlier calls, so that a memory
   measurement starts from the same state for everyone.
 
-RNN: ``rnnattn.RNN`` vs ``torch.nn.RNN`` (its native CPU loop; cuDNN on
-CUDA) vs ``rnnattn.functional.rnn`` with ``rnnattn.reference.rnn_layer`` (the
-plain-PyTorch recurrence, one op per step, autograd for the backward).
+RNN, GRU, LSTM: ``rnnattn.RNN`` vs ``torch.nn.RNN`` (its native CPU loop;
+cuDNN on CUDA) vs ``rnnattn.functional.rnn`` with
+``rnnattn.reference.rnn_layer`` (the plain-PyTorch recurrence, one op per
+step, autograd for the backward); the same for ``GRU`` and ``LSTM``.
 
 Attention pooling: ``rnnattn.AttentionPooling`` vs the eager composition
 (``H @ w``, ``masked_fill``, ``softmax``, ``bmm``) vs ``torch.compile`` of
@@ -33,6 +34,8 @@ from torch.nn.utils.rnn import PackedSequence, pack_padded_sequence
 
 import rnnattn
 from rnnattn import functional, ops, reference
+
+from .cases import TORCH_MODULE
 
 
 @dataclass
@@ -110,11 +113,24 @@ def _make(
 # RNN
 
 
+_OURS = {"rnn": rnnattn.RNN, "gru": rnnattn.GRU, "lstm": rnnattn.LSTM}
+_THEIRS = {"rnn": nn.RNN, "gru": nn.GRU, "lstm": nn.LSTM}
+_REFERENCE = {
+    "rnn": (functional.rnn, reference.rnn_layer),
+    "gru": (functional.gru, reference.gru_layer),
+    "lstm": (functional.lstm, reference.lstm_layer),
+}
+
+
 def rnn_contenders(case, device, dtype, names: Sequence[str], seed: int = 0) -> Built:
+    """rnnattn.RNN / GRU / LSTM (by ``case.cell``) vs torch's module vs the
+    reference composition."""
     built = Built()
     torch.manual_seed(seed)
     bi = case.bidirectional
-    ours = rnnattn.RNN(case.I, case.H, num_layers=case.layers, bidirectional=bi).to(device, dtype)
+    cell = case.cell
+    lstm = cell == "lstm"
+    ours = _OURS[cell](case.I, case.H, num_layers=case.layers, bidirectional=bi).to(device, dtype)
     # Inference runs in eval mode, as a user would (cuDNN then keeps no
     # reserve space for a backward).
     training = case.mode == "fwd+bwd"
@@ -126,30 +142,33 @@ def rnn_contenders(case, device, dtype, names: Sequence[str], seed: int = 0) -> 
         lengths = torch.tensor(spread_lengths(case.T, case.B))
         packed = pack_padded_sequence(x, lengths, enforce_sorted=True)
         x, batch_sizes = packed.data, packed.batch_sizes
+    state_shape = (case.layers * D, case.B, case.H)
     g_out = torch.randn(*x.shape[:-1], D * case.H, device=device, dtype=dtype)
-    g_h = torch.randn(case.layers * D, case.B, case.H, device=device, dtype=dtype)
-    grads = (g_out, g_h)
+    grads = (g_out,) + tuple(torch.randn(state_shape, device=device, dtype=dtype) for _ in range(1 + lstm))
     need_grad = training
 
     def wrap(inp: Tensor):
         return PackedSequence(inp, batch_sizes) if case.packed else inp
 
+    def flat(out, h):
+        """(output, h_n[, c_n]) as a flat tuple, in the order of ``grads``."""
+        return ((out.data if isinstance(out, PackedSequence) else out),) + (tuple(h) if lstm else (h,))
+
     def module_forward(module: nn.Module, inp: Tensor):
         def forward():
-            out, h = module(wrap(inp))
-            return (out.data if case.packed else out), h
+            return flat(*module(wrap(inp)))
 
         return forward
 
     for name in names:
         if name == "rnnattn":
             inp = _leaf(x, need_grad)
-            note = "" if ops.has_kernel(x.device, dtype) else "no rnnattn kernel here: ran torch's path"
+            note = "" if ops.has_kernel(x.device, dtype, cell) else "no rnnattn kernel here: ran torch's path"
             built.contenders[name] = _make(
                 module_forward(ours, inp), [inp, *ours.parameters()], grads, case.mode, note
             )
-        elif name == "nn.RNN":
-            theirs = nn.RNN(case.I, case.H, num_layers=case.layers, bidirectional=bi).to(device, dtype)
+        elif name == TORCH_MODULE[cell]:
+            theirs = _THEIRS[cell](case.I, case.H, num_layers=case.layers, bidirectional=bi).to(device, dtype)
             theirs.load_state_dict(ours.state_dict())
             theirs.train(training)
             inp = _leaf(x, need_grad)
@@ -160,16 +179,19 @@ def rnn_contenders(case, device, dtype, names: Sequence[str], seed: int = 0) -> 
         elif name == "reference":
             inp = _leaf(x, need_grad)
             weights = [_leaf(getattr(ours, n), need_grad) for n in ours._flat_weights_names]
+            stack, layer = _REFERENCE[cell]
 
-            def forward(inp=inp, weights=weights):
-                hx = torch.zeros(case.layers * D, case.B, case.H, device=device, dtype=dtype)
-                return functional.rnn(
-                    inp, batch_sizes, hx, weights, case.layers, True, bi, layer=reference.rnn_layer
-                )
+            def forward(inp=inp, weights=weights, stack=stack, layer=layer):
+                hx = torch.zeros(state_shape, device=device, dtype=dtype)
+                out, h = stack(inp, batch_sizes, (hx, hx) if lstm else hx, weights, case.layers, True, bi,
+                               layer=layer)
+                return flat(out, h)
 
             built.contenders[name] = _make(forward, [inp, *weights], grads, case.mode)
         else:
-            raise ValueError(f"unknown RNN contender {name!r}; expected one of rnnattn, nn.RNN, reference")
+            raise ValueError(
+                f"unknown {cell} contender {name!r}; expected one of {', '.join(case.contenders)}"
+            )
     return built
 
 
@@ -263,6 +285,6 @@ def pool_contenders(case, device, dtype, names: Sequence[str], seed: int = 0) ->
 
 
 def build(case, device, dtype, names: Sequence[str], seed: int = 0) -> Built:
-    if case.section == "rnn":
-        return rnn_contenders(case, device, dtype, names, seed)
-    return pool_contenders(case, device, dtype, names, seed)
+    if case.section == "pool":
+        return pool_contenders(case, device, dtype, names, seed)
+    return rnn_contenders(case, device, dtype, names, seed)

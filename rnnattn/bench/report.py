@@ -4,7 +4,7 @@ import json
 import math
 from typing import Dict, List, Optional
 
-from .cases import POOL_CONTENDERS, RNN_CONTENDERS
+from .cases import GRU_CONTENDERS, LSTM_CONTENDERS, POOL_CONTENDERS, RNN_CONTENDERS
 
 METHOD = (
     "time: median per-call time over interleaved rounds (contenders of a case take turns, so "
@@ -22,6 +22,18 @@ _SECTIONS = {
         "RNN (tanh, time-major (T, B, I) input; fwd: forward under no_grad; "
         "fwd+bwd: forward + backward to input and all weights)",
         RNN_CONTENDERS,
+        ("B", "T", "I", "H"),
+    ),
+    "gru": (
+        "GRU (time-major (T, B, I) input; fwd: forward under no_grad; "
+        "fwd+bwd: forward + backward to input and all weights)",
+        GRU_CONTENDERS,
+        ("B", "T", "I", "H"),
+    ),
+    "lstm": (
+        "LSTM (time-major (T, B, I) input; fwd: forward under no_grad; "
+        "fwd+bwd: forward + backward to input and all weights)",
+        LSTM_CONTENDERS,
         ("B", "T", "I", "H"),
     ),
     "pool": (
