@@ -37,13 +37,13 @@ using GruOut = std::tuple<at::Tensor, at::Tensor, at::Tensor>;
 
 GruOut call_gru_forward(const at::Tensor& input, const OptTensor& batch_sizes,
                         const at::Tensor& hx, const at::Tensor& w_ih, const at::Tensor& w_hh,
-                        const OptTensor& b_ih, const OptTensor& b_hh, bool reverse) {
+                        const OptTensor& b_ih, const OptTensor& b_hh, bool reverse, bool train) {
   static const auto op =
       find_op<GruOut(const at::Tensor&, const OptTensor&, const at::Tensor&, const at::Tensor&,
-                     const at::Tensor&, const OptTensor&, const OptTensor&, bool)>(
+                     const at::Tensor&, const OptTensor&, const OptTensor&, bool, bool)>(
           "rnnattn::gru_forward");
   at::AutoDispatchBelowADInplaceOrView below_autograd;
-  return op.call(input, batch_sizes, hx, w_ih, w_hh, b_ih, b_hh, reverse);
+  return op.call(input, batch_sizes, hx, w_ih, w_hh, b_ih, b_hh, reverse, train);
 }
 
 // Arguments: 0 input, 1 batch_sizes, 2 hx, 3 w_ih, 4 w_hh, 5 b_ih, 6 b_hh, 7 reverse.
@@ -54,7 +54,7 @@ class GruFunction : public torch::autograd::Function<GruFunction> {
                                const at::Tensor& w_ih, const at::Tensor& w_hh,
                                const OptTensor& b_ih, const OptTensor& b_hh, bool reverse) {
     auto [output, h_n, reserve] =
-        call_gru_forward(input, batch_sizes, hx, w_ih, w_hh, b_ih, b_hh, reverse);
+        call_gru_forward(input, batch_sizes, hx, w_ih, w_hh, b_ih, b_hh, reverse, /*train=*/true);
     ctx->save_for_backward({input, hx, w_ih, w_hh, output, reserve});
     ctx->saved_data["batch_sizes"] = batch_sizes;
     ctx->saved_data["has_bias"] = given(b_ih);
@@ -93,13 +93,13 @@ using LstmOut = std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor>;
 LstmOut call_lstm_forward(const at::Tensor& input, const OptTensor& batch_sizes,
                           const at::Tensor& hx, const at::Tensor& cx, const at::Tensor& w_ih,
                           const at::Tensor& w_hh, const OptTensor& b_ih, const OptTensor& b_hh,
-                          const OptTensor& w_hr, bool reverse) {
+                          const OptTensor& w_hr, bool reverse, bool train) {
   static const auto op =
       find_op<LstmOut(const at::Tensor&, const OptTensor&, const at::Tensor&, const at::Tensor&,
                       const at::Tensor&, const at::Tensor&, const OptTensor&, const OptTensor&,
-                      const OptTensor&, bool)>("rnnattn::lstm_forward");
+                      const OptTensor&, bool, bool)>("rnnattn::lstm_forward");
   at::AutoDispatchBelowADInplaceOrView below_autograd;
-  return op.call(input, batch_sizes, hx, cx, w_ih, w_hh, b_ih, b_hh, w_hr, reverse);
+  return op.call(input, batch_sizes, hx, cx, w_ih, w_hh, b_ih, b_hh, w_hr, reverse, train);
 }
 
 // Arguments: 0 input, 1 batch_sizes, 2 hx, 3 cx, 4 w_ih, 5 w_hh, 6 b_ih,
@@ -112,7 +112,8 @@ class LstmFunction : public torch::autograd::Function<LstmFunction> {
                                const at::Tensor& w_hh, const OptTensor& b_ih,
                                const OptTensor& b_hh, const OptTensor& w_hr, bool reverse) {
     auto [output, h_n, c_n, reserve] =
-        call_lstm_forward(input, batch_sizes, hx, cx, w_ih, w_hh, b_ih, b_hh, w_hr, reverse);
+        call_lstm_forward(input, batch_sizes, hx, cx, w_ih, w_hh, b_ih, b_hh, w_hr, reverse,
+                          /*train=*/true);
     ctx->save_for_backward({input, hx, cx, w_ih, w_hh, given(w_hr) ? *w_hr : at::Tensor(),
                             output, reserve});
     ctx->saved_data["batch_sizes"] = batch_sizes;
@@ -164,13 +165,16 @@ bool any_needs_grad(std::initializer_list<const OptTensor*> ts) {
   return false;
 }
 
+// train=False lets a forward that records no graph drop the reserve; when a
+// graph is recorded the reserve is always kept (a backward may run).
 GruOut gru_forward_autograd(const at::Tensor& input, const OptTensor& batch_sizes,
                             const at::Tensor& hx, const at::Tensor& w_ih, const at::Tensor& w_hh,
-                            const OptTensor& b_ih, const OptTensor& b_hh, bool reverse) {
+                            const OptTensor& b_ih, const OptTensor& b_hh, bool reverse,
+                            bool train) {
   if (!at::GradMode::is_enabled() ||
       !(needs_grad(input) || needs_grad(hx) || needs_grad(w_ih) || needs_grad(w_hh) ||
         any_needs_grad({&b_ih, &b_hh})))
-    return call_gru_forward(input, batch_sizes, hx, w_ih, w_hh, b_ih, b_hh, reverse);
+    return call_gru_forward(input, batch_sizes, hx, w_ih, w_hh, b_ih, b_hh, reverse, train);
   auto out = GruFunction::apply(input, batch_sizes, hx, w_ih, w_hh, b_ih, b_hh, reverse);
   return {out[0], out[1], out[2]};
 }
@@ -178,11 +182,12 @@ GruOut gru_forward_autograd(const at::Tensor& input, const OptTensor& batch_size
 LstmOut lstm_forward_autograd(const at::Tensor& input, const OptTensor& batch_sizes,
                               const at::Tensor& hx, const at::Tensor& cx, const at::Tensor& w_ih,
                               const at::Tensor& w_hh, const OptTensor& b_ih, const OptTensor& b_hh,
-                              const OptTensor& w_hr, bool reverse) {
+                              const OptTensor& w_hr, bool reverse, bool train) {
   if (!at::GradMode::is_enabled() ||
       !(needs_grad(input) || needs_grad(hx) || needs_grad(cx) || needs_grad(w_ih) ||
         needs_grad(w_hh) || any_needs_grad({&b_ih, &b_hh, &w_hr})))
-    return call_lstm_forward(input, batch_sizes, hx, cx, w_ih, w_hh, b_ih, b_hh, w_hr, reverse);
+    return call_lstm_forward(input, batch_sizes, hx, cx, w_ih, w_hh, b_ih, b_hh, w_hr, reverse,
+                             train);
   auto out = LstmFunction::apply(input, batch_sizes, hx, cx, w_ih, w_hh, b_ih, b_hh, w_hr, reverse);
   return {out[0], out[1], out[2], out[3]};
 }

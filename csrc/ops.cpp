@@ -29,10 +29,13 @@ TORCH_LIBRARY(rnnattn, m) {
   // One layer, one direction of a GRU (gates r, z, n; torch's math, gate
   // order and bias placement). Shapes as rnn_forward with w_ih (3H, I),
   // w_hh (3H, H), biases (3H). reserve (N, 4H): [r, z, n, W_hn h + b_hn] of
-  // every row, what gru_backward needs beside the output.
+  // every row, what gru_backward needs beside the output. train=False (no
+  // backward will run) returns an empty reserve and keeps only what a step
+  // needs; the autograd kernel keeps the reserve whenever it records a graph.
   m.def(
       "gru_forward(Tensor input, Tensor? batch_sizes, Tensor hx, Tensor w_ih, Tensor w_hh, "
-      "Tensor? b_ih, Tensor? b_hh, bool reverse) -> (Tensor output, Tensor h_n, Tensor reserve)");
+      "Tensor? b_ih, Tensor? b_hh, bool reverse, bool train=True) "
+      "-> (Tensor output, Tensor h_n, Tensor reserve)");
   // b_ih and b_hh get separate grads (b_hn sits inside r * (W_hn h + b_hn)).
   m.def(
       "gru_backward(Tensor grad_output, Tensor grad_hn, Tensor input, Tensor? batch_sizes, "
@@ -42,10 +45,11 @@ TORCH_LIBRARY(rnnattn, m) {
   // One layer, one direction of an LSTM (gates i, f, g, o). w_ih (4H, I),
   // w_hh (4H, P), biases (4H), cx (B, H); w_hr (P, H) is the projection of
   // proj_size P (then h, hx, h_n and the output are P wide, else H).
-  // reserve (N, 5H): [i, f, g, o, c] of every row.
+  // reserve (N, 5H): [i, f, g, o, c] of every row (empty when not train, as
+  // for the GRU).
   m.def(
       "lstm_forward(Tensor input, Tensor? batch_sizes, Tensor hx, Tensor cx, Tensor w_ih, "
-      "Tensor w_hh, Tensor? b_ih, Tensor? b_hh, Tensor? w_hr, bool reverse) "
+      "Tensor w_hh, Tensor? b_ih, Tensor? b_hh, Tensor? w_hr, bool reverse, bool train=True) "
       "-> (Tensor output, Tensor h_n, Tensor c_n, Tensor reserve)");
   // b_ih and b_hh enter as a sum: one grad_bias for both. grad_w_hr is empty
   // without a projection.

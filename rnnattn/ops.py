@@ -80,8 +80,13 @@ def gru_layer(
     """One GRU layer in one direction, fused (differentiable); torch's math,
     gate order (r, z, n) and bias placement. Arguments as :func:`rnn_layer`
     with ``w_ih`` ``(3H, I)``, ``w_hh`` ``(3H, H)``, biases ``(3H,)``.
-    Returns ``(output, h_n)``."""
-    output, h_n, _ = torch.ops.rnnattn.gru_forward(input, batch_sizes, hx, w_ih, w_hh, b_ih, b_hh, reverse)
+    Returns ``(output, h_n)``.
+
+    With grad mode off no backward can run, so the kernel keeps no reserve
+    (what the backward would read) beyond what a step needs."""
+    output, h_n, _ = torch.ops.rnnattn.gru_forward(
+        input, batch_sizes, hx, w_ih, w_hh, b_ih, b_hh, reverse, torch.is_grad_enabled()
+    )
     return output, h_n
 
 
@@ -101,9 +106,10 @@ def lstm_layer(
     and gate order (i, f, g, o). ``w_ih`` ``(4H, I)``, ``w_hh`` ``(4H, P)``,
     biases ``(4H,)``, ``cx`` ``(B, H)``; ``w_hr`` ``(P, H)`` projects the
     state to ``proj_size`` P (then ``hx``, ``h_n`` and the output are P wide,
-    else H). Returns ``(output, h_n, c_n)``."""
+    else H). Returns ``(output, h_n, c_n)``. No reserve is kept with grad
+    mode off (as :func:`gru_layer`)."""
     output, h_n, c_n, _ = torch.ops.rnnattn.lstm_forward(
-        input, batch_sizes, hx, cx, w_ih, w_hh, b_ih, b_hh, w_hr, reverse
+        input, batch_sizes, hx, cx, w_ih, w_hh, b_ih, b_hh, w_hr, reverse, torch.is_grad_enabled()
     )
     return output, h_n, c_n
 
@@ -143,11 +149,11 @@ def _rows(input: Tensor, batch_sizes) -> int:
 
 
 @torch.library.register_fake("rnnattn::gru_forward")
-def _gru_forward_fake(input, batch_sizes, hx, w_ih, w_hh, b_ih, b_hh, reverse):
+def _gru_forward_fake(input, batch_sizes, hx, w_ih, w_hh, b_ih, b_hh, reverse, train=True):
     torch._check(input.dim() == (2 if batch_sizes is not None else 3), lambda: "rnnattn: bad input rank")
     torch._check(w_ih.dim() == 2 and input.shape[-1] == w_ih.shape[1], lambda: "rnnattn: input size mismatch")
     hidden = w_ih.shape[0] // 3
-    reserve = input.new_empty((_rows(input, batch_sizes), 4 * hidden))
+    reserve = input.new_empty((_rows(input, batch_sizes), 4 * hidden) if train else (0,))
     return input.new_empty(_out_shape(input, hidden)), hx.new_empty(hx.shape), reserve
 
 
@@ -167,12 +173,12 @@ def _gru_backward_fake(
 
 
 @torch.library.register_fake("rnnattn::lstm_forward")
-def _lstm_forward_fake(input, batch_sizes, hx, cx, w_ih, w_hh, b_ih, b_hh, w_hr, reverse):
+def _lstm_forward_fake(input, batch_sizes, hx, cx, w_ih, w_hh, b_ih, b_hh, w_hr, reverse, train=True):
     torch._check(input.dim() == (2 if batch_sizes is not None else 3), lambda: "rnnattn: bad input rank")
     torch._check(w_ih.dim() == 2 and input.shape[-1] == w_ih.shape[1], lambda: "rnnattn: input size mismatch")
     hidden = w_ih.shape[0] // 4
     state = w_hr.shape[0] if w_hr is not None else hidden
-    reserve = input.new_empty((_rows(input, batch_sizes), 5 * hidden))
+    reserve = input.new_empty((_rows(input, batch_sizes), 5 * hidden) if train else (0,))
     return input.new_empty(_out_shape(input, state)), hx.new_empty(hx.shape), cx.new_empty(cx.shape), reserve
 
 

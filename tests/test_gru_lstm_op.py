@@ -209,7 +209,8 @@ def test_opcheck(packed, cell):
     args = make_case(cell, 3, 2, 3, 4, lengths=packed, grad=True)
     op = torch.ops.rnnattn.gru_forward if cell == "gru" else torch.ops.rnnattn.lstm_forward
     torch.library.opcheck(op, (*args, True))
-    outs = op(*[a.detach() if torch.is_tensor(a) else a for a in args], False)
+    torch.library.opcheck(op, (*args, True, False))  # inference: an empty reserve
+    outs = [o.detach() for o in op(*args, False)]
     d = [a.detach() if torch.is_tensor(a) else a for a in args]
     for need_input, need_weight in [(True, True), (False, True), (True, False), (False, False)]:
         if cell == "gru":
@@ -295,3 +296,26 @@ def test_non_contiguous_inputs(cell):
     b = run(cell, args, False)
     for o, r in zip(a, b):
         torch.testing.assert_close(o, r, rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("cell", ["gru", "lstm"])
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+@pytest.mark.parametrize("reverse", [False, True])
+@pytest.mark.parametrize(
+    "shape,lengths", [((1, 1, 1, 1), None), ((7, 3, 5, 9), None), ((4, 9, 7, BIG_H), None), (None, BIG_LENGTHS)]
+)
+def test_inference_keeps_no_reserve_and_matches_reference(shape, lengths, reverse, dtype, cell):
+    """With grad mode off the layer runs the forward with train=False: no
+    reserve kept (the GRU's R_n in step scratch, the LSTM's c_t not stored),
+    the same results."""
+    T, B, I, H = shape if shape is not None else (None, None, 7, BIG_H)
+    args = make_case(cell, T, B, I, H, lengths=lengths, grad=False)
+    ours = [a.to(dtype) if a is not None and a.is_floating_point() else a for a in args]
+    with torch.no_grad():
+        outs = run(cell, ours, reverse)
+        raw = (torch.ops.rnnattn.gru_forward if cell == "gru" else torch.ops.rnnattn.lstm_forward)(*ours, reverse, False)
+    assert raw[-1].numel() == 0  # the reserve
+    routs = run(cell, args, reverse, reference)
+    tol = TOL[torch.float64] if dtype == torch.float64 else dict(rtol=2e-4, atol=2e-4)
+    for o, r in zip(outs, routs):
+        torch.testing.assert_close(o.double(), r, **tol)

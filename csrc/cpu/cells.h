@@ -8,7 +8,8 @@
 // Row layouts, in blocks of H columns:
 //   reserve ("ws", what the backward reads; the input projection A = x W_ih^T
 //   is written there first and the step's recurrent GEMM R = h W_hh^T is
-//   added to its first kSumGates blocks):
+//   added to its first kSumGates blocks; in inference only the first kGates
+//   blocks exist and the rest is step scratch):
 //     RNN   [h]                    (the reserve is the output itself)
 //     GRU   [r, z, n, R_n + b_hn]  (R_n is kept apart: n = tanh(A_n + r R_n))
 //     LSTM  [i, f, g, o, c]
@@ -17,6 +18,7 @@
 //     RNN   [dz]   GRU [dA_r, dA_z, dA_n, dR_n]   LSTM [di, df, dg, do]
 #pragma once
 
+#include <algorithm>
 #include <cstdint>
 
 #include "activation.h"
@@ -24,19 +26,24 @@
 namespace rnnattn::cpu {
 
 // One batch row's pointers for a cell's pointwise step. Forward: ws holds
-// the pre-activations (without bias) and receives the reserve; h_prev is
-// the state entering the step; h_out the output row (the projection's input
-// with proj_size); h_next the next state row (null with proj_size); c the
-// cell state, updated in place. Backward: dh is the grad of h_t (gout is
-// added to it) and receives the part of the grad of h_{t-1} that does not go
-// through W_hh; c holds dc, updated in place; dg receives the gate grads.
+// the pre-activations (without bias) and receives the gate activations;
+// rest holds R of the gates whose A and R do not simply add (the GRU's
+// R_n: in the reserve row when training, else step scratch); h_prev is the
+// state entering the step; h_out the output row (the projection's input with
+// proj_size); h_next the next state row (null with proj_size); c the cell
+// state, updated in place, and c_keep where c_t is kept for the backward
+// (null in inference). Backward: dh is the grad of h_t (gout is added to it)
+// and receives the part of the grad of h_{t-1} that does not go through
+// W_hh; c holds dc, updated in place; dg receives the gate grads.
 template <typename T>
 struct CellRow {
   T* ws = nullptr;
+  T* rest = nullptr;
   T* h_out = nullptr;
   const T* h_prev = nullptr;
   T* h_next = nullptr;
   T* c = nullptr;
+  T* c_keep = nullptr;
   const T* c_prev = nullptr;
   const T* gout = nullptr;
   T* dh = nullptr;
@@ -79,7 +86,7 @@ struct GruCell {
     T* rg = r.ws;
     T* zg = r.ws + H;
     T* ng = r.ws + 2 * H;
-    T* rn = r.ws + 3 * H;
+    T* rn = r.rest;
     const int64_t n = c1 - c0;
     activate(Act::kSigmoid, rg + c0, bias + c0, n);
     activate(Act::kSigmoid, zg + c0, bias + H + c0, n);
@@ -103,7 +110,7 @@ struct GruCell {
     const T* rg = r.ws;
     const T* zg = r.ws + H;
     const T* ng = r.ws + 2 * H;
-    const T* rn = r.ws + 3 * H;
+    const T* rn = r.rest;
 #pragma omp simd
     for (int64_t j = c0; j < c1; ++j) {
       const T dh = r.gout[j] + r.dh[j];
@@ -133,7 +140,6 @@ struct LstmCell {
     T* fg = r.ws + H;
     T* gg = r.ws + 2 * H;
     T* og = r.ws + 3 * H;
-    T* cs = r.ws + 4 * H;
     const int64_t n = c1 - c0;
     activate(Act::kSigmoid, ig + c0, bias + c0, n);
     activate(Act::kSigmoid, fg + c0, bias + H + c0, n);
@@ -143,9 +149,9 @@ struct LstmCell {
     for (int64_t j = c0; j < c1; ++j) {
       const T c = fg[j] * r.c[j] + ig[j] * gg[j];
       r.c[j] = c;
-      cs[j] = c;
       r.h_out[j] = c;
     }
+    if (r.c_keep != nullptr) std::copy(r.c + c0, r.c + c1, r.c_keep + c0);
     activate<T>(Act::kTanh, r.h_out + c0, nullptr, n);
     if (r.h_next != nullptr) {
 #pragma omp simd

@@ -17,12 +17,13 @@ namespace {
 std::tuple<at::Tensor, at::Tensor, at::Tensor> gru_forward_cpu(
     const at::Tensor& input, const c10::optional<at::Tensor>& batch_sizes,
     const at::Tensor& hx, const at::Tensor& w_ih, const at::Tensor& w_hh,
-    const c10::optional<at::Tensor>& b_ih, const c10::optional<at::Tensor>& b_hh, bool reverse) {
+    const c10::optional<at::Tensor>& b_ih, const c10::optional<at::Tensor>& b_hh, bool reverse,
+    bool train) {
   const RnnShape s = check_recurrent_args(input, batch_sizes, hx, w_ih, w_hh, b_ih, b_hh,
                                           GruCell::kGates);
   const StepSchedule sched = make_schedule(input, batch_sizes, s.batch);
   auto r = forward_layer_op(GruCell{}, s, sched, input, hx, c10::nullopt, w_ih, w_hh, b_ih, b_hh,
-                            c10::nullopt, reverse);
+                            c10::nullopt, reverse, train);
   return {r.output, r.h_n, r.reserve};
 }
 
@@ -47,13 +48,13 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> lstm_forward_cpu(
     const at::Tensor& input, const c10::optional<at::Tensor>& batch_sizes,
     const at::Tensor& hx, const at::Tensor& cx, const at::Tensor& w_ih, const at::Tensor& w_hh,
     const c10::optional<at::Tensor>& b_ih, const c10::optional<at::Tensor>& b_hh,
-    const c10::optional<at::Tensor>& w_hr, bool reverse) {
+    const c10::optional<at::Tensor>& w_hr, bool reverse, bool train) {
   const RnnShape s = check_recurrent_args(input, batch_sizes, hx, w_ih, w_hh, b_ih, b_hh,
                                           LstmCell::kGates, w_hr);
   check_cell_state(s, input, cx, "cx");
   const StepSchedule sched = make_schedule(input, batch_sizes, s.batch);
   auto r = forward_layer_op(LstmCell{}, s, sched, input, hx, cx, w_ih, w_hh, b_ih, b_hh, w_hr,
-                            reverse);
+                            reverse, train);
   return {r.output, r.h_n, r.c_n, r.reserve};
 }
 

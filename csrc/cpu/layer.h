@@ -77,7 +77,8 @@ LayerForward forward_layer_op(const Cell& cell, const RnnShape& s, const StepSch
                               const c10::optional<at::Tensor>& cx, const at::Tensor& w_ih,
                               const at::Tensor& w_hh, const c10::optional<at::Tensor>& b_ih,
                               const c10::optional<at::Tensor>& b_hh,
-                              const c10::optional<at::Tensor>& w_hr, bool reverse) {
+                              const c10::optional<at::Tensor>& w_hr, bool reverse,
+                              bool train = true) {
   constexpr bool kOutputIsReserve = Cell::kWsBlocks == 1;  // the Elman RNN
   const CellLayout<Cell> L{s.hidden};
   const int64_t H = s.hidden, Hs = s.state, B = s.batch;
@@ -92,7 +93,11 @@ LayerForward forward_layer_op(const Cell& cell, const RnnShape& s, const StepSch
   out_shape.back() = Hs;
   LayerForward r;
   r.output = at::empty(out_shape, opts);
-  if (!kOutputIsReserve) r.reserve = at::empty({s.rows, Cell::kWsBlocks * H}, opts);
+  // Inference keeps A and the activations only (see LayerPtrs); the op then
+  // returns an empty reserve.
+  const int64_t ws_cols = (train ? Cell::kWsBlocks : Cell::kGates) * H;
+  at::Tensor ws = kOutputIsReserve ? at::Tensor() : at::empty({s.rows, ws_cols}, opts);
+  at::Tensor rest = train || L.rest_cols() == 0 ? at::Tensor() : at::empty({B, L.rest_cols()}, opts);
   r.h_n = at::empty({B, Hs}, opts);
   at::Tensor spare = at::empty({B, Hs}, opts);  // the second state buffer
   if (Cell::kHasCell) r.c_n = at::empty({B, H}, opts);
@@ -125,13 +130,16 @@ LayerForward forward_layer_op(const Cell& cell, const RnnShape& s, const StepSch
     p.bias = bias.data_ptr<T>();
     p.out = r.output.data_ptr<T>();
     p.ld_out = Hs;
-    p.ws = kOutputIsReserve ? p.out : r.reserve.data_ptr<T>();
-    p.ld_ws = kOutputIsReserve ? Hs : Cell::kWsBlocks * H;
+    p.ws = kOutputIsReserve ? p.out : ws.data_ptr<T>();
+    p.ld_ws = kOutputIsReserve ? Hs : ws_cols;
+    p.train = train;
+    p.rest = ptr_or_null<T>(rest);
     const T* last = forward_layer<T>(cell, s, sched, p, r.h_n.data_ptr<T>(), spare.data_ptr<T>(),
                                      Cell::kHasCell ? r.c_n.data_ptr<T>() : nullptr,
                                      ptr_or_null<T>(m), reverse);
     if (last == spare.data_ptr<T>()) r.h_n = spare;
   });
+  if (!kOutputIsReserve) r.reserve = train ? ws : at::empty({0}, opts);
   return r;
 }
 

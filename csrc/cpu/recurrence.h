@@ -47,8 +47,6 @@ struct CellLayout {
   int64_t sum_cols() const { return S * H; }     // gates whose A and R add
   int64_t rest_cols() const { return (G - S) * H; }
   int64_t rest_at() const { return G * H; }      // where R (or dR) of the other gates is
-  // Column in the reserve row where gate g's recurrent GEMM lands.
-  int64_t gemm_col(int g) const { return g < S ? g * H : (G + g - S) * H; }
 };
 
 // Raw pointers and sizes of one layer call. ws/ld_ws: the reserve rows (for
@@ -69,6 +67,11 @@ struct LayerPtrs {
   int64_t ld_out = 0;
   T* ws = nullptr;
   int64_t ld_ws = 0;
+  // Training keeps the whole reserve. Inference keeps only A and the gate
+  // activations (kGates blocks a row), with R of the gates kept apart in
+  // rest, a (B, rest_cols) step scratch, and no c_t.
+  bool train = true;
+  T* rest = nullptr;
 };
 
 // The sizes of a step for the threshold between the small and the BLAS path
@@ -77,10 +80,22 @@ inline bool small_step(int64_t rows, int64_t k, int64_t n) {
   return rows * k * n <= kSmallGemmMaxWork;
 }
 
+// The row count for which the recurrent GEMMs pack W_hh once per call (0:
+// never). MKL's packed operand costs about 5 MiB beyond the weights it holds,
+// whatever their size, and the engine packs one per gate block and thread:
+// worth it for the single gate block of the Elman RNN (measured: 1.18 ->
+// 0.87 ms per step at (B, H) = (64, 1024), 2 threads), not for the three or
+// four of a GRU / LSTM, whose memory would grow past torch's for it. Their
+// steps call sgemm, which packs into MKL's own reused buffer.
+template <typename Cell>
+int64_t packed_rows(int64_t full_rows) {
+  return Cell::kGates == 1 ? full_rows : 0;
+}
+
 // Forward of one layer and direction. state/spare: the (B, Hs) state
 // buffers, both holding hx on entry; c: (B, H) holding cx (LSTM). m: (B, H)
-// scratch for the projection's input (proj only). Returns the buffer that
-// holds h_n; c holds c_n.
+// scratch for the projection's input (proj only). Returns the
+// buffer that holds h_n; c holds c_n.
 template <typename T, typename Cell>
 T* forward_layer(const Cell& cell, const RnnShape& s, const StepSchedule& sched,
                  const LayerPtrs<T>& p, T* state, T* spare, T* c, T* m, bool reverse) {
@@ -90,14 +105,14 @@ T* forward_layer(const Cell& cell, const RnnShape& s, const StepSchedule& sched,
   gemm<T>(false, true, s.rows, G, s.input, T(1), p.x, s.input, p.w_ih, s.input, T(0), p.ws, p.ld_ws);
   const int64_t T_ = sched.steps();
   const int64_t B0 = T_ ? sched.batch[0] : 0;
-  // Steps too large for small_gemm split the hidden units across threads;
-  // the full-batch steps (the largest) use W_hh's gate blocks packed once.
+  const bool train = p.train;
+  // Steps too large for small_gemm split the hidden units across threads.
   std::vector<RecurrentGemm<T>> rec;
   if (!proj && !small_step(B0, Hs, G)) {
     const int parts = recurrent_parts(B0 * Hs * G, H);
     rec.reserve(Cell::kGates);
     for (int g = 0; g < Cell::kGates; ++g)
-      rec.emplace_back(p.w_hh + g * H * Hs, /*trans=*/true, B0, H, Hs, parts);
+      rec.emplace_back(p.w_hh + g * H * Hs, /*trans=*/true, packed_rows<Cell>(B0), H, Hs, parts);
   }
   T* cur = state;
   T* nxt = spare;
@@ -107,6 +122,11 @@ T* forward_layer(const Cell& cell, const RnnShape& s, const StepSchedule& sched,
     const int64_t b = sched.batch[t];
     const int64_t row0 = sched.offset[t];
     T* ws = p.ws + row0 * p.ld_ws;
+    // Where the recurrent GEMM of gate g lands, and its leading dimension.
+    T* rest = train ? ws + L.rest_at() : p.rest;
+    const int64_t ld_rest = train ? p.ld_ws : L.rest_cols();
+    auto gate_out = [&](int g) { return g < Cell::kSumGates ? ws + g * H : rest + (g - Cell::kSumGates) * H; };
+    auto gate_ld = [&](int g) { return g < Cell::kSumGates ? p.ld_ws : ld_rest; };
     // Rows whose sequence ended at the previous step hold their final state
     // in cur only; copy them so both buffers agree on every row not updated
     // from here on (rows not yet started hold hx in both).
@@ -116,10 +136,12 @@ T* forward_layer(const Cell& cell, const RnnShape& s, const StepSchedule& sched,
       for (int64_t r = 0; r < b; ++r) {
         CellRow<T> row;
         row.ws = ws + r * p.ld_ws;
+        row.rest = rest + r * ld_rest;
         row.h_prev = cur + r * Hs;
         row.h_out = proj ? m + r * H : p.out + (row0 + r) * p.ld_out;
         row.h_next = proj ? nullptr : nxt + r * Hs;
         row.c = Cell::kHasCell ? c + r * H : nullptr;
+        row.c_keep = Cell::kHasCell && train ? row.ws + L.gates() : nullptr;
         cell.forward(row, p.bias, H, c0, c1);
       }
     };
@@ -128,23 +150,23 @@ T* forward_layer(const Cell& cell, const RnnShape& s, const StepSchedule& sched,
       // exists: the last step, with the fewest rows, is small too.)
       small_gemm(cur, p.w_hh_t, ws, b, Hs, L.sum_cols(), true, Ld{Hs, G, p.ld_ws});
       if (L.rest_cols() > 0)
-        small_gemm(cur, p.w_hh_t + L.sum_cols(), ws + L.rest_at(), b, Hs, L.rest_cols(), false,
-                   Ld{Hs, G, p.ld_ws});
+        small_gemm(cur, p.w_hh_t + L.sum_cols(), rest, b, Hs, L.rest_cols(), false,
+                   Ld{Hs, G, ld_rest});
       pointwise(0, H);
     } else if (!proj) {
       rec[0].for_each_part(
           b,
           [&](int part) {
             for (int g = 0; g < Cell::kGates; ++g)
-              rec[g].compute(part, cur, b, g < Cell::kSumGates ? T(1) : T(0), ws + L.gemm_col(g),
-                             Hs, p.ld_ws);
+              rec[g].compute(part, cur, b, g < Cell::kSumGates ? T(1) : T(0), gate_out(g), Hs,
+                             gate_ld(g));
             pointwise(rec[0].begin(part), rec[0].end(part));
           },
           Cell::kGates);
     } else {
       for (int g = 0; g < Cell::kGates; ++g)
         gemm<T>(false, true, b, H, Hs, T(1), cur, Hs, p.w_hh + g * H * Hs, Hs,
-                g < Cell::kSumGates ? T(1) : T(0), ws + L.gemm_col(g), p.ld_ws);
+                g < Cell::kSumGates ? T(1) : T(0), gate_out(g), gate_ld(g));
       pointwise(0, H);
     }
     if (proj) {
@@ -193,9 +215,10 @@ void backward_recurrence(const Cell& cell, const RnnShape& s, const StepSchedule
   std::vector<RecurrentGemm<T>> rec;
   if (!proj && !small_step(B0, Hs, G)) {
     const int parts = recurrent_parts(B0 * Hs * G, H);
-    rec.emplace_back(p.w_hh, /*trans=*/false, B0, Hs, L.sum_cols(), parts);
+    rec.emplace_back(p.w_hh, /*trans=*/false, packed_rows<Cell>(B0), Hs, L.sum_cols(), parts);
     if (L.rest_cols() > 0)
-      rec.emplace_back(p.w_hh + L.sum_cols() * Hs, /*trans=*/false, B0, Hs, L.rest_cols(), parts);
+      rec.emplace_back(p.w_hh + L.sum_cols() * Hs, /*trans=*/false, packed_rows<Cell>(B0), Hs,
+                       L.rest_cols(), parts);
   }
   const T beta_direct = Cell::kDirectGrad ? T(1) : T(0);
   auto step_at = [&](int64_t i) { return reverse ? i : T_ - 1 - i; };
@@ -206,10 +229,11 @@ void backward_recurrence(const Cell& cell, const RnnShape& s, const StepSchedule
       const int64_t pr = prev.row(t, r);
       CellRow<T> cr;
       cr.ws = p.ws + row * p.ld_ws;
+      cr.rest = cr.ws + L.rest_at();
       cr.h_prev = pr >= 0 ? p.out + pr * p.ld_out : p.hx + r * Hs;
       if (Cell::kHasCell) {
         cr.c = dc + r * H;
-        cr.c_prev = pr >= 0 ? p.ws + pr * p.ld_ws + 4 * H : p.cx + r * H;
+        cr.c_prev = pr >= 0 ? p.ws + pr * p.ld_ws + L.gates() : p.cx + r * H;
       }
       cr.gout = proj ? zeros : gout + row * ld_gout;
       cr.dh = proj ? dm + r * H : g + r * Hs;
