@@ -81,15 +81,27 @@ inline bool small_step(int64_t rows, int64_t k, int64_t n) {
 }
 
 // The row count for which the recurrent GEMMs pack W_hh once per call (0:
-// never). MKL's packed operand costs about 5 MiB beyond the weights it holds,
-// whatever their size, and the engine packs one per gate block and thread:
-// worth it for the single gate block of the Elman RNN (measured: 1.18 ->
-// 0.87 ms per step at (B, H) = (64, 1024), 2 threads), not for the three or
-// four of a GRU / LSTM, whose memory would grow past torch's for it. Their
-// steps call sgemm, which packs into MKL's own reused buffer.
-template <typename Cell>
-int64_t packed_rows(int64_t full_rows) {
-  return Cell::kGates == 1 ? full_rows : 0;
+// never). A packed operand saves the re-pack of W_hh's slice that every
+// sgemm call does (measured for the Elman RNN: 1.18 -> 0.87 ms per step at
+// (B, H) = (64, 1024), 2 threads), but MKL's packed operand costs about
+// 5 MiB beyond the weights it holds, whatever their size, and the engine
+// packs one per gate block (or block of gate grads) and thread. So a cell of
+// several gate blocks packs only when that stays within half of the
+// activations the call keeps anyway (act_bytes); small layers then call
+// sgemm, which packs into MKL's own reused buffer. (The Elman RNN keeps its
+// measured choice: always.)
+template <typename T, typename Cell>
+int64_t packed_rows(int64_t full_rows, int64_t n, int64_t k, int blocks, int parts,
+                    int64_t act_bytes) {
+  if (Cell::kGates == 1) return full_rows;
+  if constexpr (std::is_same_v<T, float>) {
+    if (cblas_sgemm_pack_get_size == nullptr || full_rows > INT32_MAX) return 0;
+    const int64_t slice = (n + parts - 1) / parts;
+    const int64_t bytes = static_cast<int64_t>(
+        cblas_sgemm_pack_get_size(162 /* B matrix */, int(full_rows), int(slice), int(k)));
+    return int64_t(blocks) * parts * bytes <= act_bytes / 2 ? full_rows : 0;
+  }
+  return 0;  // only float has a packed GEMM
 }
 
 // Forward of one layer and direction. state/spare: the (B, Hs) state
@@ -111,8 +123,10 @@ T* forward_layer(const Cell& cell, const RnnShape& s, const StepSchedule& sched,
   if (!proj && !small_step(B0, Hs, G)) {
     const int parts = recurrent_parts(B0 * Hs * G, H);
     rec.reserve(Cell::kGates);
+    const int64_t act_bytes = s.rows * p.ld_ws * int64_t(sizeof(T));
+    const int64_t pack = packed_rows<T, Cell>(B0, H, Hs, Cell::kGates, parts, act_bytes);
     for (int g = 0; g < Cell::kGates; ++g)
-      rec.emplace_back(p.w_hh + g * H * Hs, /*trans=*/true, packed_rows<Cell>(B0), H, Hs, parts);
+      rec.emplace_back(p.w_hh + g * H * Hs, /*trans=*/true, pack, H, Hs, parts);
   }
   T* cur = state;
   T* nxt = spare;
@@ -215,10 +229,12 @@ void backward_recurrence(const Cell& cell, const RnnShape& s, const StepSchedule
   std::vector<RecurrentGemm<T>> rec;
   if (!proj && !small_step(B0, Hs, G)) {
     const int parts = recurrent_parts(B0 * Hs * G, H);
-    rec.emplace_back(p.w_hh, /*trans=*/false, packed_rows<Cell>(B0), Hs, L.sum_cols(), parts);
+    const int64_t act_bytes = s.rows * ld_dg * int64_t(sizeof(T));
+    const int blocks = L.rest_cols() > 0 ? 2 : 1;
+    const int64_t pack = packed_rows<T, Cell>(B0, Hs, L.sum_cols(), blocks, parts, act_bytes);
+    rec.emplace_back(p.w_hh, /*trans=*/false, pack, Hs, L.sum_cols(), parts);
     if (L.rest_cols() > 0)
-      rec.emplace_back(p.w_hh + L.sum_cols() * Hs, /*trans=*/false, packed_rows<Cell>(B0), Hs,
-                       L.rest_cols(), parts);
+      rec.emplace_back(p.w_hh + L.sum_cols() * Hs, /*trans=*/false, pack, Hs, L.rest_cols(), parts);
   }
   const T beta_direct = Cell::kDirectGrad ? T(1) : T(0);
   auto step_at = [&](int64_t i) { return reverse ? i : T_ - 1 - i; };
