@@ -35,6 +35,13 @@ class RNN(nn.RNNBase):
         "torch.nn.RNN's documentation follows.\n\n" + (nn.RNN.__doc__ or "")
     )
 
+    # torch 2.4's TorchDynamo specialises on a module whose class is not its own
+    # and traces only a few torch.nn methods of it, so forward's calls of
+    # RNNBase's (check_forward_args, ...) break fullgraph; this has 2.4 trace it
+    # as an ordinary object, as torch 2.5+ does anyway (inline_inbuilt_nn_modules).
+    if tuple(int(v) for v in torch.__version__.split(".")[:2]) < (2, 5):
+        torchdynamo_force_dynamic = True
+
     def __init__(
         self,
         input_size: int,
@@ -58,9 +65,9 @@ class RNN(nn.RNNBase):
         )
 
     def forward(self, input, hx=None):  # noqa: D102  (documented above)
-        if hasattr(self, "_update_flat_weights"):  # torch >= 2.5
-            self._update_flat_weights()
-        weights = self._flat_weights
+        # The current parameters by name (what nn.RNN's _update_flat_weights
+        # refreshes _flat_weights from; TorchDynamo before 2.5 cannot trace that call).
+        weights = [getattr(self, n) if hasattr(self, n) else None for n in self._flat_weights_names]
         data = input.data if isinstance(input, PackedSequence) else input
         if not ops.has_kernel(data.device, data.dtype) or any(
             w.device != data.device for w in weights
