@@ -6,8 +6,9 @@
 #   e.g. bash .ci/test_matrix.sh 3.9 torch==2.4.1 .venv-py39-torch2.4
 #
 # PYVER (3.9, 3.12, ...) is looked up among pyenv's Pythons
-# ($(pyenv root)/versions/PYVER.*, newest patch release first), then as
-# pythonPYVER on PATH; the script fails if neither is that Python.
+# ($(pyenv root)/versions/PYVER.*, newest patch release first; $PYENV_ROOT or
+# ~/.pyenv when pyenv is not on PATH), then as pythonPYVER on PATH; the
+# script fails if none of them is that Python.
 # TORCHSPEC is the pip requirement for torch. Everything else is the
 # Makefile's: the venv, torch and its dependency list, the in-place build
 # and the pytest command, i.e. `make test PYTHON=... VENV=... TORCH=...`.
@@ -35,11 +36,10 @@ is_pyver() {
   "$1" -c "import sys; sys.exit(sys.version_info[:2] != tuple(map(int, '$PYVER'.split('.'))))" 2>/dev/null
 }
 PYTHON=
-if command -v pyenv >/dev/null 2>&1 && root=$(pyenv root 2>/dev/null); then
-  for cand in $(ls -d "$root/versions/$PYVER".* 2>/dev/null | sort -rV); do
-    if [ -x "$cand/bin/python" ] && is_pyver "$cand/bin/python"; then PYTHON="$cand/bin/python"; break; fi
-  done
-fi
+root=$(pyenv root 2>/dev/null) || root=${PYENV_ROOT:-$HOME/.pyenv}   # pyenv itself need not be on PATH
+for cand in $(ls -d "$root/versions/$PYVER".* 2>/dev/null | sort -rV); do
+  if [ -x "$cand/bin/python" ] && is_pyver "$cand/bin/python"; then PYTHON="$cand/bin/python"; break; fi
+done
 if [ -z "$PYTHON" ] && command -v "python$PYVER" >/dev/null 2>&1 && is_pyver "python$PYVER"; then
   PYTHON=$(command -v "python$PYVER")
 fi
