@@ -32,14 +32,21 @@ class _FusedRNNBase(nn.RNNBase):
     _torch_cls = nn.RNNBase
     _cell = "rnn"  # rnnattn.ops.has_kernel's name of the cell
 
+    # TorchDynamo before 2.5 treats an nn.Module subclass as a "static" module
+    # and traces only a few torch.nn methods of it, so forward's calls of
+    # RNNBase's (check_forward_args, ...) break fullgraph; this has 2.4 trace it
+    # as an ordinary object, as torch 2.5+ does anyway (inline_inbuilt_nn_modules).
+    if tuple(int(v) for v in torch.__version__.split(".")[:2]) < (2, 5):
+        torchdynamo_force_dynamic = True
+
     def _zeros(self, batch: int, size: int, like: Tensor) -> Tensor:
         directions = 2 if self.bidirectional else 1
         return torch.zeros(self.num_layers * directions, batch, size, dtype=like.dtype, device=like.device)
 
     def forward(self, input, hx=None):  # noqa: D102  (documented on the subclasses)
-        if hasattr(self, "_update_flat_weights"):  # torch >= 2.5
-            self._update_flat_weights()
-        weights = self._flat_weights
+        # The current parameters by name (what torch's _update_flat_weights
+        # refreshes _flat_weights from; TorchDynamo before 2.5 cannot trace that call).
+        weights = [getattr(self, n) if hasattr(self, n) else None for n in self._flat_weights_names]
         data = input.data if isinstance(input, PackedSequence) else input
         if not ops.has_kernel(data.device, data.dtype, self._cell) or any(
             w.device != data.device for w in weights
