@@ -110,13 +110,14 @@ def test_lstm_projection_matches_reference(shape, lengths, reverse):
     check_against_reference("lstm", args, reverse, torch.float64)
 
 
-# Per step the kernel picks small_gemm (rows * k * gates <= 2^19), else BLAS
-# split by hidden units across threads (above 2^21 multiply-adds), the
-# full-batch steps with packed W_hh. These lengths give batch sizes 9, 6, 3,
-# 1 at H = 259: the packed full-batch step, unpacked BLAS steps and small
-# steps, met in both directions; odd H gives ragged unit slices.
+# Per step the kernel picks small_gemm (rows * k * H <= 2^19 per gate block),
+# else BLAS split by hidden units across threads (above 2^21 multiply-adds
+# in all), the full-batch steps with W_hh packed where that pays. These
+# lengths give batch sizes 12, 8, 4, 1 at H = 259: the full-batch step split
+# in two parts, an unpacked BLAS step and small steps, met in both
+# directions; odd H gives ragged unit slices.
 BIG_H = 259
-BIG_LENGTHS = [4, 3, 3, 2, 2, 2, 1, 1, 1]
+BIG_LENGTHS = [4, 3, 3, 3, 2, 2, 2, 2, 1, 1, 1, 1]
 
 
 @pytest.mark.parametrize("cell", ["gru", "lstm"])

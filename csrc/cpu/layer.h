@@ -105,7 +105,7 @@ LayerForward forward_layer_op(const Cell& cell, const RnnShape& s, const StepSch
   at::Tensor bias = at::empty({L.gates() + L.rest_cols()}, opts);
   // The small-step path multiplies by W_hh^T; some step takes it when the
   // last step (the fewest rows) does.
-  const bool small = small_step(sched.batch[sched.steps() - 1], Hs, L.gates());
+  const bool small = small_step<Cell>(sched.batch[sched.steps() - 1], Hs, L.gates());
   at::Tensor wh_t = small ? at::empty({Hs, L.gates()}, opts) : at::Tensor();
   AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "rnnattn::recurrent_forward", [&] {
     using T = scalar_t;

@@ -74,10 +74,13 @@ struct LayerPtrs {
   T* rest = nullptr;
 };
 
-// The sizes of a step for the threshold between the small and the BLAS path
-// (rows * k * n multiply-adds).
-inline bool small_step(int64_t rows, int64_t k, int64_t n) {
-  return rows * k * n <= kSmallGemmMaxWork;
+// Whether a step of rows x k x (G * H) multiply-adds takes the small path:
+// one small_gemm call over all gate blocks. The BLAS path makes one call per
+// gate block, each paying the call's fixed cost, so the threshold is per
+// gate block: kSmallGemmMaxWork (tuned for the Elman RNN) per block.
+template <typename Cell>
+bool small_step(int64_t rows, int64_t k, int64_t n) {
+  return rows * k * n <= kSmallGemmMaxWork * Cell::kGates;
 }
 
 // The row count for which the recurrent GEMMs pack W_hh once per call (0:
@@ -120,7 +123,7 @@ T* forward_layer(const Cell& cell, const RnnShape& s, const StepSchedule& sched,
   const bool train = p.train;
   // Steps too large for small_gemm split the hidden units across threads.
   std::vector<RecurrentGemm<T>> rec;
-  if (!proj && !small_step(B0, Hs, G)) {
+  if (!proj && !small_step<Cell>(B0, Hs, G)) {
     const int parts = recurrent_parts(B0 * Hs * G, H);
     rec.reserve(Cell::kGates);
     const int64_t act_bytes = s.rows * p.ld_ws * int64_t(sizeof(T));
@@ -159,7 +162,7 @@ T* forward_layer(const Cell& cell, const RnnShape& s, const StepSchedule& sched,
         cell.forward(row, p.bias, H, c0, c1);
       }
     };
-    if (small_step(b, Hs, G)) {
+    if (small_step<Cell>(b, Hs, G)) {
       // Single-threaded, no BLAS call: the step's data is in L1/L2. (w_hh_t
       // exists: the last step, with the fewest rows, is small too.)
       small_gemm(cur, p.w_hh_t, ws, b, Hs, L.sum_cols(), true, Ld{Hs, G, p.ld_ws});
@@ -227,7 +230,7 @@ void backward_recurrence(const Cell& cell, const RnnShape& s, const StepSchedule
   // dh_{t-1} = dG[:, summed gates] W_hh[summed gates] + dR[:, other gates] W_hh[other gates],
   // split by units like the forward.
   std::vector<RecurrentGemm<T>> rec;
-  if (!proj && !small_step(B0, Hs, G)) {
+  if (!proj && !small_step<Cell>(B0, Hs, G)) {
     const int parts = recurrent_parts(B0 * Hs * G, H);
     const int64_t act_bytes = s.rows * ld_dg * int64_t(sizeof(T));
     const int blocks = L.rest_cols() > 0 ? 2 : 1;
@@ -281,8 +284,8 @@ void backward_recurrence(const Cell& cell, const RnnShape& s, const StepSchedule
     const T* d = dg + sched.offset[t] * ld_dg;
     const bool has_next = i + 1 < T_;
     const int64_t t_next = has_next ? step_at(i + 1) : 0;
-    if (small_step(b, Hs, G) || proj) {
-      if (small_step(b, Hs, G)) {
+    if (small_step<Cell>(b, Hs, G) || proj) {
+      if (small_step<Cell>(b, Hs, G)) {
         small_gemm(d, p.w_hh, g, b, L.sum_cols(), Hs, Cell::kDirectGrad, Ld{ld_dg, Hs, Hs});
         if (L.rest_cols() > 0)
           small_gemm(d + L.rest_at(), p.w_hh + L.sum_cols() * Hs, g, b, L.rest_cols(), Hs, true,
