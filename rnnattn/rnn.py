@@ -248,55 +248,48 @@ def _cell_doc(torch_cls, what: str) -> str:
     )
 
 
+def _one_state_cell_forward(module, torch_cls, input: Tensor, hx, cell: str, step) -> Tensor:
+    """The forward of the RNN and GRU cells (one state): torch's checks and
+    unbatched handling, then ``step(x (1, B, I), hx (B, H)) -> output``, one
+    time step of the fused layer. Without a kernel here: torch's forward."""
+    if not ops.has_kernel(input.device, input.dtype, cell) or module.weight_ih.device != input.device:
+        return torch_cls.forward(module, input, hx)
+    name = type(module).__name__
+    if input.dim() not in (1, 2):
+        raise ValueError(f"{name}: Expected input to be 1D or 2D, got {input.dim()}D instead")
+    if hx is not None and hx.dim() not in (1, 2):
+        raise ValueError(f"{name}: Expected hidden to be 1D or 2D, got {hx.dim()}D instead")
+    is_batched = input.dim() == 2
+    if not is_batched:
+        input = input.unsqueeze(0)
+    if hx is None:
+        hx = torch.zeros(input.size(0), module.hidden_size, dtype=input.dtype, device=input.device)
+    elif not is_batched:
+        hx = hx.unsqueeze(0)
+    _check_cell_input(module, input, [("0", hx)])
+    out = step(input.unsqueeze(0), hx).squeeze(0)
+    return out if is_batched else out.squeeze(0)
+
+
 class RNNCell(nn.RNNCell):
     __doc__ = _cell_doc(nn.RNNCell, "one time step of :class:`rnnattn.RNN`")
 
     def forward(self, input: Tensor, hx=None) -> Tensor:  # noqa: D102
-        if not ops.has_kernel(input.device, input.dtype) or self.weight_ih.device != input.device:
-            return super().forward(input, hx)
-        if input.dim() not in (1, 2):
-            raise ValueError(f"RNNCell: Expected input to be 1D or 2D, got {input.dim()}D instead")
-        if hx is not None and hx.dim() not in (1, 2):
-            raise ValueError(f"RNNCell: Expected hidden to be 1D or 2D, got {hx.dim()}D instead")
-        is_batched = input.dim() == 2
-        if not is_batched:
-            input = input.unsqueeze(0)
-        if hx is None:
-            hx = torch.zeros(input.size(0), self.hidden_size, dtype=input.dtype, device=input.device)
-        elif not is_batched:
-            hx = hx.unsqueeze(0)
-        _check_cell_input(self, input, [("0", hx)])
-        out, _ = ops.rnn_layer(
-            input.unsqueeze(0), None, hx, self.weight_ih, self.weight_hh, self.bias_ih, self.bias_hh,
-            self.nonlinearity == "relu", False,
-        )
-        out = out.squeeze(0)
-        return out if is_batched else out.squeeze(0)
+        def step(x, h):
+            relu = self.nonlinearity == "relu"
+            return ops.rnn_layer(x, None, h, self.weight_ih, self.weight_hh, self.bias_ih, self.bias_hh, relu)[0]
+
+        return _one_state_cell_forward(self, nn.RNNCell, input, hx, "rnn", step)
 
 
 class GRUCell(nn.GRUCell):
     __doc__ = _cell_doc(nn.GRUCell, "one time step of :class:`rnnattn.GRU`")
 
     def forward(self, input: Tensor, hx=None) -> Tensor:  # noqa: D102
-        if not ops.has_kernel(input.device, input.dtype, "gru") or self.weight_ih.device != input.device:
-            return super().forward(input, hx)
-        if input.dim() not in (1, 2):
-            raise ValueError(f"GRUCell: Expected input to be 1D or 2D, got {input.dim()}D instead")
-        if hx is not None and hx.dim() not in (1, 2):
-            raise ValueError(f"GRUCell: Expected hidden to be 1D or 2D, got {hx.dim()}D instead")
-        is_batched = input.dim() == 2
-        if not is_batched:
-            input = input.unsqueeze(0)
-        if hx is None:
-            hx = torch.zeros(input.size(0), self.hidden_size, dtype=input.dtype, device=input.device)
-        elif not is_batched:
-            hx = hx.unsqueeze(0)
-        _check_cell_input(self, input, [("0", hx)])
-        out, _ = ops.gru_layer(
-            input.unsqueeze(0), None, hx, self.weight_ih, self.weight_hh, self.bias_ih, self.bias_hh, False
-        )
-        out = out.squeeze(0)
-        return out if is_batched else out.squeeze(0)
+        def step(x, h):
+            return ops.gru_layer(x, None, h, self.weight_ih, self.weight_hh, self.bias_ih, self.bias_hh)[0]
+
+        return _one_state_cell_forward(self, nn.GRUCell, input, hx, "gru", step)
 
 
 class LSTMCell(nn.LSTMCell):
