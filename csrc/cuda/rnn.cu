@@ -51,7 +51,8 @@ namespace {
 // Condition 5 of the path rule: FMAs per block per step. At 1<<20 a step
 // is ~8k cycles of shared-memory-bound FMA work per SM, about the cost of a
 // small cuBLAS GEMM launch plus its pointwise kernel. Calibrate with
-// benchmarks/gpu_rnn.py.
+// `python -m rnnattn.bench --gpu --device cuda` (make gpu-check): its
+// persistent / fallback columns time each path forced.
 constexpr int64_t kPersistentMaxWork = int64_t(1) << 20;
 
 enum class PathChoice { kAuto, kPersistent, kFallback };
