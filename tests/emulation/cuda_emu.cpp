@@ -768,7 +768,7 @@ Memory::Memory(size_t bytes, size_t align, std::string name) : bytes_(bytes), na
 
 Memory& Memory::operator=(Memory&& o) noexcept {
   if (this != &o) {
-    this->~Memory();
+    unmap();
     map_ = o.map_;
     map_bytes_ = o.map_bytes_;
     data_ = o.data_;
@@ -776,13 +776,14 @@ Memory& Memory::operator=(Memory&& o) noexcept {
     name_ = std::move(o.name_);
     o.map_ = nullptr;
     o.data_ = nullptr;
+    o.bytes_ = 0;
     auto it = std::find(t_memories.begin(), t_memories.end(), &o);
     if (it != t_memories.end()) *it = this;
   }
   return *this;
 }
 
-Memory::~Memory() {
+void Memory::unmap() {
   if (map_ != nullptr) {
     munmap(map_, map_bytes_);
     auto it = std::find(t_memories.begin(), t_memories.end(), this);
@@ -790,7 +791,10 @@ Memory::~Memory() {
   }
   map_ = nullptr;
   data_ = nullptr;
+  bytes_ = 0;
 }
+
+Memory::~Memory() { unmap(); }
 
 void Memory::set_readonly(bool ro) {
   if (map_ == nullptr) return;

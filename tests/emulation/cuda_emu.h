@@ -219,6 +219,7 @@ class Memory {
   std::string check_canaries() const;
 
  private:
+  void unmap();
   void* map_ = nullptr;
   size_t map_bytes_ = 0;
   void* data_ = nullptr;
