@@ -6,7 +6,7 @@ VENV ?= .venv
 TORCH ?= torch==2.13.0
 PY := $(VENV)/bin/python
 
-.PHONY: setup bench test clean
+.PHONY: setup bench test clean gpu-check
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -26,6 +26,12 @@ bench: setup
 
 test: setup
 	$(PY) -m pytest tests -q $(TEST_ARGS)
+
+# On a machine with a GPU: build the CUDA kernels in place with that machine's
+# own python and torch (PYTHON), run the CUDA tests, compute-sanitizer and the
+# GPU benchmark; results under gpu-results/<date>/ (see .ci/gpu_check.sh).
+gpu-check:
+	PYTHON="$(PYTHON)" bash .ci/gpu_check.sh
 
 clean:
 	rm -rf build *.egg-info rnnattn/_C*.so

@@ -129,6 +129,34 @@ def test_full_grid_has_deepbench_sizes_on_cuda_only():
     assert {c.key for c in cases.default()} <= cpu
 
 
+def test_gpu_grid_is_rnn_vs_cudnn_on_the_b_h_grid_and_two_pooling_shapes():
+    keys = [c.key for c in cases.gpu()]
+    rnn = [f"rnn/L1/B{B}-T100-I{H}-H{H}/{m}" for H in (128, 512, 1024) for B in (1, 16, 64) for m in cases.MODES]
+    pool = [f"pool/B{B}-T{T}-D{D}/{m}" for B, T, D in [(64, 128, 256), (32, 512, 1024)] for m in cases.MODES]
+    assert keys == rnn + pool
+    assert cases.grid("gpu", "cpu") == cases.gpu()
+
+
+def test_forced_cuda_paths_are_contenders_on_cuda_only():
+    rnn_case, pool_case = cases.RNNCase(2, 3, 4, 5, "fwd"), cases.PoolCase(2, 3, 4, "fwd")
+    assert cases.contenders_for(rnn_case, "cuda") == cases.RNN_CONTENDERS + ("persistent", "fallback")
+    assert cases.contenders_for(rnn_case, "cpu") == cases.RNN_CONTENDERS
+    assert cases.contenders_for(pool_case, "cuda") == cases.POOL_CONTENDERS
+    built = contenders.rnn_contenders(rnn_case, torch.device("cpu"), torch.float32, ["persistent", "fallback"])
+    assert not built.contenders and built.skipped == {p: "needs rnnattn's CUDA kernels" for p in cases.RNN_CUDA_PATHS}
+
+
+def test_with_path_sets_and_restores_the_variable(monkeypatch):
+    monkeypatch.setenv(contenders.PATH_ENV, "auto")
+    assert contenders.with_path("fallback", lambda: os.environ[contenders.PATH_ENV]) == "fallback"
+    assert os.environ[contenders.PATH_ENV] == "auto"
+    assert contenders.with_path(None, lambda: contenders.PATH_ENV in os.environ) is False
+    monkeypatch.delenv(contenders.PATH_ENV)
+    with pytest.raises(ZeroDivisionError):
+        contenders.with_path("persistent", lambda: 1 / 0)
+    assert contenders.PATH_ENV not in os.environ
+
+
 def _timed(median):
     t = timing.Timing(samples=[median] * 3)
     return t
@@ -160,6 +188,23 @@ def test_floor_checks_mark_met_and_unmet():
     assert "Floors: 2 of 4 met" in text and text.count("UNMET") >= 2
     summary = report.floor_summary([fast, slow])
     assert summary["met"] == 2 and len(summary["unmet"]) == 2
+
+
+def test_table_shows_forced_paths_and_which_path_the_rule_chose():
+    small, large = [c for c in cases.gpu() if c.key in ("rnn/L1/B1-T100-I128-H128/fwd", "rnn/L1/B64-T100-I1024-H1024/fwd")]
+    times = {"rnnattn": 1.0, "nn.RNN": 2.0, "persistent": 1.0, "fallback": 3.0}
+    a, b = _result(small, times, {}), _result(large, dict(times, persistent=4.0, fallback=1.0), {})
+    a.results["rnnattn"].note = "path rule chose persistent"
+    b.results["rnnattn"].note = "path rule chose fallback"
+    meta = {
+        "grid": "gpu", "device": "cuda", "dtype": "float32", "cpu": "x", "cpus_usable": 16, "torch": "t",
+        "torch_threads": 16, "rnnattn": "v", "python": "3", "date_utc": "now", "gpu": "H100", "cuda": "13.0",
+        "cudnn": 9, "tf32": {"matmul": False, "cudnn": True}, "rnnattn_rnn_cuda_path": "auto (unset)",
+    }
+    text = report.table([a, b], meta)
+    assert "vs persistent" in text and "vs fallback" in text and "4.00x" in text
+    assert f"rnnattn: path rule chose persistent ({small.key})" in text
+    assert f"rnnattn: path rule chose fallback ({large.key})" in text
 
 
 # ---------------------------------------------------------------------------
@@ -245,6 +290,14 @@ def test_cli_rejects_bad_arguments(capsys):
         assert main(["--device", "cuda"]) == 2
     err = capsys.readouterr().err
     assert "cannot be excluded" in err and "not a contender" in err and "regular expression" in err
+
+
+def test_cli_gpu_list_works_without_a_gpu(capsys):
+    assert main(["--gpu", "--list"]) == 0
+    listed = [line.split()[0] for line in capsys.readouterr().out.splitlines()]
+    assert listed == [c.key for c in cases.gpu()]
+    assert main(["--gpu", "--list", "--exclude", "persistent", "--only", "rnn"]) == 0
+    assert main(["--gpu", "--device", "cuda", "--list"]) == 0  # listing needs no GPU
 
 
 def test_cli_list_shows_the_floors(capsys):

@@ -51,10 +51,9 @@ namespace {
 // Condition 5 of the path rule: FMAs per block per step. At 1<<20 a step
 // is ~8k cycles of shared-memory-bound FMA work per SM, about the cost of a
 // small cuBLAS GEMM launch plus its pointwise kernel. Calibrate with
-// benchmarks/gpu_rnn.py.
+// `python -m rnnattn.bench --gpu --device cuda` (make gpu-check): its
+// persistent / fallback columns time each path forced.
 constexpr int64_t kPersistentMaxWork = int64_t(1) << 20;
-// Batch rows of the exchanged vector staged into shared memory per pass.
-constexpr int64_t kMaxChunk = 64;
 
 enum class PathChoice { kAuto, kPersistent, kFallback };
 
@@ -68,67 +67,38 @@ PathChoice requested_path() {
   return PathChoice::kAuto;
 }
 
-int64_t round_up(int64_t x, int64_t m) { return (x + m - 1) / m * m; }
-int64_t ceil_div(int64_t x, int64_t m) { return (x + m - 1) / m; }
-
 // How the persistent kernel would be launched for this call, or why it can't.
-struct PersistentPlan {
-  bool ok = false;
-  std::string why;  // set when !ok
-  int blocks = 0;   // G
-  int units = 0;    // R
-  int chunk = 0;    // BB
-  int padded = 0;   // Hp
-  size_t smem = 0;  // dynamic shared memory bytes per block
-};
+using PersistentPlan = persistent::Plan;
 
 // Conditions 2-4 of the path rule for `kernel` (a persistent kernel).
 PersistentPlan plan_persistent(const void* kernel, int64_t B, int64_t H) {
-  using namespace persistent;
-  PersistentPlan plan;
   int device = 0;
   C10_CUDA_CHECK(cudaGetDevice(&device));
   int coop = 0;
   C10_CUDA_CHECK(cudaDeviceGetAttribute(&coop, cudaDevAttrCooperativeLaunch, device));
   if (!coop) {
+    PersistentPlan plan;
     plan.why = "the device does not support cooperative launch";
     return plan;
   }
   const cudaDeviceProp* prop = at::cuda::getCurrentDeviceProperties();
   const int64_t sms = prop->multiProcessorCount;
   const int64_t smem_max = static_cast<int64_t>(prop->sharedMemPerBlockOptin);
-  const int64_t Hp = round_up(H, kRowAlign);
-  const int64_t R = round_up(ceil_div(H, sms), kTileUnits);
-  const int64_t row_bytes = Hp * static_cast<int64_t>(sizeof(float));
-  const int64_t w_bytes = R * row_bytes;
-  if (w_bytes + kTileBatch * row_bytes > smem_max) {
-    plan.why = "hidden_size " + std::to_string(H) + " is too large: a block's W_hh slice (" +
-               std::to_string(R) + " x " + std::to_string(Hp) + " floats) plus " +
-               std::to_string(kTileBatch) + " staged rows needs " +
-               std::to_string(w_bytes + kTileBatch * row_bytes) + " bytes of shared memory, the " +
-               "device allows " + std::to_string(smem_max);
-    return plan;
-  }
-  const int64_t fit = (smem_max - w_bytes) / row_bytes / kTileBatch * kTileBatch;
-  const int64_t chunk = std::min({round_up(B, kTileBatch), round_up(kMaxChunk, kTileBatch), fit});
-  plan.units = static_cast<int>(R);
-  plan.blocks = static_cast<int>(ceil_div(H, R));
-  plan.chunk = static_cast<int>(chunk);
-  plan.padded = static_cast<int>(Hp);
-  plan.smem = static_cast<size_t>(w_bytes + chunk * row_bytes);
+  PersistentPlan plan = persistent::plan(B, H, sms, smem_max);  // condition 3
+  if (!plan.ok) return plan;
   // The device maximum rather than this call's size: the same value for every
   // caller, so concurrent calls with different sizes cannot undo each other.
   C10_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
                                       static_cast<int>(smem_max)));
   int per_sm = 0;
-  C10_CUDA_CHECK(
-      cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm, kernel, kThreads, plan.smem));
+  C10_CUDA_CHECK(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm, kernel,
+                                                               persistent::kThreads, plan.smem));
   if (per_sm * sms < plan.blocks) {
+    plan.ok = false;
     plan.why = "its " + std::to_string(plan.blocks) + " blocks cannot all be resident (" +
                std::to_string(per_sm) + " per SM x " + std::to_string(sms) + " SMs)";
     return plan;
   }
-  plan.ok = true;
   return plan;
 }
 
@@ -182,11 +152,10 @@ bool launch_persistent(const void* kernel, const PersistentPlan& plan,
 template <typename... KArgs, typename... Args>
 void launch_1d(void (*kernel)(KArgs...), int64_t n, cudaStream_t stream, Args&&... args) {
   if (n == 0) return;
-  constexpr int kThreads = 256;
-  const int64_t max_blocks =
-      static_cast<int64_t>(at::cuda::getCurrentDeviceProperties()->multiProcessorCount) * 8;
-  const int64_t blocks = std::min(ceil_div(n, kThreads), max_blocks);
-  kernel<<<static_cast<unsigned>(blocks), kThreads, 0, stream>>>(std::forward<Args>(args)...);
+  const int64_t blocks =
+      pointwise_blocks(n, at::cuda::getCurrentDeviceProperties()->multiProcessorCount);
+  kernel<<<static_cast<unsigned>(blocks), kPointwiseThreads, 0, stream>>>(
+      std::forward<Args>(args)...);
   C10_CUDA_KERNEL_LAUNCH_CHECK();
 }
 

@@ -36,8 +36,12 @@
 
 #include <cooperative_groups.h>
 
+#include <algorithm>
+#include <cstddef>
 #include <cstdint>
+#include <string>
 
+#include "dynamic_smem.cuh"
 #include "rnn_pointwise.cuh"
 
 namespace rnnattn::cuda {
@@ -49,12 +53,13 @@ constexpr int kWarps = kThreads / 32;
 constexpr int kTileUnits = 4;       // units per warp tile (R is a multiple of this)
 constexpr int kTileBatch = 4;       // batch rows per warp tile (BB is a multiple of this)
 constexpr int kRowAlign = 128;      // 32 lanes x float4: padding of Ws / Xs rows
+constexpr int64_t kMaxChunk = 64;   // batch rows of the exchanged vector staged per pass (at most)
 
 // Everything a persistent launch needs; one struct so the cooperative launch
 // passes a single argument.
 template <typename T>
 struct Params {
-  // Sizes and the launch plan (see plan_persistent in rnn.cu).
+  // Sizes and the launch plan (see plan() below).
   int64_t steps;    // T
   int64_t batch;    // B (rows of hx)
   int64_t hidden;   // H
@@ -80,6 +85,49 @@ struct Params {
   const T* grad_last;
   T* dz;
 };
+
+// The sizes of a persistent launch for batch B and hidden size H on a device
+// with `sms` SMs and `smem_max` bytes of (opt-in) shared memory per block:
+// condition 3 of the path rule in rnn.cu (cooperative launch and occupancy,
+// conditions 2 and 4, are checked there). With R = roundup4(ceil(H / sms))
+// units per block and Hp = roundup128(H): G = ceil(H / R) blocks, each with
+// R rows of W_hh and BB staged batch rows, (R + BB) * Hp floats of shared
+// memory, BB = min(roundup4(B), kMaxChunk, what fits), at least 4.
+struct Plan {
+  bool ok = false;
+  std::string why;  // set when !ok
+  int blocks = 0;   // G
+  int units = 0;    // R
+  int chunk = 0;    // BB
+  int padded = 0;   // Hp
+  size_t smem = 0;  // dynamic shared memory bytes per block
+};
+
+inline Plan plan(int64_t B, int64_t H, int64_t sms, int64_t smem_max) {
+  auto round_up = [](int64_t x, int64_t m) { return (x + m - 1) / m * m; };
+  Plan p;
+  const int64_t Hp = round_up(H, kRowAlign);
+  const int64_t R = round_up((H + sms - 1) / sms, kTileUnits);
+  const int64_t row_bytes = Hp * static_cast<int64_t>(sizeof(float));
+  const int64_t w_bytes = R * row_bytes;
+  if (w_bytes + kTileBatch * row_bytes > smem_max) {
+    p.why = "hidden_size " + std::to_string(H) + " is too large: a block's W_hh slice (" +
+            std::to_string(R) + " x " + std::to_string(Hp) + " floats) plus " +
+            std::to_string(kTileBatch) + " staged rows needs " +
+            std::to_string(w_bytes + kTileBatch * row_bytes) + " bytes of shared memory, the " +
+            "device allows " + std::to_string(smem_max);
+    return p;
+  }
+  const int64_t fit = (smem_max - w_bytes) / row_bytes / kTileBatch * kTileBatch;
+  const int64_t chunk = std::min({round_up(B, kTileBatch), round_up(kMaxChunk, kTileBatch), fit});
+  p.units = static_cast<int>(R);
+  p.blocks = static_cast<int>((H + R - 1) / R);
+  p.chunk = static_cast<int>(chunk);
+  p.padded = static_cast<int>(Hp);
+  p.smem = static_cast<size_t>(w_bytes + chunk * row_bytes);
+  p.ok = true;
+  return p;
+}
 
 __device__ __forceinline__ int64_t step_at(int64_t i, int64_t steps, bool walk_back) {
   return walk_back ? steps - 1 - i : i;
@@ -251,7 +299,7 @@ __device__ __forceinline__ void for_own_units(int64_t rows, int R, int64_t j0, i
 // step; h_last = the final state (h_n).
 template <typename T>
 __global__ void __launch_bounds__(kThreads, 1) forward_kernel(const Params<T> p) {
-  extern __shared__ float4 smem_f4[];
+  RNNATTN_DYNAMIC_SMEM(float4, smem_f4);
   float* Ws = reinterpret_cast<float*>(smem_f4);
   float* Xs = Ws + static_cast<int64_t>(p.units) * p.padded;
   const int64_t H = p.hidden, j0 = static_cast<int64_t>(blockIdx.x) * p.units;
@@ -291,7 +339,7 @@ __global__ void __launch_bounds__(kThreads, 1) forward_kernel(const Params<T> p)
 // (grad_hx) at the end. Block g owns units j of g and of dz.
 template <typename T>
 __global__ void __launch_bounds__(kThreads, 1) backward_kernel(const Params<T> p) {
-  extern __shared__ float4 smem_f4[];
+  RNNATTN_DYNAMIC_SMEM(float4, smem_f4);
   float* Ws = reinterpret_cast<float*>(smem_f4);
   float* Xs = Ws + static_cast<int64_t>(p.units) * p.padded;
   const int64_t H = p.hidden, j0 = static_cast<int64_t>(blockIdx.x) * p.units;

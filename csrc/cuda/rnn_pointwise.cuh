@@ -9,6 +9,8 @@
 
 #include <ATen/OpMathType.h>
 #include <c10/macros/Macros.h>
+
+#include <algorithm>
 #include <cstdint>
 
 namespace rnnattn::cuda {
@@ -25,11 +27,18 @@ __device__ __forceinline__ A rnn_activation_grad(A dh, A h, bool relu) {
   return relu ? (h > A(0) ? dh : A(0)) : dh * (A(1) - h * h);
 }
 
-// Grid-stride loops: the grid is capped (see launch_1d in rnn.cu), the index
+// Grid-stride loops: the grid is capped (pointwise_blocks below), the index
 // is 64-bit so no tensor size can overflow it.
 #define RNNATTN_GRID_STRIDE(i, n)                                                      \
   for (int64_t i = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x; i < (n); \
        i += static_cast<int64_t>(gridDim.x) * blockDim.x)
+
+// Launch shape of the kernels below (launch_1d in rnn.cu): kPointwiseThreads
+// threads per block, enough blocks to cover n elements but at most 8 per SM.
+constexpr int kPointwiseThreads = 256;
+inline int64_t pointwise_blocks(int64_t n, int64_t sms) {
+  return std::min<int64_t>((n + kPointwiseThreads - 1) / kPointwiseThreads, sms * 8);
+}
 
 // Forward step, after hh = h_{t-1}[:b] @ W_hh^T (cuBLAS):
 //   out_t = act(out_t + hh), state[:b] = out_t.

@@ -1,4 +1,4 @@
-"""Command line: ``python -m rnnattn.bench [--quick | --full] [--device cuda] ...``."""
+"""Command line: ``python -m rnnattn.bench [--quick | --full | --gpu] [--device cuda] ...``."""
 import argparse
 import re
 import sys
@@ -24,6 +24,10 @@ def parser() -> argparse.ArgumentParser:
     size.add_argument("--quick", action="store_const", dest="grid", const="quick", help="a few seconds")
     size.add_argument("--full", action="store_const", dest="grid", const="full",
                       help="the large grid (with --device cuda: the DeepBench RNN training sizes too)")
+    size.add_argument("--gpu", action="store_const", dest="grid", const="gpu",
+                      help="the GPU grid: RNN vs cuDNN at T=100, I=H, B in {1,16,64}, H in {128,512,1024} "
+                      "(on CUDA also each recurrence path forced), pooling at two shapes; make gpu-check runs it "
+                      "with --device cuda in float32 and bfloat16")
     p.set_defaults(grid="default")
     p.add_argument("--device", default="cpu", help="cpu (default) or cuda[:N]")
     p.add_argument("--dtype", default="float32", choices=sorted(_DTYPES))
@@ -42,6 +46,8 @@ def parser() -> argparse.ArgumentParser:
                    help="seconds of timing per case (default: 0.3 with --quick, else 2)")
     p.add_argument("--min-rounds", type=int, default=5, help="interleaved rounds per case at least (default 5)")
     p.add_argument("--no-memory", action="store_true", help="skip the peak-memory measurement")
+    p.add_argument("--no-tf32", action="store_true",
+                   help="CUDA: no TF32 in cuBLAS and cuDNN (default: torch's settings; recorded either way)")
     p.add_argument("--json", metavar="FILE", help="also write the results as JSON")
     p.add_argument("--csv", metavar="FILE", help="also write one CSV row per case and contender")
     p.add_argument("--plot", metavar="FILE.png", help="also draw speedup bars (needs matplotlib)")
@@ -54,14 +60,15 @@ def parser() -> argparse.ArgumentParser:
 def main(argv: Optional[List[str]] = None) -> int:
     args = parser().parse_args(argv)
     device = torch.device(args.device)
-    if device.type == "cuda" and not torch.cuda.is_available():
+    if device.type == "cuda" and not torch.cuda.is_available() and not args.list:
         print("rnnattn.bench: --device cuda given but torch.cuda.is_available() is False", file=sys.stderr)
         return 2
     dtype = _DTYPES[args.dtype]
     if "rnnattn" in args.exclude:
         print("rnnattn.bench: rnnattn is what is being measured; it cannot be excluded", file=sys.stderr)
         return 2
-    known = set(cases.RNN_CONTENDERS + cases.GRU_CONTENDERS + cases.LSTM_CONTENDERS + cases.POOL_CONTENDERS)
+    known = set(cases.RNN_CONTENDERS + cases.RNN_CUDA_PATHS + cases.GRU_CONTENDERS + cases.LSTM_CONTENDERS
+                + cases.POOL_CONTENDERS)
     unknown = [n for n in args.exclude if n not in known]
     if unknown:
         print(f"rnnattn.bench: --exclude {unknown[0]!r}: not a contender; choose from "
@@ -69,6 +76,9 @@ def main(argv: Optional[List[str]] = None) -> int:
         return 2
     if args.threads is not None:
         torch.set_num_threads(args.threads)
+    if args.no_tf32:
+        torch.backends.cuda.matmul.allow_tf32 = False
+        torch.backends.cudnn.allow_tf32 = False
     grid = cases.grid(args.grid, device.type)
     if args.only:
         grid = [c for c in grid if c.section == args.only]

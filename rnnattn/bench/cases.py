@@ -20,6 +20,16 @@ LSTM_CONTENDERS = ("rnnattn", "nn.LSTM", "reference")
 POOL_CONTENDERS = ("rnnattn", "eager", "compile", "sdpa")
 CELL_CONTENDERS = {"rnn": RNN_CONTENDERS, "gru": GRU_CONTENDERS, "lstm": LSTM_CONTENDERS}
 TORCH_MODULE = {"rnn": "nn.RNN", "gru": "nn.GRU", "lstm": "nn.LSTM"}
+# On CUDA the RNN also runs with each recurrence path forced
+# (RNNATTN_RNN_CUDA_PATH, see csrc/cuda/rnn.cu): what calibrates the path rule.
+RNN_CUDA_PATHS = ("persistent", "fallback")
+
+
+def contenders_for(case, device_type: str) -> Tuple[str, ...]:
+    """The contenders of ``case`` on a device of type ``device_type``."""
+    if case.section == "rnn" and device_type == "cuda":
+        return tuple(case.contenders) + RNN_CUDA_PATHS
+    return tuple(case.contenders)
 
 
 @dataclass(frozen=True)
@@ -231,7 +241,25 @@ def full(device: str = "cpu") -> List[object]:
     return cases
 
 
-GRIDS = {"quick": quick, "default": default, "full": full}
+GPU_RNN_B = (1, 16, 64)
+GPU_RNN_H = (128, 512, 1024)
+
+
+def gpu() -> List[object]:
+    """The GPU grid (``make gpu-check`` runs it in float32 and bfloat16): one
+    tanh layer against cuDNN at T = 100, I = H, B in {1, 16, 64}, H in {128,
+    512, 1024} (on CUDA also each recurrence path forced), and the pooling at
+    the floor shape and a wide, long one."""
+    cases: List[object] = []
+    for H in GPU_RNN_H:
+        for B in GPU_RNN_B:
+            cases += _both(_rnn, B, 100, H, H)
+    for B, T, D in [(64, 128, 256), (32, 512, 1024)]:
+        cases += _both(_pool, B, T, D)
+    return cases
+
+
+GRIDS = {"quick": quick, "default": default, "full": full, "gpu": gpu}
 
 
 def grid(name: str, device: str = "cpu") -> List[object]:

@@ -15,7 +15,11 @@ share a ``.grad``) and exposes
 RNN, GRU, LSTM: ``rnnattn.RNN`` vs ``torch.nn.RNN`` (its native CPU loop;
 cuDNN on CUDA) vs ``rnnattn.functional.rnn`` with
 ``rnnattn.reference.rnn_layer`` (the plain-PyTorch recurrence, one op per
-step, autograd for the backward); the same for ``GRU`` and ``LSTM``.
+step, autograd for the backward); the same for ``GRU`` and ``LSTM``. On
+CUDA the RNN also has ``persistent`` and ``fallback``: ``rnnattn.RNN`` with
+its recurrence path forced through ``RNNATTN_RNN_CUDA_PATH`` (n/a where the
+persistent kernel cannot run), and ``rnnattn``'s note says which path the
+path rule took.
 
 Attention pooling: ``rnnattn.AttentionPooling`` vs the eager composition
 (``H @ w``, ``masked_fill``, ``softmax``, ``bmm``) vs ``torch.compile`` of
@@ -24,8 +28,10 @@ over keys = values = ``H``, ``scale=1``; it returns the context only). The
 baselines get their boolean mask precomputed, outside the timed call; the
 fused module is given the lengths (on the CPU, as a DataLoader yields them).
 """
+import copy
+import os
 from dataclasses import dataclass, field
-from typing import Callable, Dict, List, Sequence
+from typing import Callable, Dict, List, Optional, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -112,6 +118,47 @@ def _make(
 # ---------------------------------------------------------------------------
 # RNN
 
+PATH_ENV = "RNNATTN_RNN_CUDA_PATH"
+
+
+def with_path(path: Optional[str], fn: Callable[[], object]) -> object:
+    """Runs ``fn`` with ``RNNATTN_RNN_CUDA_PATH=path`` (None: unset), then
+    restores the variable (the CUDA kernels read it at every call)."""
+    old = os.environ.get(PATH_ENV)
+    if path is None:
+        os.environ.pop(PATH_ENV, None)
+    else:
+        os.environ[PATH_ENV] = path
+    try:
+        return fn()
+    finally:
+        if old is None:
+            os.environ.pop(PATH_ENV, None)
+        else:
+            os.environ[PATH_ENV] = old
+
+
+def _forced(path: str, c: Contender) -> Contender:
+    return Contender(
+        step=lambda: with_path(path, c.step), check=lambda: with_path(path, c.check), reset=c.reset, note=c.note
+    )
+
+
+def path_rule_choice(module: nn.Module, inp, case) -> str:
+    """Which recurrence path the CUDA path rule takes for ``module(inp)``:
+    both paths are deterministic, so the output is bitwise the persistent
+    kernel's exactly when the rule picked it (in every layer)."""
+    with torch.no_grad():
+        out = module(inp)[0]
+        try:
+            forced = with_path("persistent", lambda: module(inp)[0])
+        except RuntimeError:  # the persistent kernel cannot run here
+            return "fallback"
+    same = torch.equal(out.data if case.packed else out, forced.data if case.packed else forced)
+    if same:
+        return "persistent"
+    return "fallback" if case.layers == 1 and not case.bidirectional else "fallback in some layer"
+
 
 _OURS = {"rnn": rnnattn.RNN, "gru": rnnattn.GRU, "lstm": rnnattn.LSTM}
 _THEIRS = {"rnn": nn.RNN, "gru": nn.GRU, "lstm": nn.LSTM}
@@ -164,9 +211,20 @@ def rnn_contenders(case, device, dtype, names: Sequence[str], seed: int = 0) -> 
         if name == "rnnattn":
             inp = _leaf(x, need_grad)
             note = "" if ops.has_kernel(x.device, dtype, cell) else "no rnnattn kernel here: ran torch's path"
+            if device.type == "cuda" and cell == "rnn" and not note:
+                note = "path rule chose " + path_rule_choice(ours, wrap(x), case)
             built.contenders[name] = _make(
                 module_forward(ours, inp), [inp, *ours.parameters()], grads, case.mode, note
             )
+        elif name in ("persistent", "fallback"):
+            if device.type != "cuda" or cell != "rnn" or not ops.has_kernel(x.device, dtype):
+                built.skipped[name] = "needs rnnattn's CUDA kernels"
+                continue
+            mine = copy.deepcopy(ours)
+            inp = _leaf(x, need_grad)
+            c = _make(module_forward(mine, inp), [inp, *mine.parameters()], grads, case.mode,
+                      f"rnnattn with {PATH_ENV}={name}")
+            built.contenders[name] = _forced(name, c)
         elif name == TORCH_MODULE[cell]:
             theirs = _THEIRS[cell](case.I, case.H, num_layers=case.layers, bidirectional=bi).to(device, dtype)
             theirs.load_state_dict(ours.state_dict())
@@ -191,6 +249,7 @@ def rnn_contenders(case, device, dtype, names: Sequence[str], seed: int = 0) -> 
         else:
             raise ValueError(
                 f"unknown {cell} contender {name!r}; expected one of {', '.join(case.contenders)}"
+                + (", persistent, fallback" if cell == "rnn" else "")
             )
     return built
 

@@ -80,9 +80,12 @@ def describe(device: torch.device, dtype: torch.dtype) -> Dict[str, object]:
         props = torch.cuda.get_device_properties(device)
         info.update(
             gpu=props.name,
+            gpu_sm_count=props.multi_processor_count,
             gpu_memory_gib=round(props.total_memory / 2**30, 1),
             cuda=torch.version.cuda,
             cudnn=torch.backends.cudnn.version(),
+            tf32={"matmul": torch.backends.cuda.matmul.allow_tf32, "cudnn": torch.backends.cudnn.allow_tf32},
+            rnnattn_rnn_cuda_path=os.environ.get("RNNATTN_RNN_CUDA_PATH", "auto (unset)"),
         )
     return info
 

@@ -4,7 +4,7 @@ import json
 import math
 from typing import Dict, List, Optional
 
-from .cases import GRU_CONTENDERS, LSTM_CONTENDERS, POOL_CONTENDERS, RNN_CONTENDERS
+from .cases import GRU_CONTENDERS, LSTM_CONTENDERS, POOL_CONTENDERS, RNN_CONTENDERS, RNN_CUDA_PATHS
 
 METHOD = (
     "time: median per-call time over interleaved rounds (contenders of a case take turns, so "
@@ -21,7 +21,7 @@ _SECTIONS = {
     "rnn": (
         "RNN (tanh, time-major (T, B, I) input; fwd: forward under no_grad; "
         "fwd+bwd: forward + backward to input and all weights)",
-        RNN_CONTENDERS,
+        RNN_CONTENDERS + RNN_CUDA_PATHS,
         ("B", "T", "I", "H"),
     ),
     "gru": (
@@ -154,12 +154,14 @@ def _section_table(section: str, results: list) -> List[str]:
     for (n, why), keys in skipped.items():
         where = "" if len(keys) == len(results) else f" ({', '.join(keys)})"
         notes.append(f"{n}: {why}{where}")
-    seen = set()
+    noted: Dict[tuple, List[str]] = {}
     for r in results:
         for n, cr in r.results.items():
-            if cr.note and (n, cr.note) not in seen:
-                seen.add((n, cr.note))
-                notes.append(f"{n}: {cr.note}")
+            if cr.note:
+                noted.setdefault((n, cr.note), []).append(r.case.key)
+    for (n, note), keys in noted.items():
+        where = "" if len(keys) == len(results) else f" ({', '.join(keys)})"
+        notes.append(f"{n}: {note}{where}")
     firsts = [(r.results["compile"].timing.first_call_s, r.case.key) for r in results if "compile" in r.results]
     if firsts:
         worst = max(firsts)
@@ -201,7 +203,8 @@ def table(results: list, meta: Dict[str, object]) -> str:
     lines = [
         f"rnnattn benchmark: {m.get('grid', '?')} grid on {m['device']}, {m['dtype']}",
         f"  machine: {m['cpu']}, {m['cpus_usable']} usable CPUs"
-        + (f"; GPU {m['gpu']} (CUDA {m['cuda']}, cuDNN {m['cudnn']})" if "gpu" in m else ""),
+        + (f"; GPU {m['gpu']} (CUDA {m['cuda']}, cuDNN {m['cudnn']}, TF32 {m.get('tf32')}, "
+           f"RNNATTN_RNN_CUDA_PATH {m.get('rnnattn_rnn_cuda_path')})" if "gpu" in m else ""),
         f"  torch {m['torch']}, {_threads(m['torch_threads'])}; rnnattn {m['rnnattn']}"
         + (f" (commit {m['rnnattn_commit']})" if m.get("rnnattn_commit") else "")
         + f"; python {m['python']}; {m['date_utc']} UTC",

@@ -6,6 +6,7 @@ from typing import Dict, List, Optional, Sequence
 
 import torch
 
+from . import cases as cases_mod
 from . import contenders as contenders_mod
 from . import timing
 from .cases import Floor, MemoryFloor
@@ -149,17 +150,31 @@ def run(
     """Runs every case. ``exclude`` maps contenders to leave out to the
     reason the report gives; ``progress``: tqdm bar on stderr (``None``: only
     when stderr is a terminal)."""
-    from tqdm import tqdm
-
     exclude = exclude or {}
     results = []
-    bar = tqdm(cases, disable=None if progress is None else not progress, unit="case", leave=False)
+    bar = _progress(cases, progress)
     for case in bar:
         bar.set_description(case.key)
-        names = [n for n in case.contenders if n not in exclude]
+        everyone = cases_mod.contenders_for(case, device.type)
+        names = [n for n in everyone if n not in exclude]
         res = run_case(case, device, dtype, names, budget_s, min_rounds, memory, seed)
-        for n in case.contenders:
+        for n in everyone:
             if n in exclude:
                 res.skipped[n] = exclude[n]
         results.append(res)
     return results
+
+
+class _NoBar(list):
+    def set_description(self, _text: str) -> None:
+        pass
+
+
+def _progress(cases: Sequence[object], progress: Optional[bool]):
+    """A tqdm bar over ``cases`` on stderr (``None``: only when stderr is a
+    terminal); no bar where tqdm is not installed."""
+    try:
+        from tqdm import tqdm
+    except ImportError:
+        return _NoBar(cases)
+    return tqdm(cases, disable=None if progress is None else not progress, unit="case", leave=False)
