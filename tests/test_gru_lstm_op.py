@@ -3,6 +3,11 @@
 One tester for both cells: a case is the op's positional arguments, built by
 ``make_case``; ``run(cell, args, reverse)`` calls ``rnnattn.ops`` or
 ``rnnattn.reference`` with the same arguments."""
+import os
+import subprocess
+import sys
+from pathlib import Path
+
 import pytest
 import torch
 from torch.nn.utils.rnn import pack_sequence
@@ -320,3 +325,28 @@ def test_inference_keeps_no_reserve_and_matches_reference(shape, lengths, revers
     tol = TOL[torch.float64] if dtype == torch.float64 else dict(rtol=2e-4, atol=2e-4)
     for o, r in zip(outs, routs):
         torch.testing.assert_close(o.double(), r, **tol)
+
+
+BASELINE_ISA_CHECK = """
+import sys, torch
+sys.path.insert(0, "tests")
+from test_gru_lstm_op import check_against_reference, make_case
+torch.manual_seed(0)
+for cell in ("gru", "lstm"):
+    for H in (7, 64, 65):
+        for dtype in (torch.float64, torch.float32):
+            for reverse in (False, True):
+                args = make_case(cell, 5, 3, 4, H, dtype)
+                check_against_reference(cell, args, reverse, dtype)
+print("checked")
+"""
+
+
+def test_baseline_isa_build_matches_reference():
+    """RNNATTN_CPU_ISA=base runs the non-AVX2 build of the CPU kernels (small
+    GEMM, the gates' sigmoid/tanh); the GRU and LSTM must agree with the
+    reference there too."""
+    root = Path(__file__).resolve().parents[1]
+    env = dict(os.environ, RNNATTN_CPU_ISA="base", PYTHONPATH=str(root))
+    r = subprocess.run([sys.executable, "-c", BASELINE_ISA_CHECK], cwd=root, env=env, capture_output=True, text=True)
+    assert r.returncode == 0 and "checked" in r.stdout, r.stderr
