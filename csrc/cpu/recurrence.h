@@ -1,6 +1,6 @@
 // The recurrence engine: one layer, one direction of any cell (cells.h),
-// forward and backward, on raw pointers. The ops (rnn.cpp, gru_lstm.cpp)
-// only check arguments, allocate and call these.
+// forward and backward, on raw pointers. layer.h allocates around it; the
+// ops (rnn.cpp, gru_lstm.cpp) only check arguments and call layer.h.
 //
 // Forward: A = X W_ih^T is one GEMM over all rows, into the reserve (the
 // output itself for the Elman RNN); then, step by step, the recurrent GEMM
@@ -198,7 +198,6 @@ T* forward_layer(const Cell& cell, const RnnShape& s, const StepSchedule& sched,
 
 // The state entering step t, row r: the output of the step before it in the
 // walk (while that step held row r), else hx.
-template <typename T>
 struct PrevState {
   const StepSchedule& sched;
   bool reverse;
@@ -226,7 +225,7 @@ void backward_recurrence(const Cell& cell, const RnnShape& s, const StepSchedule
   const bool proj = p.w_hr != nullptr;
   const int64_t T_ = sched.steps();
   const int64_t B0 = T_ ? sched.batch[0] : 0;
-  const PrevState<T> prev{sched, reverse};
+  const PrevState prev{sched, reverse};
   // dh_{t-1} = dG[:, summed gates] W_hh[summed gates] + dR[:, other gates] W_hh[other gates],
   // split by units like the forward.
   std::vector<RecurrentGemm<T>> rec;
