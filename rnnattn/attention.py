@@ -22,6 +22,7 @@ from torch import Tensor, nn
 from torch.nn.utils.rnn import PackedSequence, pad_packed_sequence
 
 from . import attention_ops, reference
+from ._modes import plain_torch_mode
 
 __all__ = ["AttentionPooling", "attention_pooling"]
 
@@ -75,7 +76,7 @@ def attention_pooling(
     _check_params(x, weight, bias, proj_weight, proj_bias)
     lengths = _as_lengths(lengths, B, x.device)
     mask = _as_mask(mask, B, T, x.device)
-    fused = attention_ops.has_kernel(x.device, x.dtype)
+    fused = attention_ops.has_kernel(x.device, x.dtype) and not plain_torch_mode(x.device.type)
     if not fused and lengths is not None:
         _check_lengths_values(lengths, T)  # the fused ops check on their own
 

@@ -18,6 +18,7 @@ from torch import Tensor, nn
 from torch.nn.utils.rnn import PackedSequence
 
 from . import functional, ops
+from ._modes import cuda_autocast_dtype, plain_torch_mode
 
 __all__ = ["RNN", "GRU", "LSTM", "RNNCell", "GRUCell", "LSTMCell", "convert"]
 
@@ -48,11 +49,16 @@ class _FusedRNNBase(nn.RNNBase):
         # refreshes _flat_weights from; TorchDynamo before 2.5 cannot trace that call).
         weights = [getattr(self, n) if hasattr(self, n) else None for n in self._flat_weights_names]
         data = input.data if isinstance(input, PackedSequence) else input
-        if not ops.has_kernel(data.device, data.dtype, self._cell) or any(
-            w.device != data.device for w in weights
+        device_type = data.device.type
+        if (
+            not ops.has_kernel(data.device, data.dtype, self._cell)
+            or plain_torch_mode(device_type)
+            or any(w.device != data.device for w in weights)
         ):
-            # No fused kernel here (or a mismatch torch will report): torch's path.
+            # No fused kernel here, a mode the kernels do not serve (rnnattn._modes),
+            # or a mismatch torch will report: torch's path.
             return self._torch_cls.forward(self, input, hx)
+        amp = cuda_autocast_dtype(device_type)
 
         lstm = self.mode == "LSTM"
         h_size = self.proj_size if lstm and self.proj_size > 0 else self.hidden_size
@@ -104,6 +110,11 @@ class _FusedRNNBase(nn.RNNBase):
         self.check_forward_args(input, hx, batch_sizes)
         for h in hx if lstm else (hx,):
             _check_same(input, h)
+        if amp is not None and amp != input.dtype and ops.has_kernel(data.device, amp, self._cell):
+            # CUDA autocast: the kernels run in its dtype, as cuDNN does.
+            input = input.to(amp)
+            hx = tuple(h.to(amp) for h in hx) if lstm else hx.to(amp)
+            weights = [w.to(amp) for w in weights]
         if batch_sizes is None and self.batch_first:
             input = input.transpose(0, 1)
         if batch_sizes is None and input.size(0) == 0:
@@ -252,7 +263,11 @@ def _one_state_cell_forward(module, torch_cls, input: Tensor, hx, cell: str, ste
     """The forward of the RNN and GRU cells (one state): torch's checks and
     unbatched handling, then ``step(x (1, B, I), hx (B, H)) -> output``, one
     time step of the fused layer. Without a kernel here: torch's forward."""
-    if not ops.has_kernel(input.device, input.dtype, cell) or module.weight_ih.device != input.device:
+    if (
+        not ops.has_kernel(input.device, input.dtype, cell)
+        or plain_torch_mode(input.device.type)
+        or module.weight_ih.device != input.device
+    ):
         return torch_cls.forward(module, input, hx)
     name = type(module).__name__
     if input.dim() not in (1, 2):
@@ -296,7 +311,11 @@ class LSTMCell(nn.LSTMCell):
     __doc__ = _cell_doc(nn.LSTMCell, "one time step of :class:`rnnattn.LSTM`")
 
     def forward(self, input: Tensor, hx=None):  # noqa: D102
-        if not ops.has_kernel(input.device, input.dtype, "lstm") or self.weight_ih.device != input.device:
+        if (
+            not ops.has_kernel(input.device, input.dtype, "lstm")
+            or plain_torch_mode(input.device.type)
+            or self.weight_ih.device != input.device
+        ):
             return super().forward(input, hx)
         if input.dim() not in (1, 2):
             raise ValueError(f"LSTMCell: Expected input to be 1D or 2D, got {input.dim()}D instead")
