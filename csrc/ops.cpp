@@ -5,6 +5,9 @@
 // fake (meta) kernels in the Python layer (rnnattn/ops.py, attention_ops.py).
 #include <torch/extension.h>
 
+#include "cell_ops.h"
+#include "stack.h"
+
 TORCH_LIBRARY(rnnattn, m) {
   // One layer, one direction of an Elman RNN.
   //   input: (T, B, I) padded time-major, or (N, I) packed rows when
@@ -60,6 +63,21 @@ TORCH_LIBRARY(rnnattn, m) {
       "-> (Tensor grad_input, Tensor grad_hx, Tensor grad_cx, Tensor grad_w_ih, Tensor grad_w_hh, "
       "Tensor grad_bias, Tensor grad_w_hr)");
 
+  // ---- one-step cells (csrc/cell_ops.cpp) ----
+  // torch's RNNCell / GRUCell / LSTMCell forward: input (B, I) or unbatched
+  // (I); hx None (zeros) or (B, H) / (H); the same checks and messages. One
+  // step of the layer op above (composite: its autograd is the layer's).
+  m.def(
+      "rnn_cell(Tensor input, Tensor? hx, Tensor w_ih, Tensor w_hh, Tensor? b_ih, "
+      "Tensor? b_hh, bool relu) -> Tensor");
+  m.def(
+      "gru_cell(Tensor input, Tensor? hx, Tensor w_ih, Tensor w_hh, Tensor? b_ih, "
+      "Tensor? b_hh) -> Tensor");
+  // hx: None or [h_0, c_0]. Returns (h_1, c_1).
+  m.def(
+      "lstm_cell(Tensor input, Tensor[]? hx, Tensor w_ih, Tensor w_hh, Tensor? b_ih, "
+      "Tensor? b_hh) -> (Tensor, Tensor)");
+
   // ---- attention pooling (conventions in csrc/attention_common.h) ----
   // Linear score e_t = input_t . weight_h for each of the k heads, masked
   // softmax over the valid steps (of each chunk of chunk_size steps; 0 = the
@@ -91,8 +109,16 @@ TORCH_LIBRARY(rnnattn, m) {
 }
 
 // Importing rnnattn._C loads this library and so registers the operators.
+// The cells and the modules' layer stack are also bound directly: eager calls
+// skip torch.ops' argument parsing and the Python glue (rnnattn/rnn.py uses
+// these outside torch.compile).
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.doc() = "rnnattn compiled operators (registered as torch.ops.rnnattn.*)";
+  m.def("rnn_cell", &rnnattn::rnn_cell, "torch.ops.rnnattn.rnn_cell, called directly");
+  m.def("gru_cell", &rnnattn::gru_cell, "torch.ops.rnnattn.gru_cell, called directly");
+  m.def("lstm_cell", &rnnattn::lstm_cell, "torch.ops.rnnattn.lstm_cell, called directly");
+  m.def("stack_forward", &rnnattn::stack_forward,
+        "the layers of rnnattn.RNN / GRU / LSTM (as rnnattn.functional.rnn / gru / lstm)");
 #ifdef RNNATTN_WITH_CUDA
   m.attr("with_cuda") = true;
 #else

@@ -18,7 +18,7 @@ path's per-call cost does not change.
 """
 import torch
 
-__all__ = ["plain_torch_mode", "cuda_autocast_dtype"]
+__all__ = ["plain_torch_mode", "plain_torch_step", "cuda_autocast_dtype"]
 
 # torch.compiler.is_exporting arrived in torch 2.5; before it, torch.export
 # traces with TorchDynamo (is_compiling) and the custom ops export as they are.
@@ -48,3 +48,17 @@ def cuda_autocast_dtype(device_type: str):
     if device_type == "cuda" and torch.is_autocast_enabled("cuda"):
         return torch.get_autocast_dtype("cuda")
     return None
+
+
+def plain_torch_step() -> bool:
+    """:func:`plain_torch_mode` for the one-step cells, under autocast on any
+    device: a step is a few small GEMMs, which torch's cell runs in the
+    autocast dtype through its autocast rules."""
+    if torch.compiler.is_compiling():
+        return torch._C._is_any_autocast_enabled() or _is_exporting()
+    return (
+        torch._C._is_any_autocast_enabled()
+        or torch.jit.is_tracing()
+        or torch._C._are_functorch_transforms_active()
+        or _is_exporting()
+    )

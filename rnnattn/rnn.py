@@ -17,8 +17,8 @@ import torch
 from torch import Tensor, nn
 from torch.nn.utils.rnn import PackedSequence
 
-from . import functional, ops
-from ._modes import cuda_autocast_dtype, plain_torch_mode
+from . import _C, functional, ops
+from ._modes import cuda_autocast_dtype, plain_torch_mode, plain_torch_step
 
 __all__ = ["RNN", "GRU", "LSTM", "RNNCell", "GRUCell", "LSTMCell", "convert"]
 
@@ -44,16 +44,27 @@ class _FusedRNNBase(nn.RNNBase):
         directions = 2 if self.bidirectional else 1
         return torch.zeros(self.num_layers * directions, batch, size, dtype=like.dtype, device=like.device)
 
+    def _stack(self, cell: int, input, batch_sizes, hx, cx, weights):
+        """Eager calls: the layers of functional.rnn / gru / lstm in one C++
+        call (csrc/stack.cpp; ``cell`` is its StackCell number), which saves
+        a streaming model's per-call Python glue. torch.compile traces
+        rnnattn.functional instead."""
+        return _C.stack_forward(
+            cell, input, batch_sizes, hx, cx, weights, self.num_layers, self.bidirectional, self.bias,
+            self.proj_size > 0, float(self.dropout), self.training,
+        )
+
     def forward(self, input, hx=None):  # noqa: D102  (documented on the subclasses)
         # The current parameters by name (what torch's _update_flat_weights
         # refreshes _flat_weights from; TorchDynamo before 2.5 cannot trace that call).
-        weights = [getattr(self, n) if hasattr(self, n) else None for n in self._flat_weights_names]
+        weights = [getattr(self, n, None) for n in self._flat_weights_names]
         data = input.data if isinstance(input, PackedSequence) else input
-        device_type = data.device.type
+        device = data.device
+        device_type = device.type
         if (
-            not ops.has_kernel(data.device, data.dtype, self._cell)
+            not ops.has_kernel(device, data.dtype, self._cell)
             or plain_torch_mode(device_type)
-            or any(w.device != data.device for w in weights)
+            or weights[0].device != device  # (the layer ops check the others)
         ):
             # No fused kernel here, a mode the kernels do not serve (rnnattn._modes),
             # or a mismatch torch will report: torch's path.
@@ -110,7 +121,7 @@ class _FusedRNNBase(nn.RNNBase):
         self.check_forward_args(input, hx, batch_sizes)
         for h in hx if lstm else (hx,):
             _check_same(input, h)
-        if amp is not None and amp != input.dtype and ops.has_kernel(data.device, amp, self._cell):
+        if amp is not None and amp != input.dtype and ops.has_kernel(device, amp, self._cell):
             # CUDA autocast: the kernels run in its dtype, as cuDNN does.
             input = input.to(amp)
             hx = tuple(h.to(amp) for h in hx) if lstm else hx.to(amp)
@@ -179,10 +190,15 @@ class RNN(_FusedRNNBase):
         )
 
     def _layers(self, input, batch_sizes, hx, weights):
-        return functional.rnn(
-            input, batch_sizes, hx, weights, self.num_layers, self.bias, self.bidirectional,
-            relu=self.nonlinearity == "relu", dropout=self.dropout, training=self.training,
-        )
+        relu = self.nonlinearity == "relu"
+        if self.bidirectional and torch.is_grad_enabled() or torch.compiler.is_compiling():
+            # functional.rnn runs both directions of a layer as one autograd
+            # node, which keeps the layer's output once for the backward.
+            return functional.rnn(
+                input, batch_sizes, hx, weights, self.num_layers, self.bias, self.bidirectional,
+                relu=relu, dropout=self.dropout, training=self.training,
+            )
+        return self._stack(int(relu), input, batch_sizes, hx, None, weights)
 
 
 class GRU(_FusedRNNBase):
@@ -202,10 +218,12 @@ class GRU(_FusedRNNBase):
         super().__init__("GRU", *args, **kwargs)
 
     def _layers(self, input, batch_sizes, hx, weights):
-        return functional.gru(
-            input, batch_sizes, hx, weights, self.num_layers, self.bias, self.bidirectional,
-            dropout=self.dropout, training=self.training,
-        )
+        if torch.compiler.is_compiling():
+            return functional.gru(
+                input, batch_sizes, hx, weights, self.num_layers, self.bias, self.bidirectional,
+                dropout=self.dropout, training=self.training,
+            )
+        return self._stack(2, input, batch_sizes, hx, None, weights)
 
 
 class LSTM(_FusedRNNBase):
@@ -226,29 +244,13 @@ class LSTM(_FusedRNNBase):
         super().__init__("LSTM", *args, **kwargs)
 
     def _layers(self, input, batch_sizes, hx, weights):
-        return functional.lstm(
-            input, batch_sizes, hx, weights, self.num_layers, self.bias, self.bidirectional,
-            proj=self.proj_size > 0, dropout=self.dropout, training=self.training,
-        )
-
-
-def _check_cell_input(module: nn.Module, input: Tensor, states) -> None:
-    """torch's checks of a cell's input and states (``_VF.*_cell``'s messages);
-    ``states`` holds ``(label, tensor)``: ("0", hx) or ("0", h), ("1", c)."""
-    if input.size(1) != module.input_size:
-        raise RuntimeError(
-            f"input has inconsistent input_size: got {input.size(1)} expected {module.input_size}"
-        )
-    for label, h in states:
-        if h.size(0) != input.size(0):
-            raise RuntimeError(
-                f"Input batch size {input.size(0)} doesn't match hidden{label} batch size {h.size(0)}"
+        if torch.compiler.is_compiling():
+            return functional.lstm(
+                input, batch_sizes, hx, weights, self.num_layers, self.bias, self.bidirectional,
+                proj=self.proj_size > 0, dropout=self.dropout, training=self.training,
             )
-        if h.size(1) != module.hidden_size:
-            raise RuntimeError(
-                f"hidden{label} has inconsistent hidden_size: got {h.size(1)}, expected {module.hidden_size}"
-            )
-        _check_same(input, h, weight=module.weight_ih)
+        output, h_n, c_n = self._stack(3, input, batch_sizes, hx[0], hx[1], weights)
+        return output, (h_n, c_n)
 
 
 def _cell_doc(torch_cls, what: str) -> str:
@@ -259,90 +261,45 @@ def _cell_doc(torch_cls, what: str) -> str:
     )
 
 
-def _one_state_cell_forward(module, torch_cls, input: Tensor, hx, cell: str, step) -> Tensor:
-    """The forward of the RNN and GRU cells (one state): torch's checks and
-    unbatched handling, then ``step(x (1, B, I), hx (B, H)) -> output``, one
-    time step of the fused layer. Without a kernel here: torch's forward."""
-    if (
-        not ops.has_kernel(input.device, input.dtype, cell)
-        or plain_torch_mode(input.device.type)
-        or module.weight_ih.device != input.device
-    ):
-        return torch_cls.forward(module, input, hx)
-    name = type(module).__name__
-    if input.dim() not in (1, 2):
-        raise ValueError(f"{name}: Expected input to be 1D or 2D, got {input.dim()}D instead")
-    if hx is not None and hx.dim() not in (1, 2):
-        raise ValueError(f"{name}: Expected hidden to be 1D or 2D, got {hx.dim()}D instead")
-    is_batched = input.dim() == 2
-    if not is_batched:
-        input = input.unsqueeze(0)
-    if hx is None:
-        hx = torch.zeros(input.size(0), module.hidden_size, dtype=input.dtype, device=input.device)
-    elif not is_batched:
-        hx = hx.unsqueeze(0)
-    _check_cell_input(module, input, [("0", hx)])
-    out = step(input.unsqueeze(0), hx).squeeze(0)
-    return out if is_batched else out.squeeze(0)
+# The cells' whole forward (torch's argument handling and checks, then one
+# fused step) is one C++ operator, csrc/cell_ops.cpp: a streaming decoder
+# calls a cell once per token, so its per-call cost is the decoder's cost.
+# Eager calls go straight through the pybind binding; torch.compile traces
+# the registered operator.
 
 
 class RNNCell(nn.RNNCell):
     __doc__ = _cell_doc(nn.RNNCell, "one time step of :class:`rnnattn.RNN`")
 
     def forward(self, input: Tensor, hx=None) -> Tensor:  # noqa: D102
-        def step(x, h):
-            relu = self.nonlinearity == "relu"
-            return ops.rnn_layer(x, None, h, self.weight_ih, self.weight_hh, self.bias_ih, self.bias_hh, relu)[0]
-
-        return _one_state_cell_forward(self, nn.RNNCell, input, hx, "rnn", step)
+        if plain_torch_step():
+            return super().forward(input, hx)
+        cell = torch.ops.rnnattn.rnn_cell if torch.compiler.is_compiling() else _C.rnn_cell
+        return cell(input, hx, self.weight_ih, self.weight_hh, self.bias_ih, self.bias_hh, self.nonlinearity == "relu")
 
 
 class GRUCell(nn.GRUCell):
     __doc__ = _cell_doc(nn.GRUCell, "one time step of :class:`rnnattn.GRU`")
 
     def forward(self, input: Tensor, hx=None) -> Tensor:  # noqa: D102
-        def step(x, h):
-            return ops.gru_layer(x, None, h, self.weight_ih, self.weight_hh, self.bias_ih, self.bias_hh)[0]
-
-        return _one_state_cell_forward(self, nn.GRUCell, input, hx, "gru", step)
+        if plain_torch_step():
+            return super().forward(input, hx)
+        cell = torch.ops.rnnattn.gru_cell if torch.compiler.is_compiling() else _C.gru_cell
+        return cell(input, hx, self.weight_ih, self.weight_hh, self.bias_ih, self.bias_hh)
 
 
 class LSTMCell(nn.LSTMCell):
     __doc__ = _cell_doc(nn.LSTMCell, "one time step of :class:`rnnattn.LSTM`")
 
     def forward(self, input: Tensor, hx=None):  # noqa: D102
-        if (
-            not ops.has_kernel(input.device, input.dtype, "lstm")
-            or plain_torch_mode(input.device.type)
-            or self.weight_ih.device != input.device
-        ):
+        if plain_torch_step():
             return super().forward(input, hx)
-        if input.dim() not in (1, 2):
-            raise ValueError(f"LSTMCell: Expected input to be 1D or 2D, got {input.dim()}D instead")
-        if hx is not None:
-            for idx, value in enumerate(hx):
-                if value.dim() not in (1, 2):
-                    raise ValueError(f"LSTMCell: Expected hx[{idx}] to be 1D or 2D, got {value.dim()}D instead")
-        is_batched = input.dim() == 2
-        if not is_batched:
-            input = input.unsqueeze(0)
-        if hx is None:
-            zeros = torch.zeros(input.size(0), self.hidden_size, dtype=input.dtype, device=input.device)
-            hx = (zeros, zeros)
-        elif not is_batched:
-            hx = (hx[0].unsqueeze(0), hx[1].unsqueeze(0))
-        _check_cell_input(self, input, [("0", hx[0]), ("1", hx[1])])
-        _, h, c = ops.lstm_layer(
-            input.unsqueeze(0), None, hx[0], hx[1], self.weight_ih, self.weight_hh, self.bias_ih,
-            self.bias_hh, None, False,
-        )
-        return (h, c) if is_batched else (h.squeeze(0), c.squeeze(0))
+        cell = torch.ops.rnnattn.lstm_cell if torch.compiler.is_compiling() else _C.lstm_cell
+        return cell(input, hx, self.weight_ih, self.weight_hh, self.bias_ih, self.bias_hh)
 
 
-def _check_same(input: Tensor, hx: Tensor, weight: Tensor = None) -> None:
-    """dtype/device agreement of input, hx (and the cell's weights)."""
-    if weight is not None and input.dtype != weight.dtype:
-        raise RuntimeError(f"RNNCell input dtype ({input.dtype}) does not match weight dtype ({weight.dtype})")
+def _check_same(input: Tensor, hx: Tensor) -> None:
+    """dtype/device agreement of input and hx."""
     if hx.dtype != input.dtype:
         raise RuntimeError(f"hx dtype ({hx.dtype}) does not match input dtype ({input.dtype})")
     if hx.device != input.device:

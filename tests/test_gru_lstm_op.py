@@ -83,6 +83,10 @@ SHAPES = [  # (T, B, I, H)
     (7, 3, 5, 9),
     (4, 2, 33, 17),
     (3, 5, 8, 65),
+    # Fewer than 4 rows in all: the step reads W_hh as stored (small_gemm_nt),
+    # with whole vectors and ragged tails of k and n.
+    (1, 2, 5, 37),
+    (3, 1, 4, 20),
 ]
 PACKED = [[1], [3, 3, 1], [5, 4, 4, 2, 1], [6, 1]]
 

@@ -104,8 +104,12 @@ LayerForward forward_layer_op(const Cell& cell, const RnnShape& s, const StepSch
   at::Tensor m = wr.defined() ? at::empty({B, H}, opts) : at::Tensor();
   at::Tensor bias = at::empty({L.gates() + L.rest_cols()}, opts);
   // The small-step path multiplies by W_hh^T; some step takes it when the
-  // last step (the fewest rows) does.
-  const bool small = small_step<Cell>(sched.batch[sched.steps() - 1], Hs, L.gates());
+  // last step (the fewest rows) does. Transposing W_hh costs about as much
+  // as kTransposeMinRows rows of steps: calls with fewer rows in all (a
+  // streaming step at batch 1) read W_hh as stored instead (small_gemm_nt).
+  constexpr int64_t kTransposeMinRows = 4;
+  const bool small = small_step<Cell>(sched.batch[sched.steps() - 1], Hs, L.gates()) &&
+                     s.rows >= kTransposeMinRows;
   at::Tensor wh_t = small ? at::empty({Hs, L.gates()}, opts) : at::Tensor();
   AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "rnnattn::recurrent_forward", [&] {
     using T = scalar_t;

@@ -61,6 +61,7 @@ struct LayerPtrs {
   const T* w_ih = nullptr;
   const T* w_hh = nullptr;
   const T* w_hh_t = nullptr;  // W_hh^T (Hs x G*H) for the small-step path, or null
+                              // (then it reads w_hh: small_gemm_nt)
   const T* w_hr = nullptr;    // LSTM projection (P x H), or null
   const T* bias = nullptr;    // the cell's combined bias (cells.h)
   T* out = nullptr;
@@ -163,12 +164,20 @@ T* forward_layer(const Cell& cell, const RnnShape& s, const StepSchedule& sched,
       }
     };
     if (small_step<Cell>(b, Hs, G)) {
-      // Single-threaded, no BLAS call: the step's data is in L1/L2. (w_hh_t
-      // exists: the last step, with the fewest rows, is small too.)
-      small_gemm(cur, p.w_hh_t, ws, b, Hs, L.sum_cols(), true, Ld{Hs, G, p.ld_ws});
-      if (L.rest_cols() > 0)
-        small_gemm(cur, p.w_hh_t + L.sum_cols(), rest, b, Hs, L.rest_cols(), false,
-                   Ld{Hs, G, ld_rest});
+      // Single-threaded, no BLAS call: the step's data is in L1/L2. W_hh^T
+      // where the layer op made it (the last step, with the fewest rows, is
+      // small too), else W_hh as stored (see kTransposeMinRows).
+      if (p.w_hh_t) {
+        small_gemm(cur, p.w_hh_t, ws, b, Hs, L.sum_cols(), true, Ld{Hs, G, p.ld_ws});
+        if (L.rest_cols() > 0)
+          small_gemm(cur, p.w_hh_t + L.sum_cols(), rest, b, Hs, L.rest_cols(), false,
+                     Ld{Hs, G, ld_rest});
+      } else {
+        small_gemm_nt(cur, p.w_hh, ws, b, Hs, L.sum_cols(), true, Ld{Hs, Hs, p.ld_ws});
+        if (L.rest_cols() > 0)
+          small_gemm_nt(cur, p.w_hh + L.sum_cols() * Hs, rest, b, Hs, L.rest_cols(), false,
+                        Ld{Hs, Hs, ld_rest});
+      }
       pointwise(0, H);
     } else if (!proj) {
       rec[0].for_each_part(

@@ -101,6 +101,57 @@ __attribute__((always_inline)) inline void small_gemm_impl(const T* X, const T* 
   if (m - i == 1) rows<T, 1>(X + i * ld.x, B, Y + i * ld.y, ld, k, n, accumulate);
 }
 
+// Y (m x n) [+]= X (m x k) @ W^T with W (n x k) row-major: each y[i][j] a
+// dot product of two contiguous rows, four columns at a time so each loaded
+// vector of X feeds four FMAs; the lanes are summed once at the end.
+template <typename T>
+__attribute__((always_inline)) inline void small_gemm_nt_impl(const T* X, const T* W, T* Y,
+                                                              const Ld& ld, int64_t m, int64_t k,
+                                                              int64_t n, bool accumulate) {
+  using V = typename Vec<T>::type;
+  using U = typename Vec<T>::unaligned;
+  constexpr int L = Vec<T>::kLanes;
+  constexpr int C = 4;
+  auto hsum = [](const V& v) {
+    T s = 0;
+    for (int l = 0; l < L; ++l) s += v[l];
+    return s;
+  };
+  for (int64_t i = 0; i < m; ++i) {
+    const T* x = X + i * ld.x;
+    T* y = Y + i * ld.y;
+    int64_t j = 0;
+    for (; j + C <= n; j += C) {
+      V acc[C] = {};
+      int64_t p = 0;
+      for (; p + L <= k; p += L) {
+        const V xv = *reinterpret_cast<const U*>(x + p);
+        for (int c = 0; c < C; ++c) acc[c] += xv * *reinterpret_cast<const U*>(W + (j + c) * ld.b + p);
+      }
+      for (int c = 0; c < C; ++c) {
+        T s = hsum(acc[c]);
+        for (int64_t q = p; q < k; ++q) s += x[q] * W[(j + c) * ld.b + q];
+        y[j + c] = accumulate ? y[j + c] + s : s;
+      }
+    }
+    for (; j < n; ++j) {
+      T s = 0;
+      for (int64_t q = 0; q < k; ++q) s += x[q] * W[j * ld.b + q];
+      y[j] = accumulate ? y[j] + s : s;
+    }
+  }
+}
+
+RNNATTN_TARGET_AVX2 void small_gemm_nt_avx2(const float* X, const float* W, float* Y, const Ld& ld,
+                                            int64_t m, int64_t k, int64_t n, bool accumulate) {
+  small_gemm_nt_impl(X, W, Y, ld, m, k, n, accumulate);
+}
+RNNATTN_TARGET_AVX2 void small_gemm_nt_avx2(const double* X, const double* W, double* Y,
+                                            const Ld& ld, int64_t m, int64_t k, int64_t n,
+                                            bool accumulate) {
+  small_gemm_nt_impl(X, W, Y, ld, m, k, n, accumulate);
+}
+
 RNNATTN_TARGET_AVX2 void small_gemm_avx2(const float* X, const float* B, float* Y, const Ld& ld,
                                          int64_t m, int64_t k, int64_t n, bool accumulate) {
   small_gemm_impl(X, B, Y, ld, m, k, n, accumulate);
@@ -119,7 +170,26 @@ void dispatch(const T* X, const T* B, T* Y, const Ld& ld, int64_t m, int64_t k, 
     small_gemm_impl(X, B, Y, ld, m, k, n, accumulate);
 }
 
+template <typename T>
+void dispatch_nt(const T* X, const T* W, T* Y, const Ld& ld, int64_t m, int64_t k, int64_t n,
+                 bool accumulate) {
+  if (use_avx2())
+    small_gemm_nt_avx2(X, W, Y, ld, m, k, n, accumulate);
+  else
+    small_gemm_nt_impl(X, W, Y, ld, m, k, n, accumulate);
+}
+
 }  // namespace
+
+void small_gemm_nt(const float* X, const float* W, float* Y, int64_t m, int64_t k, int64_t n,
+                   bool accumulate, Ld ld) {
+  dispatch_nt(X, W, Y, Ld{ld.x ? ld.x : k, ld.b ? ld.b : k, ld.y ? ld.y : n}, m, k, n, accumulate);
+}
+
+void small_gemm_nt(const double* X, const double* W, double* Y, int64_t m, int64_t k, int64_t n,
+                   bool accumulate, Ld ld) {
+  dispatch_nt(X, W, Y, Ld{ld.x ? ld.x : k, ld.b ? ld.b : k, ld.y ? ld.y : n}, m, k, n, accumulate);
+}
 
 void small_gemm(const float* X, const float* B, float* Y, int64_t m, int64_t k, int64_t n,
                 bool accumulate, Ld ld) {

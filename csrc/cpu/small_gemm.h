@@ -29,4 +29,13 @@ void small_gemm(const float* X, const float* B, float* Y, int64_t m, int64_t k, 
 void small_gemm(const double* X, const double* B, double* Y, int64_t m, int64_t k, int64_t n,
                 bool accumulate, Ld ld = {});
 
+// Y (m x n) = [Y +] X (m x k) @ W^T with W (n x k) row-major (ld.b: W's row
+// stride, dense k): the same product read from W_hh as stored. For calls of
+// a row or two in all (a streaming step), where transposing W_hh into
+// small_gemm's layout would cost more than the products themselves.
+void small_gemm_nt(const float* X, const float* W, float* Y, int64_t m, int64_t k, int64_t n,
+                   bool accumulate, Ld ld = {});
+void small_gemm_nt(const double* X, const double* W, double* Y, int64_t m, int64_t k, int64_t n,
+                   bool accumulate, Ld ld = {});
+
 }  // namespace rnnattn::cpu
