@@ -11,7 +11,7 @@ import torch
 from torch import nn
 
 import rnnattn
-from rnnattn.bench import cases, contenders, report, runner, timing
+from rnnattn.bench import cases, contenders, latency, report, runner, timing
 from rnnattn.bench.__main__ import main
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -228,6 +228,32 @@ def test_rnn_contenders_agree(case_args, mode, cell):
         assert runner._rel_diff(vals["rnnattn"], v) < 1e-10, n
 
 
+@pytest.mark.parametrize("form", ["cell", "T=1"])
+@pytest.mark.parametrize("cell", ["rnn", "gru", "lstm"])
+@pytest.mark.parametrize("mode", cases.MODES)
+def test_latency_contenders_agree(mode, cell, form):
+    case = latency.LatencyCase(cell, form, mode, B=2, I=5, H=7)
+    built = latency.build(case, torch.device("cpu"), torch.float64, case.contenders)
+    vals = {n: c.check() for n, c in built.contenders.items()}
+    assert set(vals) == {"rnnattn", "torch"}
+    states = 2 if cell == "lstm" else 1
+    params = 4  # w_ih, w_hh, b_ih, b_hh
+    for n, v in vals.items():
+        assert len(v) == (states if mode == "fwd" else states + 1 + params), n
+    assert runner._rel_diff(vals["rnnattn"], vals["torch"]) < 1e-10
+
+
+def test_latency_grid_and_floors_are_issue_14s():
+    got = {c.key: [f.describe() for f in c.floors] for c in latency.grid()}
+    assert len(got) == 12
+    for cell in ("rnn", "gru", "lstm"):
+        assert got[f"latency/{cell}-cell/B1-I32-H64/fwd"] == ["speedup vs torch >= 1.25x"]
+        assert got[f"latency/{cell}-cell/B1-I32-H64/fwd+bwd"] == ["speedup vs torch >= 1x"]
+        assert got[f"latency/{cell}-T=1/B1-I32-H64/fwd"] == ["speedup vs torch >= 1.25x"]
+        assert got[f"latency/{cell}-T=1/B1-I32-H64/fwd+bwd"] == []
+    assert all(c.section == "latency" for c in cases.grid("default")[-12:])
+
+
 class _PlainPooling(nn.Module):
     """The AttentionPooling contract in plain PyTorch (used until the real one lands)."""
 
@@ -320,7 +346,7 @@ def test_cli_quick_end_to_end(tmp_path):
     assert data["meta"]["grid"] == "quick" and data["meta"]["torch_threads"] == 1
     assert data["meta"]["torch"] == torch.__version__
     keys = [r["key"] for r in data["results"]]
-    assert keys == [c.key for c in cases.quick()]
+    assert keys == [c.key for c in cases.grid("quick")]
     rnn = [r for r in data["results"] if r["section"] == "rnn"]
     for r in rnn:
         assert set(r["contenders"]) == {"rnnattn", "nn.RNN", "reference"}, r["key"]
@@ -337,7 +363,7 @@ def test_cli_quick_end_to_end(tmp_path):
         else:
             assert "AttentionPooling" in r["skipped"]["rnnattn"]
     floors = data["floors"]
-    assert floors["total"] == sum(len(c.floors) for c in cases.quick())
+    assert floors["total"] == sum(len(c.floors) for c in cases.grid("quick"))
     assert all(f["met"] in (True, False) for f in floors["checks"] if f["case"].startswith("rnn/"))
 
     rows = list(csv.DictReader(cs.open()))

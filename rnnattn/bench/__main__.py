@@ -6,7 +6,7 @@ from typing import List, Optional
 
 import torch
 
-from . import cases, machine, report, runner
+from . import cases, latency, machine, report, runner
 from .contenders import has_attention_pooling
 
 _DTYPES = {"float32": torch.float32, "float64": torch.float64, "float16": torch.float16, "bfloat16": torch.bfloat16}
@@ -32,13 +32,13 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--device", default="cpu", help="cpu (default) or cuda[:N]")
     p.add_argument("--dtype", default="float32", choices=sorted(_DTYPES))
     p.add_argument("--threads", type=int, default=None, help="torch.set_num_threads (default: torch's choice)")
-    p.add_argument("--only", choices=["rnn", "gru", "lstm", "pool"], help="run one section")
+    p.add_argument("--only", choices=["rnn", "gru", "lstm", "pool", "latency"], help="run one section")
     p.add_argument("--match", default=None, metavar="REGEX",
                    help="run only cases whose key (see --list) matches this regular expression, "
                    "e.g. 'H(1760|2048|2560)' for the DeepBench sizes")
     p.add_argument("--exclude", action="append", default=[], metavar="CONTENDER",
                    help="leave a baseline out (repeatable): nn.RNN, nn.GRU, nn.LSTM, reference, eager, compile, "
-                   "sdpa")
+                   "sdpa, torch (the latency section's torch modules)")
     p.add_argument("--compile", action=argparse.BooleanOptionalAction, default=None,
                    help="time torch.compile of the eager pooling (default: yes, but not with --quick: "
                    "compiling takes tens of seconds per shape)")
@@ -68,7 +68,7 @@ def main(argv: Optional[List[str]] = None) -> int:
         print("rnnattn.bench: rnnattn is what is being measured; it cannot be excluded", file=sys.stderr)
         return 2
     known = set(cases.RNN_CONTENDERS + cases.RNN_CUDA_PATHS + cases.GRU_CONTENDERS + cases.LSTM_CONTENDERS
-                + cases.POOL_CONTENDERS)
+                + cases.POOL_CONTENDERS + latency.CONTENDERS)
     unknown = [n for n in args.exclude if n not in known]
     if unknown:
         print(f"rnnattn.bench: --exclude {unknown[0]!r}: not a contender; choose from "

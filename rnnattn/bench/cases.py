@@ -269,9 +269,13 @@ GRIDS = {"quick": quick, "default": default, "full": full, "gpu": gpu}
 
 
 def grid(name: str, device: str = "cpu") -> List[object]:
-    if name == "full":
-        return full(device)
-    return GRIDS[name]()
+    """The cases of grid ``name``; all but the GPU grid end with the latency
+    section (rnnattn/bench/latency.py)."""
+    if name == "gpu":
+        return gpu()
+    from . import latency
+
+    return (full(device) if name == "full" else GRIDS[name]()) + latency.grid()
 
 
 def required_floor_keys() -> List[str]:

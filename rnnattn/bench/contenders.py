@@ -344,6 +344,10 @@ def pool_contenders(case, device, dtype, names: Sequence[str], seed: int = 0) ->
 
 
 def build(case, device, dtype, names: Sequence[str], seed: int = 0) -> Built:
+    if case.section == "latency":
+        from . import latency
+
+        return latency.build(case, device, dtype, names, seed)
     if case.section == "pool":
         return pool_contenders(case, device, dtype, names, seed)
     return rnn_contenders(case, device, dtype, names, seed)

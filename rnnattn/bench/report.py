@@ -36,6 +36,13 @@ _SECTIONS = {
         LSTM_CONTENDERS,
         ("B", "T", "I", "H"),
     ),
+    "latency": (
+        "Streaming latency (100 calls in a loop carrying the state, batch 1; cell: h = cell(x, h); "
+        "T=1: out, h = module(x, h) on one time step; fwd: no_grad; fwd+bwd: backward from the last "
+        "state); times are per call, in microseconds",
+        ("rnnattn", "torch"),
+        ("B", "I", "H"),
+    ),
     "pool": (
         "Attention pooling (one learned query, heads=1, variable lengths; fwd+bwd: "
         "backward from the context to H and the query)",
@@ -63,9 +70,11 @@ def _sig(v: float) -> str:
     return f"{v:.3g}"
 
 
-def _ms(r) -> str:
+def _ms(r, calls: int = 1, scale: float = 1e3) -> str:
+    """Median time of one of the ``calls`` calls a step makes, in ms (scale
+    1e3) or us (1e6), with the interquartile range."""
     t = r.timing
-    return f"{_sig(t.median * 1e3)} [{t.iqr_rel * 100:.0f}%]"
+    return f"{_sig(t.median * scale / calls)} [{t.iqr_rel * 100:.0f}%]"
 
 
 def _mib(nbytes: Optional[int]) -> str:
@@ -130,7 +139,7 @@ def _section_table(section: str, results: list) -> List[str]:
     baselines = [n for n in present if n != "rnnattn"]
     groups = [
         ("", [("case", "<"), ("mode", "<")] + [(d, ">") for d in dims]),
-        ("time per call, ms [IQR]", [(n, ">") for n in present]),
+        ("time per call, " + ("us" if section == "latency" else "ms") + " [IQR]", [(n, ">") for n in present]),
         ("speedup of rnnattn", [(f"vs {n}", ">") for n in baselines]),
         ("peak MiB", [(n, ">") for n in present]),
         ("floors", [("", "<")]),
@@ -139,7 +148,8 @@ def _section_table(section: str, results: list) -> List[str]:
     for r in results:
         c = r.case
         row = [c.kind + ("" if r.agree else " (!)"), c.mode] + [str(c.shape[d]) for d in dims]
-        row += [_ms(r.results[n]) if n in r.results else "-" for n in present]
+        per_call = (getattr(c, "calls", 1), 1e6 if section == "latency" else 1e3)
+        row += [_ms(r.results[n], *per_call) if n in r.results else "-" for n in present]
         row += [_speedup(r.speedup(n)) for n in baselines]
         row += [_mib(r.results[n].peak_bytes) if n in r.results else "-" for n in present]
         row += [", ".join(f"{_short(f['floor'])} {_met(f['met'])}" for f in r.floor_checks())]
@@ -254,6 +264,9 @@ def to_dict(results: list, meta: Dict[str, object]) -> Dict[str, object]:
                 "kind": c.kind,
                 "mode": c.mode,
                 "shape": c.shape,
+                # Module calls in one timed step (the latency section loops
+                # 100): the times below are per step.
+                "calls_per_step": getattr(c, "calls", 1),
                 "contenders": {
                     n: {
                         "median_s": cr.timing.median,
