@@ -17,8 +17,8 @@ import torch
 from torch import Tensor, nn
 from torch.nn.utils.rnn import PackedSequence
 
-from . import _C, functional, ops
-from ._modes import cuda_autocast_dtype, plain_torch_mode, plain_torch_step
+from . import _C, functional, ops, reference
+from ._modes import cuda_autocast_dtype, plain_path, plain_step_path
 
 __all__ = ["RNN", "GRU", "LSTM", "RNNCell", "GRUCell", "LSTMCell", "convert"]
 
@@ -61,9 +61,10 @@ class _FusedRNNBase(nn.RNNBase):
         data = input.data if isinstance(input, PackedSequence) else input
         device = data.device
         device_type = device.type
+        path = plain_path(device_type)
         if (
             not ops.has_kernel(device, data.dtype, self._cell)
-            or plain_torch_mode(device_type)
+            or path == "torch"
             or weights[0].device != device  # (the layer ops check the others)
         ):
             # No fused kernel here, a mode the kernels do not serve (rnnattn._modes),
@@ -131,7 +132,10 @@ class _FusedRNNBase(nn.RNNBase):
         if batch_sizes is None and input.size(0) == 0:
             raise RuntimeError("Expected sequence length to be larger than 0 in RNN")  # torch's words, every mode
 
-        output, hidden = self._layers(input, batch_sizes, hx, weights)
+        if path == "reference":  # torch.func transforms: elementary ops
+            output, hidden = self._functional(input, batch_sizes, hx, weights, self._reference_layer)
+        else:
+            output, hidden = self._layers(input, batch_sizes, hx, weights)
 
         if isinstance(orig_input, PackedSequence):
             return PackedSequence(output, batch_sizes, sorted_indices, unsorted_indices), self.permute_hidden(
@@ -189,16 +193,20 @@ class RNN(_FusedRNNBase):
             bidirectional, device=device, dtype=dtype,
         )
 
+    _reference_layer = staticmethod(reference.rnn_layer)
+
+    def _functional(self, input, batch_sizes, hx, weights, layer=ops.rnn_layer):
+        return functional.rnn(
+            input, batch_sizes, hx, weights, self.num_layers, self.bias, self.bidirectional,
+            relu=self.nonlinearity == "relu", dropout=self.dropout, training=self.training, layer=layer,
+        )
+
     def _layers(self, input, batch_sizes, hx, weights):
-        relu = self.nonlinearity == "relu"
         if self.bidirectional and torch.is_grad_enabled() or torch.compiler.is_compiling():
             # functional.rnn runs both directions of a layer as one autograd
             # node, which keeps the layer's output once for the backward.
-            return functional.rnn(
-                input, batch_sizes, hx, weights, self.num_layers, self.bias, self.bidirectional,
-                relu=relu, dropout=self.dropout, training=self.training,
-            )
-        return self._stack(int(relu), input, batch_sizes, hx, None, weights)
+            return self._functional(input, batch_sizes, hx, weights)
+        return self._stack(int(self.nonlinearity == "relu"), input, batch_sizes, hx, None, weights)
 
 
 class GRU(_FusedRNNBase):
@@ -217,12 +225,17 @@ class GRU(_FusedRNNBase):
             raise ValueError("proj_size argument is only supported for LSTM, not RNN or GRU")
         super().__init__("GRU", *args, **kwargs)
 
+    _reference_layer = staticmethod(reference.gru_layer)
+
+    def _functional(self, input, batch_sizes, hx, weights, layer=ops.gru_layer):
+        return functional.gru(
+            input, batch_sizes, hx, weights, self.num_layers, self.bias, self.bidirectional,
+            dropout=self.dropout, training=self.training, layer=layer,
+        )
+
     def _layers(self, input, batch_sizes, hx, weights):
         if torch.compiler.is_compiling():
-            return functional.gru(
-                input, batch_sizes, hx, weights, self.num_layers, self.bias, self.bidirectional,
-                dropout=self.dropout, training=self.training,
-            )
+            return self._functional(input, batch_sizes, hx, weights)
         return self._stack(2, input, batch_sizes, hx, None, weights)
 
 
@@ -243,12 +256,17 @@ class LSTM(_FusedRNNBase):
     def __init__(self, *args, **kwargs):
         super().__init__("LSTM", *args, **kwargs)
 
+    _reference_layer = staticmethod(reference.lstm_layer)
+
+    def _functional(self, input, batch_sizes, hx, weights, layer=ops.lstm_layer):
+        return functional.lstm(
+            input, batch_sizes, hx, weights, self.num_layers, self.bias, self.bidirectional,
+            proj=self.proj_size > 0, dropout=self.dropout, training=self.training, layer=layer,
+        )
+
     def _layers(self, input, batch_sizes, hx, weights):
         if torch.compiler.is_compiling():
-            return functional.lstm(
-                input, batch_sizes, hx, weights, self.num_layers, self.bias, self.bidirectional,
-                proj=self.proj_size > 0, dropout=self.dropout, training=self.training,
-            )
+            return self._functional(input, batch_sizes, hx, weights)
         output, h_n, c_n = self._stack(3, input, batch_sizes, hx[0], hx[1], weights)
         return output, (h_n, c_n)
 
@@ -268,11 +286,36 @@ def _cell_doc(torch_cls, what: str) -> str:
 # the registered operator.
 
 
+def _reference_step(module, layer, input: Tensor, hx, *flags):
+    """One step of ``module`` (a cell) by the reference ``layer`` (torch.func
+    transforms): torch's handling of unbatched input and a missing state,
+    then the layer at T = 1. (Argument errors: torch's messages come from the
+    fused path; here the shapes are assumed valid, as a transform's trace of
+    a working model has them.)"""
+    lstm = isinstance(module, nn.LSTMCell)
+    batched = input.dim() == 2
+    x = input if batched else input.unsqueeze(0)
+    if hx is None:
+        zeros = x.new_zeros(x.size(0), module.hidden_size)
+        hx = (zeros, zeros) if lstm else zeros
+    elif not batched:
+        hx = (hx[0].unsqueeze(0), hx[1].unsqueeze(0)) if lstm else hx.unsqueeze(0)
+    w = (module.weight_ih, module.weight_hh, module.bias_ih, module.bias_hh)
+    if lstm:
+        _, h, c = layer(x.unsqueeze(0), None, hx[0], hx[1], *w)
+        return (h, c) if batched else (h.squeeze(0), c.squeeze(0))
+    h = layer(x.unsqueeze(0), None, hx, *w, *flags)[1]
+    return h if batched else h.squeeze(0)
+
+
 class RNNCell(nn.RNNCell):
     __doc__ = _cell_doc(nn.RNNCell, "one time step of :class:`rnnattn.RNN`")
 
     def forward(self, input: Tensor, hx=None) -> Tensor:  # noqa: D102
-        if plain_torch_step():
+        path = plain_step_path()
+        if path == "reference":
+            return _reference_step(self, reference.rnn_layer, input, hx, self.nonlinearity == "relu")
+        if path == "torch":
             return super().forward(input, hx)
         cell = torch.ops.rnnattn.rnn_cell if torch.compiler.is_compiling() else _C.rnn_cell
         return cell(input, hx, self.weight_ih, self.weight_hh, self.bias_ih, self.bias_hh, self.nonlinearity == "relu")
@@ -282,7 +325,10 @@ class GRUCell(nn.GRUCell):
     __doc__ = _cell_doc(nn.GRUCell, "one time step of :class:`rnnattn.GRU`")
 
     def forward(self, input: Tensor, hx=None) -> Tensor:  # noqa: D102
-        if plain_torch_step():
+        path = plain_step_path()
+        if path == "reference":
+            return _reference_step(self, reference.gru_layer, input, hx)
+        if path == "torch":
             return super().forward(input, hx)
         cell = torch.ops.rnnattn.gru_cell if torch.compiler.is_compiling() else _C.gru_cell
         return cell(input, hx, self.weight_ih, self.weight_hh, self.bias_ih, self.bias_hh)
@@ -292,7 +338,10 @@ class LSTMCell(nn.LSTMCell):
     __doc__ = _cell_doc(nn.LSTMCell, "one time step of :class:`rnnattn.LSTM`")
 
     def forward(self, input: Tensor, hx=None):  # noqa: D102
-        if plain_torch_step():
+        path = plain_step_path()
+        if path == "reference":
+            return _reference_step(self, reference.lstm_layer, input, hx)
+        if path == "torch":
             return super().forward(input, hx)
         cell = torch.ops.rnnattn.lstm_cell if torch.compiler.is_compiling() else _C.lstm_cell
         return cell(input, hx, self.weight_ih, self.weight_hh, self.bias_ih, self.bias_hh)

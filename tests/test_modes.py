@@ -1,0 +1,119 @@
+"""The modules in PyTorch's other modes (rnnattn/_modes.py, issue 11):
+autocast gives torch's output dtypes, and torch.func transforms (grad, vjp,
+jacrev, functional_call, vmap) run and agree with torch's modules."""
+import pytest
+import torch
+from torch import nn
+from torch.func import functional_call, grad, jacrev, vjp, vmap
+
+import rnnattn
+from rnnattn import _modes
+
+SEQ = [
+    (rnnattn.RNN, nn.RNN, dict(num_layers=2, bidirectional=True)),
+    (rnnattn.RNN, nn.RNN, dict(nonlinearity="relu", bias=False)),
+    (rnnattn.GRU, nn.GRU, dict(num_layers=2)),
+    (rnnattn.LSTM, nn.LSTM, dict(proj_size=2, bidirectional=True)),
+]
+CELLS = [(rnnattn.RNNCell, nn.RNNCell, {}), (rnnattn.GRUCell, nn.GRUCell, {}), (rnnattn.LSTMCell, nn.LSTMCell, {})]
+ALL = SEQ + CELLS
+
+
+def _pair(ours, theirs, kw, dtype=torch.float64):
+    torch.manual_seed(0)
+    t = theirs(3, 4, **kw).to(dtype)
+    r = ours(3, 4, **kw).to(dtype)
+    r.load_state_dict(t.state_dict())
+    return r, t
+
+
+def _input(ours, dtype=torch.float64, batch=2):
+    cell = issubclass(ours, (nn.RNNCell, nn.GRUCell, nn.LSTMCell))
+    return torch.randn(*((batch,) if cell else (5, batch)), 3, dtype=dtype)
+
+
+def _flat(out):
+    if isinstance(out, tuple):
+        return [t for o in out for t in _flat(o)]
+    return [out]
+
+
+def _ids(cases):
+    return [f"{o.__name__}-{kw}" for o, _, kw in cases]
+
+
+@pytest.mark.parametrize("ours,theirs,kw", ALL, ids=_ids(ALL))
+def test_cpu_autocast_gives_torchs_dtypes_and_values(ours, theirs, kw):
+    r, t = _pair(ours, theirs, kw, torch.float32)
+    x = _input(ours, torch.float32)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        got, want = _flat(r(x)), _flat(t(x))
+    assert [g.dtype for g in got] == [w.dtype for w in want]
+    if ours is rnnattn.RNN:  # torch has a CPU autocast rule for rnn_tanh/relu (not for the GRU, LSTM)
+        assert [w.dtype for w in want] == [torch.bfloat16, torch.bfloat16]
+    for g, w in zip(got, want):
+        assert torch.equal(g, w)
+
+
+def test_modes_say_which_path():
+    assert _modes.plain_path("cpu") is None and _modes.plain_step_path() is None
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        assert _modes.plain_path("cpu") == "torch" and _modes.plain_step_path() == "torch"
+    seen = []
+    grad(lambda x: (seen.append((_modes.plain_path("cpu"), _modes.plain_step_path())), x.sum())[1])(torch.ones(2))
+    assert seen == [("reference", "reference")]
+
+
+def _loss(params, module, x):
+    return sum(o.pow(2).sum() for o in _flat(functional_call(module, params, (x,))))
+
+
+@pytest.mark.parametrize("ours,theirs,kw", ALL, ids=_ids(ALL))
+def test_func_grad_jacrev_vjp_match_torch(ours, theirs, kw):
+    r, t = _pair(ours, theirs, kw)
+    x = _input(ours)
+    params = {k: v.detach() for k, v in t.named_parameters()}
+    g_r, g_t = grad(_loss)(params, r, x), grad(_loss)(params, t, x)
+    assert g_r.keys() == g_t.keys()
+    for k in g_t:
+        torch.testing.assert_close(g_r[k], g_t[k], rtol=1e-10, atol=1e-12)
+    j_r = jacrev(lambda x: _loss(params, r, x))(x)
+    j_t = jacrev(lambda x: _loss(params, t, x))(x)
+    torch.testing.assert_close(j_r, j_t, rtol=1e-10, atol=1e-12)
+    out_r, pull_r = vjp(lambda x: _flat(r(x))[0], x)
+    out_t, pull_t = vjp(lambda x: _flat(t(x))[0], x)
+    torch.testing.assert_close(out_r, out_t, rtol=1e-10, atol=1e-12)
+    v = torch.randn_like(out_t)
+    torch.testing.assert_close(pull_r(v)[0], pull_t(v)[0], rtol=1e-10, atol=1e-12)
+
+
+@pytest.mark.parametrize("ours,theirs,kw", ALL, ids=_ids(ALL))
+def test_vmap_over_a_batch_of_inputs(ours, theirs, kw):
+    r, t = _pair(ours, theirs, kw)
+    xs = torch.stack([_input(ours) for _ in range(3)])
+    got = vmap(lambda x: _flat(r(x))[0])(xs)
+    want = torch.stack([_flat(t(x))[0] for x in xs])
+    torch.testing.assert_close(got, want, rtol=1e-10, atol=1e-12)
+
+
+def test_func_grad_through_attention_pooling():
+    torch.manual_seed(0)
+    p = rnnattn.AttentionPooling(4, heads=2).double()
+    H = torch.randn(3, 6, 4, dtype=torch.float64)
+    lengths = torch.tensor([6, 2, 4])
+    params = {k: v.detach() for k, v in p.named_parameters()}
+    f = lambda params, H: functional_call(p, params, (H,), dict(lengths=lengths))[0].pow(2).sum()  # noqa: E731
+    g_params, g_H = grad(f, argnums=(0, 1))(params, H)
+    leaves = [H.clone().requires_grad_(), *[v.clone().requires_grad_() for v in params.values()]]
+    want = torch.autograd.grad(f(dict(zip(params, leaves[1:])), leaves[0]), leaves)
+    torch.testing.assert_close(g_H, want[0], rtol=1e-10, atol=1e-12)
+    for g, w in zip(g_params.values(), want[1:]):
+        torch.testing.assert_close(g, w, rtol=1e-10, atol=1e-12)
+
+
+def test_fused_path_is_kept_outside_the_modes():
+    """First-order eager calls still run the fused kernels (their autograd
+    node is the C++ function), not torch's or the reference."""
+    r = rnnattn.RNN(3, 4)
+    out, _ = r(torch.randn(5, 2, 3, requires_grad=True))
+    assert "RnnFunction" in out.grad_fn.name()
