@@ -6,6 +6,7 @@ and same batches, with ``torch.nn.RNN`` in place of ``rnnattn.RNN``.
 """
 import argparse
 import copy
+import glob
 import os
 import random
 import sys
@@ -18,7 +19,12 @@ import torch.nn.functional as F
 from torch import nn
 from torch.nn.utils.rnn import pack_sequence
 
-sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), os.pardir))
+# The rnnattn that is installed, unless this clone has a built extension
+# (`python setup.py build_ext --inplace` or an editable install): an unbuilt
+# source tree first on sys.path would shadow the installed package.
+_TREE = os.path.normpath(os.path.join(os.path.dirname(os.path.abspath(__file__)), os.pardir))
+if glob.glob(os.path.join(_TREE, "rnnattn", "_C*")):
+    sys.path.insert(0, _TREE)
 try:
     import rnnattn  # noqa: E402
 except ImportError as err:  # the examples run from a source tree too

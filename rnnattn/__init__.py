@@ -8,6 +8,8 @@ Public API:
 * :mod:`rnnattn.ops`: the differentiable fused operators.
 * :mod:`rnnattn.reference`: the same math in plain PyTorch.
 """
+import torch
+
 from . import _load  # noqa: F401  (clear error if the extension is missing)
 from . import functional, ops, reference  # noqa: F401
 from .rnn import GRU, LSTM, RNN, GRUCell, LSTMCell, RNNCell, convert
@@ -16,6 +18,16 @@ from .attention import AttentionPooling
 from .classifier import RNNAttentionClassifier
 
 __version__ = "0.1.0"
+
+# Whole-model checkpoints (torch.save(model)) load with torch.load's default
+# weights_only=True once rnnattn is imported: its module classes, and the
+# torch modules the classifier is built from, are allowed globals. (torch
+# allows no nn.Module class by default; these hold only parameters, buffers
+# and plain attributes.)
+torch.serialization.add_safe_globals(
+    [RNN, GRU, LSTM, RNNCell, GRUCell, LSTMCell, AttentionPooling, RNNAttentionClassifier,
+     torch.nn.Linear, torch.nn.Dropout, torch.nn.Embedding]
+)
 
 __all__ = [
     "RNN", "GRU", "LSTM", "RNNCell", "GRUCell", "LSTMCell", "convert", "ops", "functional", "reference",
