@@ -223,9 +223,24 @@ def test_rnn_contenders_agree(case_args, mode, cell):
     assert set(vals) == set(case.contenders)
     outputs = 3 if cell == "lstm" else 2
     n_expected = outputs if mode == "fwd" else outputs + 1 + 4 * case.layers * (2 if case.bidirectional else 1)
+    assert vals.pop("GEMM floor") is None  # a yardstick: nothing to compare
     for n, v in vals.items():
         assert len(v) == n_expected, n
         assert runner._rel_diff(vals["rnnattn"], v) < 1e-10, n
+
+
+@pytest.mark.parametrize("mode", cases.MODES)
+def test_gemm_floor_runs_the_cases_multiply_adds(mode):
+    case = cases.RNNCase(B=3, T=5, I=4, H=6, mode=mode, cell="lstm", layers=2, bidirectional=True)
+    floor = contenders.gemm_floor(case, 15, torch.device("cpu"), torch.float64)
+    outs = floor.step()
+    per = 2 if mode == "fwd" else 6  # X W_ih^T, H W_hh^T (+ dX, dW_ih, dH, dW_hh)
+    assert len(outs) == 2 * 2 * per  # layers x directions
+    G = 4 * 6
+    assert [tuple(o.shape) for o in outs[:2]] == [(15, G), (15, G)]
+    if mode == "fwd+bwd":
+        assert [tuple(o.shape) for o in outs[2:6]] == [(15, 4), (G, 4), (15, 6), (G, 6)]
+        assert tuple(outs[per * 2 + 2].shape) == (15, 12)  # layer 2's dX: input 2H wide
 
 
 @pytest.mark.parametrize("form", ["cell", "T=1"])
@@ -349,7 +364,7 @@ def test_cli_quick_end_to_end(tmp_path):
     assert keys == [c.key for c in cases.grid("quick")]
     rnn = [r for r in data["results"] if r["section"] == "rnn"]
     for r in rnn:
-        assert set(r["contenders"]) == {"rnnattn", "nn.RNN", "reference"}, r["key"]
+        assert set(r["contenders"]) == {"rnnattn", "nn.RNN", "reference", "GEMM floor"}, r["key"]
         assert r["agree"], r
         for c in r["contenders"].values():
             assert c["median_s"] > 0 and c["rounds"] >= 2 and c["peak_bytes"] > 0

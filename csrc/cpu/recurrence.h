@@ -84,6 +84,36 @@ bool small_step(int64_t rows, int64_t k, int64_t n) {
   return rows * k * n <= kSmallGemmMaxWork * Cell::kGates;
 }
 
+// Small steps of a cell with several gates (the LSTM's 4, the GRU's 3) carry
+// several times an Elman step's work at the same (B, H): from this many
+// multiply-adds a step they split their hidden units across the threads
+// like the large steps (each part: its units' columns of every gate, then
+// their pointwise step), with one fork/join a step. The Elman RNN keeps its
+// single-threaded small steps (measured).
+constexpr int64_t kSmallParallelWork = int64_t(1) << 19;
+
+// How many unit parts a small step of `work` multiply-adds over H units
+// takes (1: the single small_gemm call).
+template <typename Cell>
+int small_parts(int64_t work, int64_t H) {
+  if (Cell::kGates == 1 || work < kSmallParallelWork || at::in_parallel_region()) return 1;
+  return static_cast<int>(std::max<int64_t>(1, std::min<int64_t>(at::get_num_threads(), H / 32)));
+}
+
+// Runs f(c0, c1) on `parts` slices of the H units, one task each; slice
+// edges are multiples of 16 units (a 64-byte line of floats).
+template <typename F>
+void for_unit_parts(int parts, int64_t H, const F& f) {
+  if (parts <= 1) return f(int64_t(0), H);
+  const int64_t chunk = ((H + parts - 1) / parts + 15) / 16 * 16;
+  at::parallel_for(0, parts, 1, [&](int64_t p0, int64_t p1) {
+    for (int64_t q = p0; q < p1; ++q) {
+      const int64_t c0 = q * chunk, c1 = std::min(H, c0 + chunk);
+      if (c0 < c1) f(c0, c1);
+    }
+  });
+}
+
 // The row count for which the recurrent GEMMs pack W_hh once per call (0:
 // never). A packed operand saves the re-pack of W_hh's slice that every
 // sgemm call does (measured for the Elman RNN: 1.18 -> 0.87 ms per step at
@@ -167,6 +197,17 @@ T* forward_layer(const Cell& cell, const RnnShape& s, const StepSchedule& sched,
       // Single-threaded, no BLAS call: the step's data is in L1/L2. W_hh^T
       // where the layer op made it (the last step, with the fewest rows, is
       // small too), else W_hh as stored (see kTransposeMinRows).
+      const int parts = proj || !p.w_hh_t ? 1 : small_parts<Cell>(b * Hs * G, H);
+      if (parts > 1) {
+        for_unit_parts(parts, H, [&](int64_t c0, int64_t c1) {
+          for (int gi = 0; gi < Cell::kGates; ++gi)
+            small_gemm(cur, p.w_hh_t + gi * H + c0, gate_out(gi) + c0, b, Hs, c1 - c0,
+                       gi < Cell::kSumGates, Ld{Hs, G, gate_ld(gi)});
+          pointwise(c0, c1);
+        });
+        std::swap(cur, nxt);
+        continue;
+      }
       if (p.w_hh_t) {
         small_gemm(cur, p.w_hh_t, ws, b, Hs, L.sum_cols(), true, Ld{Hs, G, p.ld_ws});
         if (L.rest_cols() > 0)
@@ -292,6 +333,18 @@ void backward_recurrence(const Cell& cell, const RnnShape& s, const StepSchedule
     const T* d = dg + sched.offset[t] * ld_dg;
     const bool has_next = i + 1 < T_;
     const int64_t t_next = has_next ? step_at(i + 1) : 0;
+    const int parts = proj ? 1 : small_parts<Cell>(b * Hs * G, H);
+    if (small_step<Cell>(b, Hs, G) && parts > 1) {
+      for_unit_parts(parts, Hs, [&](int64_t c0, int64_t c1) {
+        small_gemm(d, p.w_hh + c0, g + c0, b, L.sum_cols(), c1 - c0, Cell::kDirectGrad,
+                   Ld{ld_dg, Hs, Hs});
+        if (L.rest_cols() > 0)
+          small_gemm(d + L.rest_at(), p.w_hh + L.sum_cols() * Hs + c0, g + c0, b, L.rest_cols(),
+                     c1 - c0, true, Ld{ld_dg, Hs, Hs});
+        if (has_next) step_grad(t_next, c0, c1);
+      });
+      continue;
+    }
     if (small_step<Cell>(b, Hs, G) || proj) {
       if (small_step<Cell>(b, Hs, G)) {
         small_gemm(d, p.w_hh, g, b, L.sum_cols(), Hs, Cell::kDirectGrad, Ld{ld_dg, Hs, Hs});

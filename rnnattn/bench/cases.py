@@ -14,9 +14,10 @@ from typing import Dict, List, Tuple
 
 MODES = ("fwd", "fwd+bwd")
 
-RNN_CONTENDERS = ("rnnattn", "nn.RNN", "reference")
-GRU_CONTENDERS = ("rnnattn", "nn.GRU", "reference")
-LSTM_CONTENDERS = ("rnnattn", "nn.LSTM", "reference")
+# "GEMM floor": the case's multiply-adds as large GEMMs (contenders.gemm_floor).
+RNN_CONTENDERS = ("rnnattn", "nn.RNN", "reference", "GEMM floor")
+GRU_CONTENDERS = ("rnnattn", "nn.GRU", "reference", "GEMM floor")
+LSTM_CONTENDERS = ("rnnattn", "nn.LSTM", "reference", "GEMM floor")
 POOL_CONTENDERS = ("rnnattn", "eager", "compile", "sdpa")
 CELL_CONTENDERS = {"rnn": RNN_CONTENDERS, "gru": GRU_CONTENDERS, "lstm": LSTM_CONTENDERS}
 TORCH_MODULE = {"rnn": "nn.RNN", "gru": "nn.GRU", "lstm": "nn.LSTM"}

@@ -169,6 +169,38 @@ _REFERENCE = {
 }
 
 
+_GATES = {"rnn": 1, "gru": 3, "lstm": 4}
+
+
+def gemm_floor(case, rows: int, device, dtype) -> Contender:
+    """The physical yardstick of a recurrent case: its multiply-adds run as
+    large GEMMs on the same threads, with no recurrence in the way. For each
+    layer and direction over all ``rows`` (T*B, or the packed rows): the
+    input projection X W_ih^T and the recurrent product H W_hh^T, and with
+    the backward also dX, dW_ih, dH and dW_hh. Its values are not the
+    recurrence's (``check`` returns None: nothing to compare)."""
+    G = _GATES[case.cell] * case.H
+    D = 2 if case.bidirectional else 1
+    mm = []  # (A, B) pairs of every GEMM, operands made once
+    for layer in range(case.layers):
+        width = case.I if layer == 0 else D * case.H
+        for _ in range(D):
+            x = torch.randn(rows, width, device=device, dtype=dtype)
+            h = torch.randn(rows, case.H, device=device, dtype=dtype)
+            w_ih = torch.randn(G, width, device=device, dtype=dtype)
+            w_hh = torch.randn(G, case.H, device=device, dtype=dtype)
+            mm += [(x, w_ih.T), (h, w_hh.T)]
+            if case.mode == "fwd+bwd":
+                dg = torch.randn(rows, G, device=device, dtype=dtype)
+                mm += [(dg, w_ih), (dg.T, x), (dg, w_hh), (dg.T, h)]
+
+    def step():
+        with torch.no_grad():
+            return [torch.mm(a, b) for a, b in mm]
+
+    return Contender(step, lambda: None, note="the same multiply-adds as large GEMMs (no recurrence)")
+
+
 def rnn_contenders(case, device, dtype, names: Sequence[str], seed: int = 0) -> Built:
     """rnnattn.RNN / GRU / LSTM (by ``case.cell``) vs torch's module vs the
     reference composition."""
@@ -234,6 +266,8 @@ def rnn_contenders(case, device, dtype, names: Sequence[str], seed: int = 0) -> 
             built.contenders[name] = _make(
                 module_forward(theirs, inp), [inp, *theirs.parameters()], grads, case.mode, note
             )
+        elif name == "GEMM floor":
+            built.contenders[name] = gemm_floor(case, x.shape[0] if case.packed else case.T * case.B, device, dtype)
         elif name == "reference":
             inp = _leaf(x, need_grad)
             weights = [_leaf(getattr(ours, n), need_grad) for n in ours._flat_weights_names]

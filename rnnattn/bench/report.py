@@ -10,12 +10,19 @@ METHOD = (
     "time: median per-call time over interleaved rounds (contenders of a case take turns, so "
     "background load hits all alike); [n%] = interquartile range / median. "
     "speedup = baseline time / rnnattn time (> 1: rnnattn is faster). "
+    "GEMM floor: the case's multiply-adds run as large GEMMs on the same threads (the input and "
+    "recurrent products of every layer and direction over all rows, and in fwd+bwd the four "
+    "backward GEMMs too); rnnattn time / floor = how far from that physical yardstick. "
     "peak: most bytes live during one call, counted from the call's own allocations "
     "(outputs, saved activations, gradients, workspaces; not inputs or parameters): "
     "CUDA max_memory_allocated; CPU the running sum of PyTorch CPU-allocator events "
     "recorded by the PyTorch profiler (profile_memory=True) (allocations outside that allocator, "
     "e.g. BLAS-internal buffers, are not seen)."
 )
+
+# The contender that is a yardstick (contenders.gemm_floor): rnnattn's time
+# is shown as a multiple of it.
+FLOOR = "GEMM floor"
 
 _SECTIONS = {
     "rnn": (
@@ -136,12 +143,17 @@ def _section_table(section: str, results: list) -> List[str]:
     if "rnnattn" not in present:
         reasons = sorted({r.skipped["rnnattn"] for r in results if "rnnattn" in r.skipped})
         return [title, f"  skipped: {'; '.join(reasons) or 'no results'}"]
-    baselines = [n for n in present if n != "rnnattn"]
+    floor = FLOOR if FLOOR in present else None  # the GEMM yardstick: a multiple, not a speedup
+    baselines = [n for n in present if n not in ("rnnattn", FLOOR)]
     groups = [
         ("", [("case", "<"), ("mode", "<")] + [(d, ">") for d in dims]),
         ("time per call, " + ("us" if section == "latency" else "ms") + " [IQR]", [(n, ">") for n in present]),
         ("speedup of rnnattn", [(f"vs {n}", ">") for n in baselines]),
-        ("peak MiB", [(n, ">") for n in present]),
+    ]
+    if floor:
+        groups.append(("rnnattn time", [("/ floor", ">")]))
+    groups += [
+        ("peak MiB", [(n, ">") for n in present if n != FLOOR]),
         ("floors", [("", "<")]),
     ]
     rows, notes = [], []
@@ -151,7 +163,10 @@ def _section_table(section: str, results: list) -> List[str]:
         per_call = (getattr(c, "calls", 1), 1e6 if section == "latency" else 1e3)
         row += [_ms(r.results[n], *per_call) if n in r.results else "-" for n in present]
         row += [_speedup(r.speedup(n)) for n in baselines]
-        row += [_mib(r.results[n].peak_bytes) if n in r.results else "-" for n in present]
+        if floor:
+            x = r.speedup(floor)
+            row.append("-" if not x else f"{_sig(1 / x)}x")
+        row += [_mib(r.results[n].peak_bytes) if n in r.results else "-" for n in present if n != FLOOR]
         row += [", ".join(f"{_short(f['floor'])} {_met(f['met'])}" for f in r.floor_checks())]
         rows.append(row)
         if not r.agree:
