@@ -1,10 +1,15 @@
 // Autograd of rnnattn::attention_pool_forward and
 // rnnattn::attention_pool_scores_forward, registered at the Autograd
-// dispatch key (all devices); the backwards are the fused *_backward ops.
+// dispatch key (all devices); the backwards are the fused *_backward ops, or
+// where the backward must itself be differentiable (create_graph=True) the
+// *_backward_differentiable ops (see backward_needs_graph in
+// autograd_common.h).
 // C++ for the reason given in rnn_autograd.cpp: a Python autograd wrapper
 // costs ~80 us per call with grad, more than a small pooling call.
 #include <torch/autograd.h>
 #include <torch/library.h>
+
+#include <vector>
 
 #include "autograd_common.h"
 
@@ -43,6 +48,11 @@ TensorPair call_scores_forward(const at::Tensor& input, const at::Tensor& scores
 using BackwardSignature = TensorPair(const at::Tensor&, const OptTensor&, const at::Tensor&,
                                      const at::Tensor&, const OptTensor&, const OptTensor&,
                                      const at::Tensor&, const at::Tensor&, int64_t, bool, bool);
+// Both differentiable backwards take (grad_context, grad_weights, input,
+// second, lengths, mask, chunk_size, need).
+using DifferentiableSignature = std::vector<at::Tensor>(
+    const OptTensor&, const OptTensor&, const at::Tensor&, const at::Tensor&, const OptTensor&,
+    const OptTensor&, int64_t, c10::ArrayRef<int64_t>);
 
 // What both backwards need; the second saved tensor is the weight or the
 // scores. lengths and mask never need grads: kept as data.
@@ -60,15 +70,23 @@ void save_for_pool_backward(AutogradContext* ctx, const at::Tensor& input,
 }
 
 // Grads of input (edge 0) and of the second argument (edge 1), undefined
-// where not needed, from the fused backward op.
+// where not needed, from the fused backward op (or the differentiable one).
 TensorPair pool_backward(const c10::TypedOperatorHandle<BackwardSignature>& op,
+                         const c10::TypedOperatorHandle<DifferentiableSignature>& diff,
                          AutogradContext* ctx, const variable_list& grads) {
   const auto saved = ctx->get_saved_variables();
   const at::Tensor &input = saved[0], &second = saved[1], &context = saved[2],
                    &weights = saved[3];
-  refuse_double_backward("attention pooling", {&grads[0], &grads[1], &input, &second});
   const bool need_input = ctx->needs_input_grad(0), need_second = ctx->needs_input_grad(1);
   if (!need_input && !need_second) return {};
+  if (backward_needs_graph({&grads[0], &grads[1], &input, &second})) {
+    const auto g = diff.call(opt(grads[0]), opt(grads[1]), input, second,
+                             ctx->saved_data["lengths"].toOptional<at::Tensor>(),
+                             ctx->saved_data["mask"].toOptional<at::Tensor>(),
+                             ctx->saved_data["chunk_size"].toInt(),
+                             std::vector<int64_t>{need_input, need_second});
+    return {need_input ? g[0] : at::Tensor(), need_second ? g[1] : at::Tensor()};
+  }
   const at::Tensor grad_context = grads[0].defined() ? grads[0] : at::zeros_like(context);
   const OptTensor grad_weights = grads[1].defined() ? OptTensor(grads[1]) : c10::nullopt;
   auto [dx, d2] = op.call(grad_context, grad_weights, input, second,
@@ -93,7 +111,9 @@ class LinearPoolFunction : public torch::autograd::Function<LinearPoolFunction> 
 
   static variable_list backward(AutogradContext* ctx, variable_list grads) {
     static const auto op = find_op<BackwardSignature>("rnnattn::attention_pool_backward");
-    auto [dx, dw] = pool_backward(op, ctx, grads);
+    static const auto diff =
+        find_op<DifferentiableSignature>("rnnattn::attention_pool_backward_differentiable");
+    auto [dx, dw] = pool_backward(op, diff, ctx, grads);
     // d/d(bias) is exactly zero: the bias shifts every score of its head.
     // (Edges exist for the tensor arguments given: input 0, weight 1, bias 2.)
     at::Tensor db;
@@ -118,7 +138,9 @@ class ScoresPoolFunction : public torch::autograd::Function<ScoresPoolFunction> 
 
   static variable_list backward(AutogradContext* ctx, variable_list grads) {
     static const auto op = find_op<BackwardSignature>("rnnattn::attention_pool_scores_backward");
-    auto [dx, dsc] = pool_backward(op, ctx, grads);
+    static const auto diff =
+        find_op<DifferentiableSignature>("rnnattn::attention_pool_scores_backward_differentiable");
+    auto [dx, dsc] = pool_backward(op, diff, ctx, grads);
     return {dx, dsc, at::Tensor(), at::Tensor(), at::Tensor()};
   }
 };

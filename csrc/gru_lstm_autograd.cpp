@@ -1,7 +1,9 @@
 // Autograd of rnnattn::gru_forward and rnnattn::lstm_forward at the Autograd
 // dispatch key (all devices): the backwards are the fused gru_backward /
-// lstm_backward, fed the reserve the forward returned. C++ for the reason
-// given in rnn_autograd.cpp (per-call cost).
+// lstm_backward, fed the reserve the forward returned; a backward that must
+// itself be differentiable (create_graph=True) is gru_ / lstm_
+// backward_differentiable (see backward_needs_graph in autograd_common.h).
+// C++ for the reason given in rnn_autograd.cpp (per-call cost).
 #include <torch/autograd.h>
 #include <torch/library.h>
 
@@ -55,7 +57,9 @@ class GruFunction : public torch::autograd::Function<GruFunction> {
                                const OptTensor& b_ih, const OptTensor& b_hh, bool reverse) {
     auto [output, h_n, reserve] =
         call_gru_forward(input, batch_sizes, hx, w_ih, w_hh, b_ih, b_hh, reverse, /*train=*/true);
-    ctx->save_for_backward({input, hx, w_ih, w_hh, output, reserve});
+    // The biases only for the differentiable backward (as in rnn_autograd.cpp).
+    ctx->save_for_backward({input, hx, w_ih, w_hh, output, reserve, b_ih.value_or(at::Tensor()),
+                            b_hh.value_or(at::Tensor())});
     ctx->saved_data["batch_sizes"] = batch_sizes;
     ctx->saved_data["has_bias"] = given(b_ih);
     ctx->saved_data["reverse"] = reverse;
@@ -71,12 +75,27 @@ class GruFunction : public torch::autograd::Function<GruFunction> {
             const at::Tensor&, bool, bool, bool)>("rnnattn::gru_backward");
     const auto saved = ctx->get_saved_variables();
     const at::Tensor &input = saved[0], &hx = saved[1], &w_ih = saved[2], &w_hh = saved[3],
-                     &output = saved[4], &reserve = saved[5];
+                     &output = saved[4], &reserve = saved[5], &b_ih = saved[6], &b_hh = saved[7];
     const at::Tensor &grad_output = grads[0], &grad_hn = grads[1];
-    refuse_double_backward("the GRU", {&grad_output, &grad_hn, &input, &hx, &w_ih, &w_hh});
     auto batch_sizes = ctx->saved_data["batch_sizes"].toOptional<at::Tensor>();
     const bool bias = ctx->saved_data["has_bias"].toBool();
     const auto edge = edges_of({true, given(batch_sizes), true, true, true, bias, bias});
+    if (backward_needs_graph({&grad_output, &grad_hn, &input, &hx, &w_ih, &w_hh, &b_ih, &b_hh})) {
+      static const auto diff =
+          find_op<std::vector<at::Tensor>(const at::Tensor&, const at::Tensor&, const at::Tensor&,
+                                          const OptTensor&, const at::Tensor&, const at::Tensor&,
+                                          const at::Tensor&, const OptTensor&, const OptTensor&,
+                                          bool, c10::ArrayRef<int64_t>)>(
+              "rnnattn::gru_backward_differentiable");
+      const std::vector<int64_t> need = {needs(ctx, edge, 0), needs(ctx, edge, 2),
+                                         needs(ctx, edge, 3), needs(ctx, edge, 4),
+                                         needs(ctx, edge, 5), needs(ctx, edge, 6)};
+      const auto g = diff.call(grad_output, grad_hn, input, batch_sizes, hx, w_ih, w_hh, opt(b_ih),
+                               opt(b_hh), ctx->saved_data["reverse"].toBool(), need);
+      auto keep = [&](int arg, const at::Tensor& t) { return needs(ctx, edge, arg) ? t : at::Tensor(); };
+      return {keep(0, g[0]), at::Tensor(), keep(2, g[1]), keep(3, g[2]),
+              keep(4, g[3]), keep(5, g[4]), keep(6, g[5]), at::Tensor()};
+    }
     const bool need_weight = needs(ctx, edge, 3) || needs(ctx, edge, 4) || needs(ctx, edge, 5) ||
                              needs(ctx, edge, 6);
     auto [dx, dhx, dwi, dwh, dbi, dbh] =
@@ -114,8 +133,9 @@ class LstmFunction : public torch::autograd::Function<LstmFunction> {
     auto [output, h_n, c_n, reserve] =
         call_lstm_forward(input, batch_sizes, hx, cx, w_ih, w_hh, b_ih, b_hh, w_hr, reverse,
                           /*train=*/true);
-    ctx->save_for_backward({input, hx, cx, w_ih, w_hh, given(w_hr) ? *w_hr : at::Tensor(),
-                            output, reserve});
+    // The biases only for the differentiable backward (as in rnn_autograd.cpp).
+    ctx->save_for_backward({input, hx, cx, w_ih, w_hh, w_hr.value_or(at::Tensor()), output,
+                            reserve, b_ih.value_or(at::Tensor()), b_hh.value_or(at::Tensor())});
     ctx->saved_data["batch_sizes"] = batch_sizes;
     ctx->saved_data["has_bias"] = given(b_ih);
     ctx->saved_data["reverse"] = reverse;
@@ -133,15 +153,31 @@ class LstmFunction : public torch::autograd::Function<LstmFunction> {
             bool)>("rnnattn::lstm_backward");
     const auto saved = ctx->get_saved_variables();
     const at::Tensor &input = saved[0], &hx = saved[1], &cx = saved[2], &w_ih = saved[3],
-                     &w_hh = saved[4], &output = saved[6], &reserve = saved[7];
-    const OptTensor w_hr = saved[5].defined() ? OptTensor(saved[5]) : c10::nullopt;
+                     &w_hh = saved[4], &output = saved[6], &reserve = saved[7],
+                     &b_ih = saved[8], &b_hh = saved[9];
+    const OptTensor w_hr = opt(saved[5]);
     const at::Tensor &grad_output = grads[0], &grad_hn = grads[1], &grad_cn = grads[2];
-    refuse_double_backward("the LSTM",
-                           {&grad_output, &grad_hn, &grad_cn, &input, &hx, &cx, &w_ih, &w_hh});
     auto batch_sizes = ctx->saved_data["batch_sizes"].toOptional<at::Tensor>();
     const bool bias = ctx->saved_data["has_bias"].toBool();
     const auto edge =
         edges_of({true, given(batch_sizes), true, true, true, true, bias, bias, given(w_hr)});
+    if (backward_needs_graph({&grad_output, &grad_hn, &grad_cn, &input, &hx, &cx, &w_ih, &w_hh,
+                              &saved[5], &b_ih, &b_hh})) {
+      static const auto diff =
+          find_op<std::vector<at::Tensor>(
+              const at::Tensor&, const at::Tensor&, const at::Tensor&, const at::Tensor&,
+              const OptTensor&, const at::Tensor&, const at::Tensor&, const at::Tensor&,
+              const at::Tensor&, const OptTensor&, const OptTensor&, const OptTensor&, bool,
+              c10::ArrayRef<int64_t>)>("rnnattn::lstm_backward_differentiable");
+      std::vector<int64_t> need;
+      for (int arg : {0, 2, 3, 4, 5, 6, 7, 8}) need.push_back(needs(ctx, edge, arg));
+      const auto g = diff.call(grad_output, grad_hn, grad_cn, input, batch_sizes, hx, cx, w_ih,
+                               w_hh, opt(b_ih), opt(b_hh), w_hr,
+                               ctx->saved_data["reverse"].toBool(), need);
+      auto keep = [&](int arg, const at::Tensor& t) { return needs(ctx, edge, arg) ? t : at::Tensor(); };
+      return {keep(0, g[0]), at::Tensor(), keep(2, g[1]), keep(3, g[2]), keep(4, g[3]),
+              keep(5, g[4]), keep(6, g[5]),  keep(7, g[6]), keep(8, g[7]), at::Tensor()};
+    }
     const bool need_weight = needs(ctx, edge, 4) || needs(ctx, edge, 5) || needs(ctx, edge, 6) ||
                              needs(ctx, edge, 7) || needs(ctx, edge, 8);
     auto [dx, dhx, dcx, dwi, dwh, db, dwr] =

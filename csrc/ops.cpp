@@ -125,3 +125,43 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.attr("with_cuda") = false;
 #endif
 }
+
+// ---- differentiable backward (double backward) ----
+// The grads of each forward op as a differentiable function of the incoming
+// grads and the forward's inputs: what the autograd kernels call instead of
+// the fused *_backward when the backward itself must record a graph
+// (create_graph=True and one of its inputs requires grad). The only kernel
+// of each is CompositeImplicitAutograd, in Python
+// (rnnattn/_differentiable_backward.py): it recomputes the forward with
+// rnnattn.reference and differentiates that with create_graph=True.
+// need: one 0/1 per differentiable argument of the forward (its tensors in
+// order, batch_sizes / lengths / mask excluded; attention_pool's bias too,
+// whose grad is always zero); the result holds one grad per such argument,
+// an empty tensor (numel 0) where not needed.
+TORCH_LIBRARY_FRAGMENT(rnnattn, m) {
+  // -> [input, hx, w_ih, w_hh, b_ih, b_hh]
+  m.def(
+      "rnn_backward_differentiable(Tensor grad_output, Tensor grad_hn, Tensor input, "
+      "Tensor? batch_sizes, Tensor hx, Tensor w_ih, Tensor w_hh, Tensor? b_ih, Tensor? b_hh, "
+      "bool relu, bool reverse, int[] need) -> Tensor[]");
+  // -> [input, hx, w_ih, w_hh, b_ih, b_hh]
+  m.def(
+      "gru_backward_differentiable(Tensor grad_output, Tensor grad_hn, Tensor input, "
+      "Tensor? batch_sizes, Tensor hx, Tensor w_ih, Tensor w_hh, Tensor? b_ih, Tensor? b_hh, "
+      "bool reverse, int[] need) -> Tensor[]");
+  // -> [input, hx, cx, w_ih, w_hh, b_ih, b_hh, w_hr]
+  m.def(
+      "lstm_backward_differentiable(Tensor grad_output, Tensor grad_hn, Tensor grad_cn, "
+      "Tensor input, Tensor? batch_sizes, Tensor hx, Tensor cx, Tensor w_ih, Tensor w_hh, "
+      "Tensor? b_ih, Tensor? b_hh, Tensor? w_hr, bool reverse, int[] need) -> Tensor[]");
+  // -> [input, weight]; a grad given as None: that output got none.
+  m.def(
+      "attention_pool_backward_differentiable(Tensor? grad_context, Tensor? grad_weights, "
+      "Tensor input, Tensor weight, Tensor? lengths, Tensor? mask, int chunk_size, int[] need) "
+      "-> Tensor[]");
+  // -> [input, scores]
+  m.def(
+      "attention_pool_scores_backward_differentiable(Tensor? grad_context, "
+      "Tensor? grad_weights, Tensor input, Tensor scores, Tensor? lengths, Tensor? mask, "
+      "int chunk_size, int[] need) -> Tensor[]");
+}

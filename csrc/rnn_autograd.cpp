@@ -1,5 +1,8 @@
 // Autograd of rnnattn::rnn_forward, registered at the Autograd dispatch key
-// (all devices): the backward is the fused rnnattn::rnn_backward.
+// (all devices): the backward is the fused rnnattn::rnn_backward; a backward
+// that must itself be differentiable (create_graph=True) is
+// rnnattn::rnn_backward_differentiable (see backward_needs_graph in
+// autograd_common.h).
 //
 // Why C++ rather than torch.library.register_autograd in Python: the Python
 // wrapper costs ~15 us per call under no_grad and ~90 us with grad (it builds
@@ -57,8 +60,11 @@ class RnnFunction : public torch::autograd::Function<RnnFunction> {
                                const c10::optional<at::Tensor>& b_hh, bool relu, bool reverse) {
     auto [output, h_n] = call_forward(input, batch_sizes, hx, w_ih, w_hh, b_ih, b_hh, relu, reverse);
     // batch_sizes is an int64 CPU tensor that never needs a grad: kept as
-    // data, not as a saved variable.
-    ctx->save_for_backward({input, hx, w_ih, w_hh, output});
+    // data, not as a saved variable. The fused backward does not read the
+    // biases; the differentiable one (double backward) recomputes the
+    // forward and does (parameters: saving them costs no memory).
+    ctx->save_for_backward({input, hx, w_ih, w_hh, output, b_ih.value_or(at::Tensor()),
+                            b_hh.value_or(at::Tensor())});
     ctx->saved_data["batch_sizes"] = batch_sizes;
     ctx->saved_data["has_bias"] = b_ih.has_value() && b_ih->defined();
     ctx->saved_data["relu"] = relu;
@@ -69,10 +75,9 @@ class RnnFunction : public torch::autograd::Function<RnnFunction> {
   static variable_list backward(AutogradContext* ctx, variable_list grads) {
     const auto saved = ctx->get_saved_variables();
     const at::Tensor &input = saved[0], &hx = saved[1], &w_ih = saved[2], &w_hh = saved[3],
-                     &output = saved[4];
+                     &output = saved[4], &b_ih = saved[5], &b_hh = saved[6];
     // grads are materialized: an output that got no grad arrives as zeros.
     const at::Tensor &grad_output = grads[0], &grad_hn = grads[1];
-    refuse_double_backward("the RNN", {&grad_output, &grad_hn, &input, &hx, &w_ih, &w_hh});
     auto batch_sizes = ctx->saved_data["batch_sizes"].toOptional<at::Tensor>();
     const bool has_bias = ctx->saved_data["has_bias"].toBool();
     // needs_input_grad counts only the tensor arguments that were given
@@ -83,6 +88,23 @@ class RnnFunction : public torch::autograd::Function<RnnFunction> {
       if (arg == 1 || (arg >= 5 && !has_bias)) return false;
       return ctx->needs_input_grad(arg - 1 + packed);
     };
+    if (backward_needs_graph({&grad_output, &grad_hn, &input, &hx, &w_ih, &w_hh, &b_ih, &b_hh})) {
+      static const auto op =
+          find_op<std::vector<at::Tensor>(
+              const at::Tensor&, const at::Tensor&, const at::Tensor&,
+              const c10::optional<at::Tensor>&, const at::Tensor&, const at::Tensor&,
+              const at::Tensor&, const c10::optional<at::Tensor>&,
+              const c10::optional<at::Tensor>&, bool, bool, c10::ArrayRef<int64_t>)>(
+              "rnnattn::rnn_backward_differentiable");
+      const std::vector<int64_t> need = {needs(0), needs(2), needs(3), needs(4), needs(5), needs(6)};
+      const auto g = op.call(grad_output, grad_hn, input, batch_sizes, hx, w_ih, w_hh,
+                             opt(b_ih), opt(b_hh),
+                             ctx->saved_data["relu"].toBool(), ctx->saved_data["reverse"].toBool(),
+                             need);
+      auto keep = [&](int arg, const at::Tensor& t) { return needs(arg) ? t : at::Tensor(); };
+      return {keep(0, g[0]), at::Tensor(), keep(2, g[1]), keep(3, g[2]), keep(4, g[3]),
+              keep(5, g[4]), keep(6, g[5]), at::Tensor(), at::Tensor()};
+    }
     const bool need_input = needs(0);
     const bool need_weight = needs(3) || needs(4) || needs(5) || needs(6);
     auto [dx, dhx, dwi, dwh, db] = call_backward(

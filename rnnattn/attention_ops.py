@@ -11,8 +11,11 @@ in csrc/attention_common.h):
   for the additive score ``v . tanh(W input_t + b)``);
 
 each with a fused ``*_backward`` that takes the grads of both outputs; their
-autograd is registered in C++ (csrc/attention_autograd.cpp). Here they get a
-fake kernel each (shapes for ``torch.compile`` and other tracing).
+autograd is registered in C++ (csrc/attention_autograd.cpp). Under
+``create_graph=True`` (double backward) the autograd kernel runs
+``*_backward_differentiable`` instead, which recomputes the pooling with
+:mod:`rnnattn.reference` (rnnattn/_differentiable_backward.py). Here they
+get a fake kernel each (shapes for ``torch.compile`` and other tracing).
 
 :func:`attention_pool` and :func:`attention_pool_scores` are the
 differentiable entry points, in the operators' raw shapes: ``context``

@@ -4,8 +4,13 @@ differentiable entry points.
 ``torch.ops.rnnattn.rnn_forward`` / ``rnn_backward`` are registered in C++
 (csrc/ops.cpp), and so is the autograd of ``rnn_forward``
 (csrc/rnn_autograd.cpp: the backward is the fused ``rnn_backward``; a Python
-wrapper would cost more per call than a small RNN's whole forward). Here
-they get a fake kernel each (``torch.library.register_fake``), so
+wrapper would cost more per call than a small RNN's whole forward). A
+backward under ``create_graph=True`` that must itself be differentiable
+(double backward, e.g. a gradient penalty) runs
+``rnn_backward_differentiable`` instead, which recomputes the layer with
+:mod:`rnnattn.reference` (see ``rnnattn/_differentiable_backward.py``); the
+same holds for the GRU, the LSTM and the pooling operators. Here the
+forward and backward ops get a fake kernel each (``torch.library.register_fake``), so
 ``torch.compile`` and other tracing see output shapes without running the
 kernel.
 
@@ -19,6 +24,7 @@ import torch
 from torch import Tensor
 
 from . import _load  # noqa: F401  (registers torch.ops.rnnattn.*)
+from . import _differentiable_backward  # noqa: F401  (the kernels of the *_backward_differentiable ops)
 
 __all__ = ["rnn_layer", "rnn_bidirectional_layer", "gru_layer", "lstm_layer", "has_kernel"]
 
@@ -198,20 +204,6 @@ def _lstm_backward_fake(
     )
 
 
-def no_double_backward(what: str, *tensors) -> None:
-    """Refuses create_graph=True through a fused backward.
-
-    The fused backward kernels have no backward of their own: under
-    create_graph=True their results would silently cut the graph (grads of
-    grads would come out as zeros), so raise instead.
-    """
-    if torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in tensors):
-        raise RuntimeError(
-            f"rnnattn: {what} does not support double backward (create_graph=True "
-            "through its gradients); use rnnattn.reference for higher-order gradients"
-        )
-
-
 def _direction_grads(grad_output, grad_hn, input, batch_sizes, hx, w_ih, w_hh, output, relu, reverse, need):
     """Grads of one layer and direction from the fused backward kernel.
 
@@ -219,7 +211,6 @@ def _direction_grads(grad_output, grad_hn, input, batch_sizes, hx, w_ih, w_hh, o
     b_ih, b_hh); returns the grads in that order (None where not needed).
     ``grad_output`` and ``output`` may be strided views (one direction's half
     of a bidirectional output): the CPU kernel reads them in place."""
-    no_double_backward("the RNN", grad_output, grad_hn, input, hx, w_ih, w_hh)
     if grad_output is None:
         grad_output = torch.zeros_like(output)
     if grad_hn is None:
@@ -243,6 +234,21 @@ def _direction_grads(grad_output, grad_hn, input, batch_sizes, hx, w_ih, w_hh, o
     )
 
 
+def _direction_grads_differentiable(grad_output, grad_hn, input, batch_sizes, hx, weights, relu, reverse, need):
+    """The same grads as :func:`_direction_grads`, recorded for double
+    backward (rnnattn/_differentiable_backward.py): ``weights`` is
+    ``(w_ih, w_hh, b_ih, b_hh)``."""
+    if grad_output is None:
+        grad_output = torch.zeros(*input.shape[:-1], hx.shape[-1], dtype=hx.dtype, device=hx.device)
+    if grad_hn is None:
+        grad_hn = torch.zeros_like(hx)
+    flags = [int(bool(n)) for n in (need[0], *need[2:7])]
+    dx, dhx, dwi, dwh, dbi, dbh = torch.ops.rnnattn.rnn_backward_differentiable(
+        grad_output, grad_hn, input, batch_sizes, hx, *weights, relu, reverse, flags
+    )
+    return tuple(g if n else None for g, n in zip((dx, None, dhx, dwi, dwh, dbi, dbh), need))
+
+
 class _BidirectionalLayer(torch.autograd.Function):
     """Both directions of one layer; the (..., 2H) output is saved once.
 
@@ -261,25 +267,39 @@ class _BidirectionalLayer(torch.autograd.Function):
     @staticmethod
     def setup_context(ctx, inputs, output):
         input, batch_sizes, hx_f, hx_b, relu, *weights = inputs
-        # Biases are not needed by the backward (and may be None).
-        ctx.save_for_backward(input, batch_sizes, hx_f, hx_b, weights[0], weights[1],
-                              weights[4], weights[5], output[0])
+        # The fused backward does not read the biases (which may be None);
+        # the differentiable one (double backward) recomputes the forward and
+        # does (parameters: saving them costs no memory).
+        ctx.save_for_backward(input, batch_sizes, hx_f, hx_b, *weights, output[0])
         ctx.relu = relu
 
     @staticmethod
     def backward(ctx, grad_output, grad_hf, grad_hb):
-        input, batch_sizes, hx_f, hx_b, wi_f, wh_f, wi_b, wh_b, output = ctx.saved_tensors
-        H = wh_f.shape[0]
+        input, batch_sizes, hx_f, hx_b, *weights, output = ctx.saved_tensors
+        w_f, w_b = weights[:4], weights[4:]
+        H = w_f[1].shape[0]
         need = ctx.needs_input_grad
-        halves = [(output[..., :H], grad_output[..., :H] if grad_output is not None else None),
-                  (output[..., H:], grad_output[..., H:] if grad_output is not None else None)]
+        halves = [grad_output[..., :H], grad_output[..., H:]] if grad_output is not None else [None, None]
+        states = [(hx_f, grad_hf, w_f), (hx_b, grad_hb, w_b)]
+        # create_graph=True with something here requiring grad: the grads must
+        # themselves be differentiable, which the fused kernel's are not.
+        differentiable = torch.is_grad_enabled() and any(
+            t is not None and t.requires_grad for t in (grad_output, grad_hf, grad_hb, input, hx_f, hx_b, *weights)
+        )
         grads = []
-        for d, (hx, gh, w_ih, w_hh) in enumerate([(hx_f, grad_hf, wi_f, wh_f), (hx_b, grad_hb, wi_b, wh_b)]):
-            out, gout = halves[d]
+        for d, (hx, gh, w) in enumerate(states):
             dneed = (need[0], False, need[2 + d], *need[5 + 4 * d : 9 + 4 * d])
-            grads.append(_direction_grads(gout, gh, input, batch_sizes, hx, w_ih, w_hh, out, ctx.relu, d == 1, dneed))
+            if differentiable:
+                grads.append(_direction_grads_differentiable(
+                    halves[d], gh, input, batch_sizes, hx, w, ctx.relu, d == 1, dneed))
+            else:
+                out = output[..., :H] if d == 0 else output[..., H:]
+                grads.append(_direction_grads(
+                    halves[d], gh, input, batch_sizes, hx, w[0], w[1], out, ctx.relu, d == 1, dneed))
         (dx_f, _, dh_f, *dw_f), (dx_b, _, dh_b, *dw_b) = grads
-        dx = dx_f.add_(dx_b) if need[0] else None
+        dx = None
+        if need[0]:
+            dx = dx_f + dx_b if differentiable else dx_f.add_(dx_b)
         return (dx, None, dh_f, dh_b, None, *dw_f, *dw_b)
 
 

@@ -527,19 +527,148 @@ def test_bad_arguments_are_clear_errors():
             rnnattn.AttentionPooling(3, **kw)
 
 
-def test_double_backward_is_a_clear_error():
+# ---- double backward (create_graph=True) ------------------------------------------------
+
+DOUBLE_CASES = {  # (B, T, D, heads, lengths, mask, chunk_size, layout)
+    "B1-T1-D1": (1, 1, 1, 1, None, False, 0, "batch"),
+    "lengths-heads": (3, 4, 3, 2, [4, 2, 0], False, 0, "time"),
+    "mask-chunks": (2, 5, 3, 1, None, True, 2, "batch"),
+    "both-chunks-heads": (3, 4, 2, 3, [4, 1, 3], True, 3, "strided"),
+}
+
+
+def _double_case(name, device):
+    B, T, D, k, lengths, use_mask, chunk, layout = DOUBLE_CASES[name]
+    gen = _seed("double", name)
+    x = _input(B, T, D, layout, torch.float64, device, gen).requires_grad_()
+    lengths = torch.tensor(lengths) if lengths is not None else None
+    mask = _mask("holes", B, T, gen).to(device) if use_mask else None
+    return x, k, lengths, mask, chunk, gen
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("case", DOUBLE_CASES)
+def test_gradgradcheck_linear(case, device):
+    x, k, lengths, mask, chunk, gen = _double_case(case, device)
+    w = torch.randn(k, x.shape[-1], generator=gen, dtype=torch.float64).to(device).requires_grad_()
+    b = torch.randn(k, generator=gen, dtype=torch.float64).to(device).requires_grad_()
+    fast = dict(fast_mode=x.numel() > 8)  # random projections of the Jacobians (cheaper), beyond the tiniest case
+    assert torch.autograd.gradgradcheck(
+        lambda x, w, b: A.attention_pool(x, w, b, lengths, mask, chunk), (x, w, b), **fast
+    )
+    # From the context alone: the weights' grad arrives as None.
+    assert torch.autograd.gradgradcheck(
+        lambda x, w: A.attention_pool(x, w, None, lengths, mask, chunk)[0], (x, w), **fast
+    )
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("case", DOUBLE_CASES)
+def test_gradgradcheck_scores(case, device):
+    x, k, lengths, mask, chunk, gen = _double_case(case, device)
+    B, T, _ = x.shape
+    s = (torch.randn(T, B, k, generator=gen, dtype=torch.float64).transpose(0, 1) * 2).to(device).requires_grad_()
+    fast = dict(fast_mode=x.numel() > 8)
+    assert torch.autograd.gradgradcheck(
+        lambda x, s: A.attention_pool_scores(x, s, lengths, mask, chunk), (x, s), **fast
+    )
+    # From the weights alone: the context's grad arrives as None.
+    assert torch.autograd.gradgradcheck(
+        lambda s: A.attention_pool_scores(x, s, lengths, mask, chunk)[1], (s,), **fast
+    )
+
+
+@pytest.mark.parametrize(
+    "score,heads,chunk,valid_by",
+    [("linear", 1, None, "lengths"), ("linear", 2, 2, "mask"), ("additive", 2, None, "packed"),
+     ("additive", 1, 3, "lengths")],
+)
+def test_gradgradcheck_module(score, heads, chunk, valid_by):
+    """AttentionPooling's input and parameters, through the whole module."""
+    torch.manual_seed(0)
+    B, T, D = 3, 5, 3
+    pool = rnnattn.AttentionPooling(D, heads=heads, score=score, attn_size=2 if score == "additive" else None,
+                                    bias=True, chunk_size=chunk, batch_first=False).double()
+    names = [n for n, _ in pool.named_parameters()]
+    x = torch.randn(T, B, D, dtype=torch.float64, requires_grad=True)
+    lengths = torch.tensor([5, 2, 4])
+    mask = torch.rand(B, T) > 0.3
+
+    def f(x, *params):
+        args = {"lengths": (x, lengths, None), "mask": (x, None, mask),
+                "packed": (pack_padded_sequence(x, lengths, enforce_sorted=False), None, None)}[valid_by]
+        return torch.func.functional_call(pool, dict(zip(names, params)), args)
+
+    params = [p.detach().requires_grad_() for p in pool.parameters()]
+    op = "attention_pool_scores" if score == "additive" else "attention_pool"
+    called = _pool_ops_called(lambda: torch.autograd.grad(f(x, *params)[0].sum(), params, create_graph=True))
+    assert f"rnnattn::{op}_backward_differentiable" in called  # the fused op's double backward is tested
+    assert torch.autograd.gradgradcheck(f, (x, *params), fast_mode=True)
+
+
+def _pool_ops_called(fn):
+    with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as prof:
+        fn()
+    return {e.name for e in prof.events() if e.name.startswith("rnnattn::attention_pool")}
+
+
+@pytest.mark.parametrize("scores", [False, True])
+def test_first_order_backward_stays_fused_double_backward_matches_reference(scores):
+    """Without create_graph the fused backward runs (its grads carry no
+    graph); with it the differentiable op, with the same first-order grads
+    and the reference's second-order ones. NaN padding reaches neither."""
+    gen = torch.Generator().manual_seed(5)
+    B, T, D, k = 3, 6, 4, 2
+    x = torch.randn(B, T, D, generator=gen, dtype=torch.float64)
+    x[1, 4:] = float("nan")  # padding: never read
+    x.requires_grad_()
+    second = (torch.randn(B, T, k, generator=gen, dtype=torch.float64) if scores
+              else torch.randn(k, D, generator=gen, dtype=torch.float64)).requires_grad_()
+    lengths = torch.tensor([6, 4, 0])
+    name = "attention_pool_scores" if scores else "attention_pool"
+    fused = getattr(A, name)
+    ref = getattr(R, name)
+    call = (lambda f: f(x, second, lengths, None, 2)) if scores else (lambda f: f(x, second, None, lengths, None, 2))
+
+    def loss(f):
+        c, a = call(f)
+        return (c * torch.linspace(-1, 1, c.numel(), dtype=c.dtype).view_as(c)).sum() + (a * a).sum()
+
+    def first_order():
+        first_order.grads = torch.autograd.grad(loss(fused), [x, second])
+
+    called = _pool_ops_called(first_order)
+    assert f"rnnattn::{name}_backward" in called and f"rnnattn::{name}_backward_differentiable" not in called
+    assert not any(g.requires_grad for g in first_order.grads)
+
+    def create_graph():
+        create_graph.grads = torch.autograd.grad(loss(fused), [x, second], create_graph=True)
+
+    called = _pool_ops_called(create_graph)
+    assert f"rnnattn::{name}_backward_differentiable" in called and f"rnnattn::{name}_backward" not in called
+    g = create_graph.grads
+    # The penalty's backward runs the fused backward once more, first order:
+    # the loss's grad of the weights (2a) depends on the output.
+    got = list(g) + list(torch.autograd.grad(sum((t**2).sum() for t in g), [x, second]))
+    rg = torch.autograd.grad(loss(ref), [x, second], create_graph=True)
+    want = list(rg) + list(torch.autograd.grad(sum((t**2).sum() for t in rg), [x, second]))
+    for a, b in zip(got, want):
+        assert torch.isfinite(a).all()
+        torch.testing.assert_close(a, b, **F64)
+    for a, b in zip(first_order.grads, g):
+        torch.testing.assert_close(a, b, **F64)
+
+
+def test_double_backward_bias_grad_is_exactly_zero():
+    """The linear score's bias: its grad is a constant zero on both paths."""
     x = torch.randn(2, 3, 4, dtype=torch.float64, requires_grad=True)
-    w = torch.randn(1, 4, dtype=torch.float64, requires_grad=True)
-    c, _ = A.attention_pool(x, w, None, None, None, 0)
-    with pytest.raises(RuntimeError, match="double backward"):
-        torch.autograd.grad(c.sum(), x, create_graph=True)
-    c, _ = A.attention_pool_scores(x, torch.randn(2, 3, 1, dtype=torch.float64, requires_grad=True), None, None, 0)
-    with pytest.raises(RuntimeError, match="double backward"):
-        torch.autograd.grad(c.sum(), x, create_graph=True)
-    # A plain backward is unaffected.
-    c, _ = A.attention_pool(x, w, None, None, None, 0)
-    (gx,) = torch.autograd.grad(c.sum(), x)
-    assert gx.shape == x.shape and not gx.requires_grad
+    w = torch.randn(2, 4, dtype=torch.float64, requires_grad=True)
+    b = torch.randn(2, dtype=torch.float64, requires_grad=True)
+    c, _ = A.attention_pool(x, w, b, None, None, 0)
+    gx, gb = torch.autograd.grad((c**2).sum(), [x, b], create_graph=True)
+    assert gx.requires_grad and torch.equal(gb, torch.zeros_like(b))
+    (gx**2).sum().backward()
+    assert b.grad is None or torch.equal(b.grad, torch.zeros_like(b))
 
 
 def test_dtype_without_kernel_runs_the_reference():

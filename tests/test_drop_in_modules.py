@@ -12,6 +12,7 @@ from torch import nn
 from torch.nn.utils.rnn import PackedSequence, pack_padded_sequence
 
 import rnnattn
+from conftest import assert_same_second_order, module_gradgradcheck
 
 TOL64 = dict(rtol=1e-10, atol=1e-10)
 TWINS = {
@@ -244,3 +245,92 @@ def test_convert_swaps_all_six_and_keeps_the_parameters():
                                                  rnnattn.GRUCell, rnnattn.LSTMCell]
     for n, p in model.named_parameters():
         assert p is params[n]
+
+
+# ---- second derivatives (create_graph=True) -------------------------------------------
+# torch's modules' double backward on the CPU is the reference.
+
+
+@pytest.mark.parametrize("case", SAMPLE_CASES, ids=_case_id)
+def test_pytorch_module_db_samples_second_order(case):
+    """A gradient penalty through every module_db sample of the six modules
+    (both training modes; dropout draws the same masks): the grads and the
+    penalty's grads of every input and parameter equal torch's."""
+    cls, training, i = case
+    s = _samples(cls, training)[i]
+    ref, ours = pair(cls, s.constructor_input.args, s.constructor_input.kwargs)
+    ref.train(training)
+    ours.train(training)
+    assert_same_second_order(ours, ref, s.forward_input.args, s.forward_input.kwargs)
+
+
+@pytest.mark.parametrize("cls,proj", [(nn.GRU, 0), (nn.LSTM, 0), (nn.LSTM, 2)])
+@pytest.mark.parametrize("packed", [False, True])
+def test_second_order_bidirectional_two_layers_match_torch(cls, proj, packed):
+    T, B, I, H = 4, 3, 3, 4
+    ref, ours = pair(cls, (I, H, 2), dict(bidirectional=True, **({"proj_size": proj} if proj else {})))
+    x = torch.randn(T, B, I, dtype=torch.float64, requires_grad=True)
+    h0 = torch.randn(4, B, proj or H, dtype=torch.float64, requires_grad=True)
+    hx = h0 if cls is nn.GRU else (h0, torch.randn(4, B, H, dtype=torch.float64, requires_grad=True))
+    inp = pack_padded_sequence(x, torch.tensor([4, 1, 3]), enforce_sorted=False) if packed else x
+    assert_same_second_order(ours, ref, (inp, hx))
+    assert_same_second_order(ours, ref, (inp,))
+
+
+@pytest.mark.parametrize("cls", [nn.GRUCell, nn.LSTMCell])
+@pytest.mark.parametrize("bias", [True, False])
+def test_second_order_cells_match_torch(cls, bias):
+    ref, ours = pair(cls, (3, 4), dict(bias=bias))
+    x = torch.randn(2, 3, dtype=torch.float64, requires_grad=True)
+    h = torch.randn(2, 4, dtype=torch.float64, requires_grad=True)
+    hx = h if cls is nn.GRUCell else (h, torch.randn(2, 4, dtype=torch.float64, requires_grad=True))
+    assert_same_second_order(ours, ref, (x, hx))
+    assert_same_second_order(ours, ref, (x[0],))
+
+
+def test_second_order_runs_the_differentiable_fused_ops():
+    """The create_graph backward of GRU / LSTM runs their differentiable ops
+    (not torch's modules), a plain backward the fused ones."""
+    x = torch.randn(3, 2, 3, dtype=torch.float64, requires_grad=True)
+    for cls, cell in [(rnnattn.GRU, "gru"), (rnnattn.LSTM, "lstm")]:
+        m = cls(3, 4, dtype=torch.float64)
+        with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as prof:
+            (g,) = torch.autograd.grad(m(x)[0].sum(), x, create_graph=True)
+            (g**2).sum().backward()
+        called = {e.name for e in prof.events()}
+        assert f"rnnattn::{cell}_backward_differentiable" in called and f"rnnattn::{cell}_forward" in called
+        with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as prof:
+            m(x)[0].sum().backward()
+        called = {e.name for e in prof.events()}
+        assert f"rnnattn::{cell}_backward" in called and f"rnnattn::{cell}_backward_differentiable" not in called
+
+
+GRADGRAD_CASES = [
+    (nn.GRU, (2, 2, 2), dict(bidirectional=True), False),
+    (nn.GRU, (2, 3, 1), dict(batch_first=True), True),
+    (nn.LSTM, (2, 2, 2), dict(bidirectional=True), True),
+    (nn.LSTM, (2, 3, 1), dict(proj_size=2, bias=False), False),
+    (nn.GRUCell, (2, 3), {}, False),
+    (nn.LSTMCell, (2, 3), {}, False),
+]
+
+
+@pytest.mark.parametrize("cls,args,kwargs,packed", GRADGRAD_CASES, ids=lambda v: getattr(v, "__name__", None))
+def test_gradgradcheck(cls, args, kwargs, packed):
+    """gradgradcheck of the module in its input, states and parameters."""
+    ours = TWINS[cls](*args, **kwargs).double()
+    cell = cls in (nn.GRUCell, nn.LSTMCell)
+    shape = (2, args[0]) if cell else ((2, 3) if ours.batch_first else (3, 2)) + (args[0],)  # T = 3, B = 2
+    x = torch.randn(shape, dtype=torch.float64, requires_grad=True)
+    if cell:
+        inputs = (x,)
+    elif packed:
+        inputs = (pack_padded_sequence(x, torch.tensor([3, 2]), batch_first=ours.batch_first, enforce_sorted=False),)
+    else:
+        inputs = (x,)
+    if not cell:
+        D = args[2] * (2 if ours.bidirectional else 1)
+        h0 = torch.randn(D, 2, ours.proj_size or ours.hidden_size, dtype=torch.float64, requires_grad=True)
+        c0 = torch.randn(D, 2, ours.hidden_size, dtype=torch.float64, requires_grad=True)
+        inputs += (h0 if cls is nn.GRU else (h0, c0),)
+    assert module_gradgradcheck(ours, inputs, fast_mode=not cell)

@@ -287,13 +287,89 @@ def test_reserve_of_the_wrong_shape_is_rejected():
         torch.ops.rnnattn.gru_backward(out, hn, x, bs, hx, w_ih, w_hh, out, reserve[:, :-1], False, True, True)
 
 
+# ---- double backward (create_graph=True) ----------------------------------------
+
+DOUBLE_CASES = {  # (T, B, I, H, packed lengths, bias, proj, reverse)
+    "T1-B1": (1, 1, 1, 1, None, True, 0, False),
+    "odd-reverse": (3, 2, 3, 3, None, True, 0, True),
+    "no-bias": (2, 3, 2, 2, None, False, 0, False),
+    "packed-reverse": (None, None, 2, 2, [3, 2, 1], True, 0, True),
+    "proj": (2, 2, 3, 3, None, True, 2, False),
+    "packed-proj-no-bias": (None, None, 2, 3, [2, 2, 1], False, 1, True),
+}
+
+
+@pytest.mark.parametrize(
+    "cell,case", [(c, k) for c in ("gru", "lstm") for k, v in DOUBLE_CASES.items() if c == "lstm" or not v[6]]
+)
+def test_gradgradcheck(case, cell):
+    T, B, I, H, lengths, bias, proj, reverse = DOUBLE_CASES[case]
+    args = make_case(cell, T, B, I, H, lengths=lengths, bias=bias, proj=proj)
+    where = [i for i, a in enumerate(args) if a is not None and a.requires_grad]
+
+    def fn(*tensors):
+        full = list(args)
+        for i, t in zip(where, tensors):
+            full[i] = t
+        return run(cell, full, reverse)[: 2 if cell == "gru" else 3]
+
+    assert torch.autograd.gradgradcheck(fn, [args[i] for i in where])
+
+
+def _ops_called(fn):
+    with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as prof:
+        fn()
+    return {e.name for e in prof.events() if e.name.startswith("rnnattn::")}
+
+
+def _penalty_grads(cell, args, impl, inputs):
+    """Gradient penalty: g = d(loss)/d(inputs) with create_graph=True, then
+    the grads of sum(g**2) w.r.t. every leaf."""
+    outs = run(cell, args, False, impl)
+    loss = sum((o * torch.linspace(-1, 1, o.numel(), dtype=o.dtype).view_as(o)).sum() for o in outs)
+    g = torch.autograd.grad(loss, inputs, create_graph=True)
+    return list(g) + list(torch.autograd.grad(sum((t**2).sum() for t in g), leaves(args)))
+
+
 @pytest.mark.parametrize("cell", ["gru", "lstm"])
-def test_double_backward_is_refused_not_silently_zero(cell):
-    args = make_case(cell, 3, 2, 3, 4)
-    (gx,) = torch.autograd.grad(run(cell, args, False)[0].sum(), [args[0]], create_graph=False)
-    assert gx.shape == args[0].shape
-    with pytest.raises(RuntimeError, match=f"the {cell.upper()} does not support double backward"):
-        torch.autograd.grad(run(cell, args, False)[0].sum(), [args[0]], create_graph=True)
+def test_first_order_backward_stays_fused_double_backward_matches_reference(cell):
+    """Without create_graph the fused backward runs (its grads carry no
+    graph); with it the differentiable op, and the second-order grads are the
+    reference's."""
+    args = make_case(cell, 3, 2, 3, 4, proj=2 if cell == "lstm" else 0)
+
+    def first_order():
+        first_order.grads = torch.autograd.grad(run(cell, args, False)[0].sum(), leaves(args))
+
+    called = _ops_called(first_order)
+    assert f"rnnattn::{cell}_backward" in called and f"rnnattn::{cell}_backward_differentiable" not in called
+    assert not any(g.requires_grad for g in first_order.grads)
+
+    def second_order():
+        second_order.grads = _penalty_grads(cell, args, ops, [args[0], args[4]])
+
+    called = _ops_called(second_order)
+    assert f"rnnattn::{cell}_backward_differentiable" in called and f"rnnattn::{cell}_backward" not in called
+    want = _penalty_grads(cell, args, reference, [args[0], args[4]])
+    for a, b in zip(second_order.grads, want):
+        torch.testing.assert_close(a, b, **TOL[torch.float64])
+    # The first-order grads are the fused backward's.
+    for a, b in zip(first_order.grads, torch.autograd.grad(run(cell, args, False)[0].sum(), leaves(args),
+                                                           create_graph=True)):
+        torch.testing.assert_close(a, b, **TOL[torch.float64])
+
+
+@pytest.mark.parametrize("cell", ["gru", "lstm"])
+def test_double_backward_through_the_biases_alone(cell):
+    """Only the biases require grad: the grads still depend on them."""
+    args = make_case(cell, 3, 2, 3, 4, grad=False)
+    i = NAMES[cell].index("b_ih")
+    b = [args[i].requires_grad_(), args[i + 1].requires_grad_()]
+    got = _penalty_grads(cell, args, ops, b)
+    want = _penalty_grads(cell, args, reference, b)
+    assert got[-1].abs().max() > 1e-3
+    for a, r in zip(got, want):
+        torch.testing.assert_close(a, r, **TOL[torch.float64])
 
 
 @pytest.mark.parametrize("cell", ["gru", "lstm"])

@@ -1,4 +1,5 @@
 """rnnattn.RNN / RNNCell / convert as drop-in replacements for torch.nn."""
+import functools
 import io
 import itertools
 
@@ -8,7 +9,7 @@ from torch import nn
 from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 
 import rnnattn
-from conftest import DEVICES
+from conftest import DEVICES, assert_same_second_order, module_gradgradcheck
 
 TOL64 = dict(rtol=1e-10, atol=1e-10)
 
@@ -367,3 +368,96 @@ def test_pytorch_module_db_samples(sample):
     torch.testing.assert_close(h2, h1, **TOL64)
     leaves = [a for a in args if torch.is_tensor(a) and a.requires_grad]
     assert_all_close(grads(ours, o2.sum() + h2.sum(), leaves), grads(ref, o1.sum() + h1.sum(), leaves), **TOL64)
+
+
+# --- second derivatives (create_graph=True): gradient penalties -------------------
+# nn.RNN's double backward on the CPU is the reference (cuDNN has none).
+
+SECOND_ORDER = [  # layers, bidirectional, packed, nonlinearity, bias, batch_first
+    (1, False, False, "tanh", True, False),
+    (2, True, False, "tanh", True, True),
+    (2, True, True, "tanh", True, False),
+    (1, False, True, "relu", False, False),
+    (2, False, False, "relu", True, False),
+    (1, True, True, "relu", False, True),
+]
+
+
+@pytest.mark.parametrize("layers,bidir,packed,nl,bias,batch_first", SECOND_ORDER)
+def test_second_order_matches_nn_rnn(layers, bidir, packed, nl, bias, batch_first):
+    T, B, I, H = 4, 3, 3, 5
+    ref, ours = twins(I, H, layers, nonlinearity=nl, bias=bias, batch_first=batch_first, bidirectional=bidir)
+    x = torch.randn((B, T, I) if batch_first else (T, B, I), dtype=torch.float64, requires_grad=True)
+    h0 = torch.randn(layers * (2 if bidir else 1), B, H, dtype=torch.float64, requires_grad=True)
+    inp = pack_padded_sequence(x, torch.tensor([4, 2, 3]), batch_first=batch_first, enforce_sorted=False) if packed else x
+    assert_same_second_order(ours, ref, (inp, h0))
+    assert_same_second_order(ours, ref, (inp,))
+
+
+def test_gradient_penalty_runs_the_differentiable_fused_op():
+    """A critic's gradient penalty through rnnattn.RNN: the module's grads
+    equal nn.RNN's, the create_graph backward runs rnn_backward_differentiable
+    and a plain backward the fused rnn_backward."""
+    ref, ours = twins(3, 4, 2, bidirectional=True)
+    x = torch.randn(5, 2, 3, dtype=torch.float64, requires_grad=True)
+
+    def penalty(module):
+        out, _ = module(x)
+        (g,) = torch.autograd.grad(out.sum(), x, create_graph=True)
+        ((g.norm(dim=-1) - 1) ** 2).mean().backward()
+
+    with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as prof:
+        penalty(ours)
+    called = {e.name for e in prof.events()}
+    assert "rnnattn::rnn_backward_differentiable" in called
+    penalty(ref)
+    for (n, p), q in zip(ours.named_parameters(), ref.parameters()):
+        torch.testing.assert_close(p.grad, q.grad, **TOL64, msg=n)
+    with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as prof:
+        ours(x)[0].sum().backward()
+    called = {e.name for e in prof.events()}
+    assert "rnnattn::rnn_backward" in called and "rnnattn::rnn_backward_differentiable" not in called
+
+
+@pytest.mark.parametrize("packed", [False, True])
+def test_gradgradcheck_bidirectional_two_layers(packed):
+    ours = rnnattn.RNN(2, 3, 2, bidirectional=True, dtype=torch.float64)
+    x = torch.randn(3, 2, 2, dtype=torch.float64, requires_grad=True)
+    h0 = torch.randn(4, 2, 3, dtype=torch.float64, requires_grad=True)
+    inp = pack_padded_sequence(x, torch.tensor([3, 2]), enforce_sorted=False) if packed else x
+    assert module_gradgradcheck(ours, (inp, h0))
+
+
+@pytest.mark.parametrize("nl", ["tanh", "relu"])
+def test_gradgradcheck_cell(nl):
+    cell = rnnattn.RNNCell(3, 4, nonlinearity=nl, dtype=torch.float64)
+    x = torch.randn(2, 3, dtype=torch.float64, requires_grad=True)
+    h = torch.randn(2, 4, dtype=torch.float64, requires_grad=True)
+    assert module_gradgradcheck(cell, (x, h), fast_mode=False)
+    assert module_gradgradcheck(cell, (x[0],), fast_mode=False)  # unbatched, no state given
+
+
+@functools.lru_cache(maxsize=None)
+def _module_db_eval_samples(cls):
+    from torch.testing._internal.common_modules import module_db
+
+    (info,) = [m for m in module_db if m.module_cls is cls]
+    return info.module_inputs_func(info, device="cpu", dtype=torch.float64, requires_grad=True, training=False)
+
+
+# nn.RNN's 32 samples are 16 configurations (bias, bidirectional,
+# batch_first, nonlinearity), each twice: without h_0 (H = 2) and with it
+# (H = 3). One of each pair, alternating, keeps this file's time down; all 32
+# are compared with nn.RNN's second derivatives in test_drop_in_modules.py.
+@pytest.mark.parametrize(
+    "cls,sample", [(nn.RNN, 2 * k + k % 2) for k in range(16)] + [(nn.RNNCell, i) for i in range(3)]
+)
+def test_pytorch_module_db_gradgrad(cls, sample):
+    """PyTorch's module suite's test_gradgrad: gradgradcheck of the module
+    in its inputs and parameters over torch's own nn.RNN / nn.RNNCell samples."""
+    samples = _module_db_eval_samples(cls)
+    assert len(samples) > sample
+    s = samples[sample]
+    twin = {nn.RNN: rnnattn.RNN, nn.RNNCell: rnnattn.RNNCell}[cls]
+    ours = twin(*s.constructor_input.args, **s.constructor_input.kwargs).double().eval()
+    assert module_gradgradcheck(ours, s.forward_input.args, s.forward_input.kwargs)

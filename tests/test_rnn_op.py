@@ -392,14 +392,121 @@ def test_float32_tanh_is_accurate_everywhere():
         assert ((got - want).abs()[ok] <= 8 * ulp[ok]).all()
 
 
-def test_double_backward_is_refused_not_silently_zero():
-    x, bs, hx, w_ih, w_hh, b_ih, b_hh = make_case(3, 2, 3, 4, "cpu", grad=True)
-    out, hn = ops.rnn_layer(x, bs, hx, w_ih, w_hh, b_ih, b_hh)
-    (gx,) = torch.autograd.grad(out.sum(), [x], create_graph=False)
-    assert gx.shape == x.shape
-    out, hn = ops.rnn_layer(x, bs, hx, w_ih, w_hh, b_ih, b_hh)
-    with pytest.raises(RuntimeError, match="the RNN does not support double backward"):
-        torch.autograd.grad(out.sum(), [x], create_graph=True)
+# --- double backward (create_graph=True) -------------------------------------
+
+DOUBLE_CASES = {  # (T, B, I, H, packed lengths, bias, relu, reverse)
+    "T1-B1": (1, 1, 1, 1, None, True, False, False),
+    "odd-reverse": (3, 2, 3, 5, None, True, False, True),
+    "no-bias-relu": (2, 3, 3, 2, None, False, True, False),
+    "packed": (None, 3, 2, 3, [3, 2, 1], True, False, False),
+    "packed-reverse-no-bias": (None, 3, 2, 3, [3, 3, 1], False, False, True),
+}
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("case", DOUBLE_CASES)
+def test_gradgradcheck(case, device):
+    T, B, I, H, lengths, bias, relu, reverse = DOUBLE_CASES[case]
+    x, bs, hx, w_ih, w_hh, b_ih, b_hh = make_case(T, B, I, H, device, packed_lengths=lengths, bias=bias, grad=True)
+
+    def fn(x, hx, w_ih, w_hh, *b):
+        return ops.rnn_layer(x, bs, hx, w_ih, w_hh, *(b or (None, None)), relu, reverse)
+
+    inputs = [t for t in (x, hx, w_ih, w_hh, b_ih, b_hh) if t is not None]
+    assert torch.autograd.gradgradcheck(fn, inputs)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("packed", [None, [3, 2, 2]])
+def test_gradgradcheck_bidirectional_layer(packed, device):
+    x, bs, hx_f, *w_f = make_case(2, 2, 3, 3, device, packed_lengths=packed, grad=True)
+    _, _, hx_b, *w_b = make_case(2, 2, 3, 3, device, packed_lengths=packed, grad=True)
+    fn = lambda x, hf, hb, *w: ops.rnn_bidirectional_layer(x, bs, hf, hb, w[:4], w[4:])  # noqa: E731
+    assert torch.autograd.gradgradcheck(fn, (x, hx_f, hx_b, *w_f, *w_b))
+
+
+def ops_called(fn):
+    """The rnnattn operators that ``fn()`` runs (profiler records)."""
+    with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as prof:
+        fn()
+    return {e.name for e in prof.events() if e.name.startswith("rnnattn::")}
+
+
+def penalty_grads(layer, args, leaves, inputs):
+    """A gradient penalty: g = d(out . u + h_n . v)/d(inputs) with
+    create_graph=True, then the grads of sum(g**2) w.r.t. the leaves."""
+    out, hn = layer(*args)
+    u = torch.linspace(-1, 1, out.numel(), **F64).view_as(out)
+    g = torch.autograd.grad((out * u).sum() + hn.sum(), inputs, create_graph=True)
+    return g, torch.autograd.grad(sum((t**2).sum() for t in g), leaves)
+
+
+@pytest.mark.parametrize("bidirectional", [False, True])
+def test_first_order_backward_stays_fused_double_backward_matches_reference(bidirectional):
+    """Without create_graph the fused rnn_backward runs and its grads carry
+    no graph; with it the differentiable op runs instead, with the same
+    first-order grads, and the second-order grads are the reference's."""
+    x, bs, hx, *w = make_case(4, 3, 3, 5, "cpu", grad=True)
+    _, _, hx_b, *w_b = make_case(4, 3, 3, 5, "cpu", grad=True)
+    leaves = [x, hx, *w] + ([hx_b, *w_b] if bidirectional else [])
+    if bidirectional:
+        def layer(x, hx, hx_b, *w):
+            out, h_f, h_b = ops.rnn_bidirectional_layer(x, bs, hx, hx_b, w[:4], w[4:])
+            return out, torch.stack([h_f, h_b])
+
+        def ref(x, hx, hx_b, *w):
+            out, h_f, h_b = bidirectional_reference(x, bs, hx, hx_b, w[:4], w[4:])
+            return out, torch.stack([h_f, h_b])
+
+        args = (x, hx, hx_b, *w, *w_b)
+    else:
+        layer = lambda *a: ops.rnn_layer(*a)  # noqa: E731
+        ref = lambda *a: reference.rnn_layer(*a)  # noqa: E731
+        args = (x, bs, hx, *w)
+
+    def first_order():
+        out, hn = layer(*args)
+        first_order.grads = torch.autograd.grad(out.sum() + hn.sum(), leaves)
+
+    assert ops_called(first_order) >= {"rnnattn::rnn_forward", "rnnattn::rnn_backward"}
+    assert "rnnattn::rnn_backward_differentiable" not in ops_called(first_order)
+    assert not any(g.requires_grad for g in first_order.grads)
+
+    def second_order():
+        second_order.result = penalty_grads(layer, args, leaves, [x, w[1]])
+
+    called = ops_called(second_order)
+    assert "rnnattn::rnn_backward_differentiable" in called and "rnnattn::rnn_backward" not in called
+    g, gg = second_order.result
+    rg, rgg = penalty_grads(ref, args, leaves, [x, w[1]])
+    for a, b in zip(g + gg, rg + rgg):
+        assert_close(a, b, torch.float64)
+
+
+def test_double_backward_through_the_biases_alone():
+    """Only the biases require grad: the grads still depend on them (through
+    the pre-activations), so the penalty's grads must not come out zero."""
+    x, bs, hx, w_ih, w_hh, b_ih, b_hh = make_case(3, 2, 3, 4, "cpu")
+    for b in (b_ih, b_hh):
+        b.requires_grad_()
+    args = (x, bs, hx, w_ih, w_hh, b_ih, b_hh)
+    g, gg = penalty_grads(ops.rnn_layer, args, [b_ih, b_hh], [b_ih])
+    rg, rgg = penalty_grads(reference.rnn_layer, args, [b_ih, b_hh], [b_ih])
+    assert gg[0].abs().max() > 1e-3
+    for a, b in zip(g + gg, rg + rgg):
+        assert_close(a, b, torch.float64)
+
+
+def test_double_backward_with_an_argument_passed_twice():
+    """w_ih is w_hh and b_ih is b_hh: each position gets its own grad, as in
+    the first-order backward, and autograd sums them once."""
+    x, bs, hx, _, w, b, _ = make_case(3, 2, 4, 4, "cpu")
+    w.requires_grad_(), b.requires_grad_()
+    args = (x, bs, hx, w, w, b, b)
+    g, gg = penalty_grads(ops.rnn_layer, args, [w, b], [w, b])
+    rg, rgg = penalty_grads(reference.rnn_layer, args, [w, b], [w, b])
+    for a, b in zip(g + gg, rg + rgg):
+        assert_close(a, b, torch.float64)
 
 
 BASELINE_ISA_CHECK = """
