@@ -28,6 +28,8 @@ import torch
 from torch import Tensor, nn
 from torch.nn.utils.rnn import PackedSequence, pack_padded_sequence
 
+from . import _export
+from ._modes import _is_exporting
 from .attention import AttentionPooling
 from .rnn import GRU, LSTM, RNN
 
@@ -160,9 +162,18 @@ class RNNAttentionClassifier(nn.Module):
 
     def forward(self, input: Union[Tensor, PackedSequence], lengths: Optional[Union[Tensor, Sequence[int]]] = None
                 ) -> Tuple[Tensor, Tensor]:
+        given = lengths is not None
         x, lengths, total = self._prepare(input, lengths)
-        states, _ = self.rnn(x)
-        context, weights = self.pool(states)
+        if isinstance(x, Tensor) and _is_exporting():
+            # torch.export: padded input stays padded (packing depends on the values
+            # of lengths); the recurrence takes the lengths itself (ONNX's
+            # sequence_lens) and the pooling masks by them.
+            lengths_or_none = lengths if given else None
+            states = _export.module_forward(self.rnn, x, lengths=lengths_or_none)[0]
+            context, weights = self.pool(states, lengths=lengths_or_none)
+        else:
+            states, _ = self.rnn(x)
+            context, weights = self.pool(states)
         if self.chunk_reduce is not None:
             context, weights = self._reduce_chunks(context, weights, lengths)
         if weights.size(-1) < total:
@@ -172,9 +183,16 @@ class RNNAttentionClassifier(nn.Module):
         return logits, weights
 
     def _prepare(self, input, lengths) -> Tuple[Union[Tensor, PackedSequence], Tensor, int]:
-        """Embeds and packs the input. Returns (rnn input, lengths (B,) int64 CPU
-        in batch order (may be None when not needed), T of the weights to return)."""
+        """Embeds and packs the input (not under torch.export). Returns (rnn input,
+        lengths (B,) int64 CPU in batch order (may be None when not needed), T of
+        the weights to return)."""
         if isinstance(input, PackedSequence):
+            if _is_exporting():
+                raise RuntimeError(
+                    "RNNAttentionClassifier: PackedSequence input cannot be exported with torch.export or "
+                    "torch.onnx.export(dynamo=True) (its batch_sizes are data the graph would depend on); "
+                    "export padded input and lengths instead"
+                )
             if lengths is not None:
                 raise ValueError("RNNAttentionClassifier: lengths must be None for PackedSequence input (it carries its own)")
             data = self._embed(input.data, packed=True)
@@ -194,12 +212,15 @@ class RNNAttentionClassifier(nn.Module):
                 f"RNNAttentionClassifier: lengths must be an integer tensor of shape (B,) = ({B},), "
                 f"got {lengths.dtype} of shape {tuple(lengths.shape)}"
             )
-        if B > 0 and (int(lengths.min()) < 1 or int(lengths.max()) > T):
+        # (An exported graph cannot branch on values: the check is left out there.)
+        if not _export.exporting() and B > 0 and (int(lengths.min()) < 1 or int(lengths.max()) > T):
             raise ValueError(
                 f"RNNAttentionClassifier: lengths must lie in [1, T={T}], got min {int(lengths.min())}, "
                 f"max {int(lengths.max())}"
             )
         lengths = lengths.long()
+        if _is_exporting():
+            return x, lengths, T
         return pack_padded_sequence(x, lengths, batch_first=self.batch_first, enforce_sorted=False), lengths, T
 
     def _embed(self, x: Tensor, packed: bool) -> Tensor:

@@ -17,7 +17,7 @@ import torch
 from torch import Tensor, nn
 from torch.nn.utils.rnn import PackedSequence
 
-from . import functional, ops
+from . import _export, functional, ops
 from ._modes import cuda_autocast_dtype, plain_torch_mode
 
 __all__ = ["RNN", "GRU", "LSTM", "RNNCell", "GRUCell", "LSTMCell", "convert"]
@@ -56,7 +56,10 @@ class _FusedRNNBase(nn.RNNBase):
             or any(w.device != data.device for w in weights)
         ):
             # No fused kernel here, a mode the kernels do not serve (rnnattn._modes),
-            # or a mismatch torch will report: torch's path.
+            # or a mismatch torch will report: torch's path (under export, layer
+            # by layer in ops that become ONNX's RNN / GRU / LSTM: rnnattn._export).
+            if _export.exporting():
+                return _export.module_forward(self, input, hx)
             return self._torch_cls.forward(self, input, hx)
         amp = cuda_autocast_dtype(device_type)
 
