@@ -21,9 +21,9 @@ import torch
 from torch import Tensor, nn
 from torch.nn.utils.rnn import PackedSequence, pad_packed_sequence
 
-from . import attention_ops, reference
+from . import _export, attention_ops, reference
 from ._export import exporting
-from ._modes import plain_torch_mode
+from ._modes import _is_exporting, plain_torch_mode
 
 __all__ = ["AttentionPooling", "attention_pooling"]
 
@@ -84,6 +84,8 @@ def attention_pooling(
 
     if not additive:
         pool = attention_ops.attention_pool if fused else reference.attention_pool
+        if K and _is_exporting():
+            pool = _export.chunked_attention_pool  # the reference's chunking fixes T under torch.export
         context, weights = pool(x, weight, bias, lengths, mask, K)
     else:
         if (lengths is not None or mask is not None) and not padding_is_clean:
@@ -97,6 +99,8 @@ def attention_pooling(
         scores = nn.functional.linear(u, weight, bias)
         scores = scores if src_batch_first else scores.transpose(0, 1)
         pool = attention_ops.attention_pool_scores if fused else reference.attention_pool_scores
+        if K and _is_exporting():
+            pool = _export.chunked_pool_scores
         context, weights = pool(x, scores, lengths, mask, K)
 
     heads = weight.shape[0]

@@ -252,7 +252,9 @@ class RNNAttentionClassifier(nn.Module):
             chunk_weights = valid.to(chunks.dtype) / chunk_lengths.unsqueeze(1).to(chunks.dtype)
             context = torch.einsum("bn,bnd->bd", chunk_weights, chunks)
         T = weights.size(-1)
-        per_step = chunk_weights.repeat_interleave(K, dim=1)[:, :T]  # (B, T): weight of step t's chunk
+        # (B, T): weight of step t's chunk (an index, not repeat_interleave + [:T], whose
+        # size relation would make torch.export specialise T)
+        per_step = chunk_weights.index_select(1, torch.arange(T, device=chunks.device) // K)
         if weights.dim() == 3:
             per_step = per_step.unsqueeze(1)
         return context, weights * per_step
