@@ -43,6 +43,17 @@ def exporting() -> bool:
     return torch.jit.is_tracing() or _is_exporting()
 
 
+def input_type_error(name: str, input) -> TypeError:
+    """The error for input that is neither a Tensor nor a PackedSequence."""
+    hint = ""
+    if isinstance(input, tuple) and torch.jit.is_tracing():
+        hint = (
+            " (torch.jit.trace, which torch.onnx.export(dynamo=False) runs, passes a PackedSequence input "
+            "as a plain tuple: PackedSequence input cannot be exported; export padded input instead)"
+        )
+    return TypeError(f"{name}: input must be a Tensor or a PackedSequence, got {type(input).__name__}{hint}")
+
+
 def module_forward(module, input, hx=None, lengths: Optional[Tensor] = None):
     """``module.forward`` of an rnnattn.RNN / GRU / LSTM under export, with the
     same inputs and outputs; ``lengths`` ``(B,)`` (padded input only) gives each
@@ -221,9 +232,9 @@ def _onnx_layer(mode, x, h0, c0, params, lengths, bidirectional):
     dirs = [params[d * per : (d + 1) * per] for d in range(D)]
     order = _GATE_ORDER[mode]
 
-    def gates(w):
-        blocks = w.chunk(len(order))
-        return torch.cat([blocks[g] for g in order]) if len(order) > 1 else w
+    def gates(w):  # (slices, not chunk: the ONNX optimizer folds Slice on weights, not Split)
+        n = w.shape[0] // len(order)
+        return torch.cat([w[g * n : (g + 1) * n] for g in order]) if len(order) > 1 else w
 
     W = torch.stack([gates(p[0]) for p in dirs])  # (D, G*H, I)
     R = torch.stack([gates(p[1]) for p in dirs])  # (D, G*H, H)

@@ -201,6 +201,8 @@ class RNNAttentionClassifier(nn.Module):
             lengths = _packed_lengths(input) if self.chunk_reduce is not None else None
             return x, lengths, int(input.batch_sizes.numel())
 
+        if not isinstance(input, Tensor):
+            raise _export.input_type_error("RNNAttentionClassifier", input)
         x = self._embed(input, packed=False)
         batch_dim, time_dim = (0, 1) if self.batch_first else (1, 0)
         B, T = x.size(batch_dim), x.size(time_dim)

@@ -49,6 +49,8 @@ class _FusedRNNBase(nn.RNNBase):
         # refreshes _flat_weights from; TorchDynamo before 2.5 cannot trace that call).
         weights = [getattr(self, n) if hasattr(self, n) else None for n in self._flat_weights_names]
         data = input.data if isinstance(input, PackedSequence) else input
+        if not isinstance(data, Tensor):
+            raise _export.input_type_error(f"rnnattn.{type(self).__name__}", input)
         device_type = data.device.type
         if (
             not ops.has_kernel(data.device, data.dtype, self._cell)

@@ -1,12 +1,14 @@
 """Export of every rnnattn module: both ONNX exporters and torch.export.
 
-Each model is exported once with dynamic batch and time, then run by
-onnxruntime on inputs of two sizes (neither the example's) and compared with
-the eager module (the fused kernels) in float32. The ONNX graph of a
-recurrence must hold ONNX's own RNN / GRU / LSTM operator (not an unrolled or
-looped step); cells and the pooling become standard operators.
+Each bundle of modules is exported once with dynamic batch and time, then run
+by onnxruntime on inputs of two sizes (neither the example's) and compared
+with the eager modules (the fused kernels) in float32. The ONNX graph of a
+recurrence must hold ONNX's own RNN / GRU / LSTM operator, one node per layer
+(not an unrolled or looped step); cells and the pooling become standard
+operators. torch.export's programs are run against the eager modules too.
 """
 import collections
+import importlib.util
 import inspect
 import warnings
 
@@ -23,16 +25,23 @@ ATOL = 1e-5
 EXAMPLE = (3, 5)  # (B, T) of the export example
 SIZES = [(2, 8), (4, 3)]  # (B, T) fed to the exported model: T of both parities (chunks of 2)
 
-# The dynamo exporter (torch.onnx.export(dynamo=True)) arrived in torch 2.5, as
-# did torch.compiler.is_exporting, by which the modules know they are exported.
-HAS_DYNAMO = "dynamo" in inspect.signature(torch.onnx.export).parameters and hasattr(
-    torch.compiler, "is_exporting"
+# The modules know they are being exported by torch.compiler.is_exporting (torch 2.5);
+# the dynamo ONNX exporter (which needs onnxscript) gets the recurrences as ONNX
+# operators through torch.onnx.ops (torch 2.8).
+HAS_EXPORT = hasattr(torch.compiler, "is_exporting")
+HAS_DYNAMO_ONNX = (
+    HAS_EXPORT
+    and hasattr(torch.onnx, "ops")
+    and "dynamo" in inspect.signature(torch.onnx.export).parameters
+    and importlib.util.find_spec("onnxscript") is not None
 )
 EXPORTERS = [
     pytest.param(False, id="torchscript"),
-    pytest.param(True, id="dynamo", marks=pytest.mark.skipif(not HAS_DYNAMO, reason="needs torch >= 2.5")),
+    pytest.param(
+        True, id="dynamo", marks=pytest.mark.skipif(not HAS_DYNAMO_ONNX, reason="needs torch >= 2.8 and onnxscript")
+    ),
 ]
-needs_export = pytest.mark.skipif(not HAS_DYNAMO, reason="exporting the modules needs torch >= 2.5")
+needs_export = pytest.mark.skipif(not HAS_EXPORT, reason="exporting the modules needs torch >= 2.5")
 
 
 # ---- cases ---------------------------------------------------------------------------------------
@@ -86,6 +95,11 @@ def _recurrences():
         lstm_proj_2layer_bi=(
             rnnattn.LSTM(4, 6, 2, batch_first=True, bidirectional=True, proj_size=3), lambda m, x: m(x)
         ),
+        # h_0 enters the projected LSTM another way than zeros do (rnnattn._export._lstm_projected)
+        lstm_proj_bi_given_states=(
+            rnnattn.LSTM(4, 4, batch_first=True, bidirectional=True, proj_size=3),
+            lambda m, x: m(x, (x[:, :2, :3].transpose(0, 1), x[:, -2:].transpose(0, 1))),
+        ),
     )
 
 
@@ -128,7 +142,7 @@ def _classifier_equal_length():
 
 BT, B_ = {0: "B", 1: "T"}, {0: "B"}
 CASES = {  # name: (bundle, inputs, dynamic dims per input, {ONNX op: nodes})
-    "recurrences": (_recurrences, _seq, (BT,), {"RNN": 3, "GRU": 2, "LSTM": 4}),
+    "recurrences": (_recurrences, _seq, (BT,), {"RNN": 3, "GRU": 2, "LSTM": 5}),
     "cells": (_cells, _step, (B_,), {}),
     "pooling": (_pooling, _seq_lengths_mask, (BT, B_, BT), {}),
     "classifier-lengths": (_classifiers, _seq_lengths, (BT, B_), {"RNN": 2, "GRU": 1, "LSTM": 1}),
@@ -239,11 +253,20 @@ def test_torch_export_rnn_with_h0_unbatched_and_lstm_proj():
         torch.testing.assert_close(o, w, rtol=0, atol=ATOL)
 
 
-@needs_export
-def test_packed_sequence_export_error_is_clear():
-    """A PackedSequence's batch_sizes are data: torch.export cannot trace them,
-    and says so, naming the module and what to export instead."""
+@pytest.mark.parametrize("how", ["torch.export", "torchscript"])
+def test_packed_sequence_input_error_is_clear(how, tmp_path):
+    """A PackedSequence input cannot be exported (its batch_sizes are data;
+    torch.jit.trace passes it on as a plain tuple): the error says so, naming
+    the module and what to export instead."""
+    if how == "torch.export" and not HAS_EXPORT:
+        pytest.skip("needs torch >= 2.5")
     x = pack_padded_sequence(torch.randn(3, 5, 4), torch.tensor([5, 3, 2]), batch_first=True)
     for model in (rnnattn.GRU(4, 6, batch_first=True), rnnattn.RNNAttentionClassifier(3, 4, 6)):
-        with pytest.raises(Exception, match="PackedSequence input cannot be exported"):
-            torch.export.export(model.eval(), (x,))
+        name = "rnnattn.GRU" if isinstance(model, rnnattn.GRU) else "RNNAttentionClassifier"
+        with pytest.raises(Exception, match=f"{name}: .*PackedSequence input cannot be exported"):
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                if how == "torch.export":
+                    torch.export.export(model.eval(), (x,))
+                else:
+                    torch.onnx.export(model.eval(), (x,), str(tmp_path / "m.onnx"), dynamo=False)
