@@ -258,40 +258,41 @@ def _onnx_layer(mode, x, h0, c0, params, lengths, bidirectional):
     return y.transpose(1, 2).flatten(2), h_n, c_n[0] if c_n else None
 
 
-# ---- chunked attention pooling --------------------------------------------------------------
+# ---- attention pooling ---------------------------------------------------------------------------
 
 
-def chunked_attention_pool(input, weight, bias, lengths, mask, chunk_size: int):
-    """:func:`rnnattn.reference.attention_pool` with ``chunk_size > 0``, for torch.export."""
+def attention_pool(input, weight, bias, lengths, mask, chunk_size: int):
+    """:func:`rnnattn.reference.attention_pool` for torch.export (see :func:`attention_pool_scores`)."""
     valid = reference.valid_steps(input.shape[0], input.shape[1], lengths, mask, input.device)
     scores = input.masked_fill(~valid.unsqueeze(-1), 0) @ weight.T
     if bias is not None:
         scores = scores + bias
-    return chunked_pool_scores(input, scores, lengths, mask, chunk_size)
+    return attention_pool_scores(input, scores, lengths, mask, chunk_size)
 
 
-def chunked_pool_scores(input, scores, lengths, mask, chunk_size: int):
-    """:func:`rnnattn.reference.attention_pool_scores` with ``chunk_size > 0``, for torch.export.
+def attention_pool_scores(input, scores, lengths, mask, chunk_size: int):
+    """:func:`rnnattn.reference.attention_pool_scores` for torch.export.
 
-    The reference pads T to C*K and reshapes it into (C, K); the size relations
-    that implies (T <= C*K, whether the padding is empty) make torch.export
-    specialise T (to odd T, say). Here the (C, K) grid of steps is gathered by
-    an index instead (steps past T masked), and the per-step weights are read
-    back the same way, so no size depends on another.
+    The reference pads T to C*K and reshapes it into (C, K) (K = max(T, 1)
+    unchunked); the size relations that implies (T <= C*K, whether the padding
+    is empty, 1 % max(T, 1)) make torch.export specialise T (to odd T, say).
+    Here the (C, K) grid of steps is gathered by an index instead (steps past
+    T masked), and the per-step weights are read back the same way.
     """
     B, T, D = input.shape
     K = chunk_size
     valid = reference.valid_steps(B, T, lengths, mask, input.device)
     x = input.masked_fill(~valid.unsqueeze(-1), 0)
     e = scores.masked_fill(~valid.unsqueeze(-1), float("-inf")).transpose(1, 2)  # (B, k, T)
-    C = (T + K - 1) // K
-    grid = torch.arange(C * K, device=input.device).view(C, K)  # step of each place of each chunk
-    e = e[..., grid.clamp(max=T - 1)].masked_fill(grid >= T, float("-inf"))  # (B, k, C, K)
+    if K:
+        C = (T + K - 1) // K
+        grid = torch.arange(C * K, device=input.device).view(C, K)  # the step at each place of each chunk
+        e = e[..., grid.clamp(max=T - 1)].masked_fill(grid >= T, float("-inf"))  # (B, k, C, K)
     peak = e.amax(-1, keepdim=True)
     p = torch.exp(e - peak.masked_fill(peak == float("-inf"), 0))  # 0 at invalid steps
     a = p / p.sum(-1, keepdim=True).clamp_min(torch.finfo(p.dtype).tiny)  # a chunk without valid steps: 0
-    # (B, k, C, K, 1) * (B, 1, C, K, D), summed over K (einsum would reshape C: a 0/1 size guard)
-    context = (a.unsqueeze(-1) * x[:, grid.clamp(max=T - 1)].unsqueeze(1)).sum(3).transpose(1, 2)
+    if not K:  # one chunk of T steps (3-D matmul: a 4-D one would reshape T)
+        return (a @ x).unsqueeze(1), a  # (B, 1, k, D), (B, k, T)
     step = torch.arange(T, device=input.device)
-    weights = a[..., step // K, step % K]  # (B, k, T)
-    return context, weights
+    context = a.transpose(1, 2) @ x[:, grid.clamp(max=T - 1)]  # (B, C, k, K) @ (B, C, K, D)
+    return context, a[..., step // K, step % K]

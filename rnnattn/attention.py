@@ -84,8 +84,8 @@ def attention_pooling(
 
     if not additive:
         pool = attention_ops.attention_pool if fused else reference.attention_pool
-        if K and _is_exporting():
-            pool = _export.chunked_attention_pool  # the reference's chunking fixes T under torch.export
+        if not fused and _is_exporting():
+            pool = _export.attention_pool  # the reference's reshapes would fix T in torch.export
         context, weights = pool(x, weight, bias, lengths, mask, K)
     else:
         if (lengths is not None or mask is not None) and not padding_is_clean:
@@ -99,8 +99,8 @@ def attention_pooling(
         scores = nn.functional.linear(u, weight, bias)
         scores = scores if src_batch_first else scores.transpose(0, 1)
         pool = attention_ops.attention_pool_scores if fused else reference.attention_pool_scores
-        if K and _is_exporting():
-            pool = _export.chunked_pool_scores
+        if not fused and _is_exporting():
+            pool = _export.attention_pool_scores
         context, weights = pool(x, scores, lengths, mask, K)
 
     heads = weight.shape[0]
