@@ -7,6 +7,10 @@ Variable lengths are handled by packing: padded input with ``lengths`` is
 packed before the RNN (so a bidirectional RNN's reverse direction starts at
 each sequence's true end, not in the padding), and the packed RNN output goes
 to the pooling as it is, whose softmax then only covers each sequence's steps.
+Under torch.export (and so the default ONNX exporter) packing cannot be
+traced: the padded input goes to the recurrence with the lengths, which it
+applies as packing would (ONNX's sequence_lens; rnnattn._export), and the
+pooling masks by them.
 
 Chunked pooling (``chunk_size=K``) gives one context per chunk of K steps,
 ``(B, ceil(T/K), D')``; the classifier reduces that to ``(B, D')`` with
@@ -86,7 +90,9 @@ class RNNAttentionClassifier(nn.Module):
     layer's keys are those of torch's module (``torch.nn.RNN``, ``GRU``, ``LSTM``). ``DistributedDataParallel`` works as for any module
     (tested: gloo, CPU, fused ops). ``torch.compile(fullgraph=True)`` covers
     equal-length padded input without ``lengths``; variable lengths are
-    data-dependent (packing) and compile with graph breaks.
+    data-dependent (packing) and compile with graph breaks. Padded input, with or
+    without ``lengths``, exports with both ONNX exporters and ``torch.export``
+    (README, "Export"); PackedSequence input does not.
     """
 
     def __init__(
