@@ -21,7 +21,7 @@ operators (which every ONNX runtime runs fast):
 Variable lengths (``lengths``, from RNNAttentionClassifier) go to ONNX as
 ``sequence_lens`` (to the export ops as an input; they pack inside): the
 reverse direction starts at each sequence's own last step, with no packing in
-the graph. ONNX's LSTM has no projection (``proj_size``);
+the graph. ONNX's LSTM has no projection (``proj_size``): for ONNX
 :func:`_lstm_projected` rewrites a projected LSTM as one without.
 """
 from typing import List, Optional, Tuple
@@ -98,7 +98,7 @@ def module_forward(module, input, hx=None, lengths: Optional[Tensor] = None):
         params = weights[layer * per_layer : (layer + 1) * per_layer]
         h = h0[layer * D : (layer + 1) * D]
         c = c0[layer * D : (layer + 1) * D] if lstm else None
-        if lstm and module.proj_size > 0:
+        if lstm and module.proj_size > 0 and torch.onnx.is_in_onnx_export():  # (either exporter)
             x, h, c = _lstm_projected(x, h, c, params, lengths, D)
         else:
             x, h, c = _layer(module.mode, x, h, c, params, lengths, D == 2)
@@ -164,7 +164,7 @@ def _torch_layer(mode, x, h0, c0, params, lengths, bidirectional):
     """One layer by torch's own op (what the export ops compute)."""
     op = _TORCH_OPS[mode]
     D = 2 if bidirectional else 1
-    has_biases = len(params) // D == 4
+    has_biases = len(params) // D >= 4  # [w_ih, w_hh, b_ih, b_hh, (w_hr)]
     hx = [h0, c0] if mode == "LSTM" else h0
     if lengths is None:
         out, *hidden = op(x, hx, params, has_biases, 1, 0.0, False, bidirectional, False)
@@ -182,7 +182,7 @@ def _torch_layer(mode, x, h0, c0, params, lengths, bidirectional):
 # ---- the export ops -------------------------------------------------------------
 #
 # input (T, B, I) time-major; hx, cx (D, B, H); weights as torch's _flat_weights of
-# one layer ([w_ih, w_hh, (b_ih, b_hh)] per direction); lengths (B,) or None.
+# one layer ([w_ih, w_hh, (b_ih, b_hh), (w_hr)] per direction); lengths (B,) or None.
 
 
 @torch.library.custom_op("rnnattn::export_rnn_layer", mutates_args=())
@@ -198,7 +198,7 @@ def export_rnn_layer(
 def export_lstm_layer(
     input: Tensor, hx: Tensor, cx: Tensor, weights: List[Tensor], lengths: Optional[Tensor], bidirectional: bool
 ) -> Tuple[Tensor, Tensor, Tensor]:
-    """One LSTM layer (no projection); see the module docstring."""
+    """One LSTM layer; see the module docstring."""
     return _torch_layer("LSTM", input, hx, cx, weights, lengths, bidirectional)
 
 

@@ -225,6 +225,7 @@ def test_torch_export_classifier_padded_lengths():
 
 
 @needs_export
+@pytest.mark.filterwarnings("ignore:LSTM with projections is not supported with oneDNN")  # torch's own
 def test_torch_export_rnn_with_h0_unbatched_and_lstm_proj():
     """The module path under export takes h_0, unbatched input and proj_size as torch's modules do."""
     torch.manual_seed(0)
