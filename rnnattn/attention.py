@@ -22,7 +22,6 @@ from torch import Tensor, nn
 from torch.nn.utils.rnn import PackedSequence, pad_packed_sequence
 
 from . import _export, attention_ops, reference
-from ._export import exporting
 from ._modes import _is_exporting, plain_torch_mode
 
 __all__ = ["AttentionPooling", "attention_pooling"]
@@ -78,7 +77,7 @@ def attention_pooling(
     lengths = _as_lengths(lengths, B, x.device)
     mask = _as_mask(mask, B, T, x.device)
     fused = attention_ops.has_kernel(x.device, x.dtype) and not plain_torch_mode(x.device.type)
-    if not fused and lengths is not None and not exporting():
+    if not fused and lengths is not None and not _export.exporting():
         # The fused ops check on their own; an exported graph cannot branch on values.
         _check_lengths_values(lengths, T)
 

@@ -127,6 +127,11 @@ def _classifiers():
         gru_2layer_bi_equal_length=(
             C(3, 4, 6, cell="gru", num_layers=2, bidirectional=True), lambda m, x, n: m(x)
         ),
+        # token ids (made from x), time-major
+        lstm_tokens_time_major=(
+            C(3, vocab_size=20, embedding_dim=5, padding_idx=0, hidden_size=6, cell="lstm", batch_first=False),
+            lambda m, x, n: m((x[..., 0].abs() * 5).long().clamp(max=19).T, n),
+        ),
     )
 
 
@@ -134,7 +139,7 @@ BT, B_ = {0: "B", 1: "T"}, {0: "B"}
 CASES = {  # name: (bundle, inputs, dynamic dims per input, {ONNX op: nodes})
     "recurrences-and-cells": (_recurrences_and_cells, _seq, (BT,), {"RNN": 3, "GRU": 2, "LSTM": 5}),
     "pooling": (_pooling, _seq_lengths_mask, (BT, B_, BT), {}),
-    "classifier": (_classifiers, _seq_lengths, (BT, B_), {"RNN": 2, "GRU": 3, "LSTM": 1}),
+    "classifier": (_classifiers, _seq_lengths, (BT, B_), {"RNN": 2, "GRU": 3, "LSTM": 2}),
 }
 
 
@@ -214,8 +219,8 @@ def test_torch_export_classifier_padded_lengths():
     ep = torch.export.export(model, _seq_lengths(*EXAMPLE, g), dynamic_shapes=({0: B, 1: T}, {0: B}))
     ops = collections.Counter(str(n.target) for n in ep.graph.nodes if n.op == "call_function")
     assert not [op for op in ops if "pack" in op], sorted(ops)
-    # one op per layer: rnn 2 + gru 1 + gru 2 layers; lstm 1
-    assert ops["rnnattn.export_rnn_layer.default"] == 5 and ops["rnnattn.export_lstm_layer.default"] == 1, ops
+    # one op per layer: rnn 2 + gru 1 + gru 2 layers; lstm 1 + 1
+    assert ops["rnnattn.export_rnn_layer.default"] == 5 and ops["rnnattn.export_lstm_layer.default"] == 2, ops
     for size in SIZES:
         x, lengths = _seq_lengths(*size, g)
         with torch.no_grad():
