@@ -13,7 +13,8 @@ $(PY):
 
 $(VENV)/.deps: $(PY) pyproject.toml
 	$(PY) -m pip install -q --upgrade pip setuptools wheel
-	$(PY) -m pip install -q "$(TORCH)" numpy pybind11 ninja tqdm pytest expecttest hypothesis matplotlib
+	$(PY) -m pip install -q "$(TORCH)" numpy pybind11 ninja tqdm pytest expecttest hypothesis matplotlib \
+		onnx onnxscript onnxruntime
 	touch $@
 
 # Build the extension in place (editable install) so that both the installed

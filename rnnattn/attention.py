@@ -21,8 +21,8 @@ import torch
 from torch import Tensor, nn
 from torch.nn.utils.rnn import PackedSequence, pad_packed_sequence
 
-from . import attention_ops, reference
-from ._modes import plain_torch_mode
+from . import _export, attention_ops, reference
+from ._modes import _is_exporting, plain_torch_mode
 
 __all__ = ["AttentionPooling", "attention_pooling"]
 
@@ -77,11 +77,14 @@ def attention_pooling(
     lengths = _as_lengths(lengths, B, x.device)
     mask = _as_mask(mask, B, T, x.device)
     fused = attention_ops.has_kernel(x.device, x.dtype) and not plain_torch_mode(x.device.type)
-    if not fused and lengths is not None:
-        _check_lengths_values(lengths, T)  # the fused ops check on their own
+    if not fused and lengths is not None and not _export.exporting():
+        # The fused ops check on their own; an exported graph cannot branch on values.
+        _check_lengths_values(lengths, T)
 
     if not additive:
         pool = attention_ops.attention_pool if fused else reference.attention_pool
+        if not fused and _is_exporting():
+            pool = _export.attention_pool  # the reference's reshapes would fix T in torch.export
         context, weights = pool(x, weight, bias, lengths, mask, K)
     else:
         if (lengths is not None or mask is not None) and not padding_is_clean:
@@ -95,6 +98,8 @@ def attention_pooling(
         scores = nn.functional.linear(u, weight, bias)
         scores = scores if src_batch_first else scores.transpose(0, 1)
         pool = attention_ops.attention_pool_scores if fused else reference.attention_pool_scores
+        if not fused and _is_exporting():
+            pool = _export.attention_pool_scores
         context, weights = pool(x, scores, lengths, mask, K)
 
     heads = weight.shape[0]

@@ -7,6 +7,10 @@ Variable lengths are handled by packing: padded input with ``lengths`` is
 packed before the RNN (so a bidirectional RNN's reverse direction starts at
 each sequence's true end, not in the padding), and the packed RNN output goes
 to the pooling as it is, whose softmax then only covers each sequence's steps.
+Under torch.export (and so the default ONNX exporter) packing cannot be
+traced: the padded input goes to the recurrence with the lengths, which it
+applies as packing would (ONNX's sequence_lens; rnnattn._export), and the
+pooling masks by them.
 
 Chunked pooling (``chunk_size=K``) gives one context per chunk of K steps,
 ``(B, ceil(T/K), D')``; the classifier reduces that to ``(B, D')`` with
@@ -28,6 +32,8 @@ import torch
 from torch import Tensor, nn
 from torch.nn.utils.rnn import PackedSequence, pack_padded_sequence
 
+from . import _export
+from ._modes import _is_exporting
 from .attention import AttentionPooling
 from .rnn import GRU, LSTM, RNN
 
@@ -84,7 +90,9 @@ class RNNAttentionClassifier(nn.Module):
     layer's keys are those of torch's module (``torch.nn.RNN``, ``GRU``, ``LSTM``). ``DistributedDataParallel`` works as for any module
     (tested: gloo, CPU, fused ops). ``torch.compile(fullgraph=True)`` covers
     equal-length padded input without ``lengths``; variable lengths are
-    data-dependent (packing) and compile with graph breaks.
+    data-dependent (packing) and compile with graph breaks. Padded input, with or
+    without ``lengths``, exports with both ONNX exporters and ``torch.export``
+    (README, "Export"); PackedSequence input does not.
     """
 
     def __init__(
@@ -160,9 +168,18 @@ class RNNAttentionClassifier(nn.Module):
 
     def forward(self, input: Union[Tensor, PackedSequence], lengths: Optional[Union[Tensor, Sequence[int]]] = None
                 ) -> Tuple[Tensor, Tensor]:
+        given = lengths is not None
         x, lengths, total = self._prepare(input, lengths)
-        states, _ = self.rnn(x)
-        context, weights = self.pool(states)
+        if isinstance(x, Tensor) and _is_exporting():
+            # torch.export: padded input stays padded (packing depends on the values
+            # of lengths); the recurrence takes the lengths itself (ONNX's
+            # sequence_lens) and the pooling masks by them.
+            lengths_or_none = lengths if given else None
+            states = _export.module_forward(self.rnn, x, lengths=lengths_or_none)[0]
+            context, weights = self.pool(states, lengths=lengths_or_none)
+        else:
+            states, _ = self.rnn(x)
+            context, weights = self.pool(states)
         if self.chunk_reduce is not None:
             context, weights = self._reduce_chunks(context, weights, lengths)
         if weights.size(-1) < total:
@@ -172,9 +189,16 @@ class RNNAttentionClassifier(nn.Module):
         return logits, weights
 
     def _prepare(self, input, lengths) -> Tuple[Union[Tensor, PackedSequence], Tensor, int]:
-        """Embeds and packs the input. Returns (rnn input, lengths (B,) int64 CPU
-        in batch order (may be None when not needed), T of the weights to return)."""
+        """Embeds and packs the input (not under torch.export). Returns (rnn input,
+        lengths (B,) int64 CPU in batch order (may be None when not needed), T of
+        the weights to return)."""
         if isinstance(input, PackedSequence):
+            if _is_exporting():
+                raise RuntimeError(
+                    "RNNAttentionClassifier: PackedSequence input cannot be exported with torch.export or "
+                    "torch.onnx.export(dynamo=True) (its batch_sizes are data the graph would depend on); "
+                    "export padded input and lengths instead"
+                )
             if lengths is not None:
                 raise ValueError("RNNAttentionClassifier: lengths must be None for PackedSequence input (it carries its own)")
             data = self._embed(input.data, packed=True)
@@ -183,6 +207,8 @@ class RNNAttentionClassifier(nn.Module):
             lengths = _packed_lengths(input) if self.chunk_reduce is not None else None
             return x, lengths, int(input.batch_sizes.numel())
 
+        if not isinstance(input, Tensor):
+            raise _export.input_type_error("RNNAttentionClassifier", input)
         x = self._embed(input, packed=False)
         batch_dim, time_dim = (0, 1) if self.batch_first else (1, 0)
         B, T = x.size(batch_dim), x.size(time_dim)
@@ -194,12 +220,15 @@ class RNNAttentionClassifier(nn.Module):
                 f"RNNAttentionClassifier: lengths must be an integer tensor of shape (B,) = ({B},), "
                 f"got {lengths.dtype} of shape {tuple(lengths.shape)}"
             )
-        if B > 0 and (int(lengths.min()) < 1 or int(lengths.max()) > T):
+        # (An exported graph cannot branch on values: the check is left out there.)
+        if not _export.exporting() and B > 0 and (int(lengths.min()) < 1 or int(lengths.max()) > T):
             raise ValueError(
                 f"RNNAttentionClassifier: lengths must lie in [1, T={T}], got min {int(lengths.min())}, "
                 f"max {int(lengths.max())}"
             )
         lengths = lengths.long()
+        if _is_exporting():
+            return x, lengths, T
         return pack_padded_sequence(x, lengths, batch_first=self.batch_first, enforce_sorted=False), lengths, T
 
     def _embed(self, x: Tensor, packed: bool) -> Tensor:
@@ -231,7 +260,9 @@ class RNNAttentionClassifier(nn.Module):
             chunk_weights = valid.to(chunks.dtype) / chunk_lengths.unsqueeze(1).to(chunks.dtype)
             context = torch.einsum("bn,bnd->bd", chunk_weights, chunks)
         T = weights.size(-1)
-        per_step = chunk_weights.repeat_interleave(K, dim=1)[:, :T]  # (B, T): weight of step t's chunk
+        # (B, T): weight of step t's chunk (an index, not repeat_interleave + [:T], whose
+        # size relation would make torch.export specialise T)
+        per_step = chunk_weights.index_select(1, torch.arange(T, device=chunks.device) // K)
         if weights.dim() == 3:
             per_step = per_step.unsqueeze(1)
         return context, weights * per_step

@@ -17,7 +17,7 @@ import torch
 from torch import Tensor, nn
 from torch.nn.utils.rnn import PackedSequence
 
-from . import _C, functional, ops, reference
+from . import _C, _export, functional, ops, reference
 from ._modes import cuda_autocast_dtype, plain_path, plain_step_path
 
 __all__ = ["RNN", "GRU", "LSTM", "RNNCell", "GRUCell", "LSTMCell", "convert"]
@@ -59,6 +59,8 @@ class _FusedRNNBase(nn.RNNBase):
         # refreshes _flat_weights from; TorchDynamo before 2.5 cannot trace that call).
         weights = [getattr(self, n, None) for n in self._flat_weights_names]
         data = input.data if isinstance(input, PackedSequence) else input
+        if not isinstance(data, Tensor):
+            raise _export.input_type_error(f"rnnattn.{type(self).__name__}", input)
         device = data.device
         device_type = device.type
         path = plain_path(device_type)
@@ -68,7 +70,10 @@ class _FusedRNNBase(nn.RNNBase):
             or weights[0].device != device  # (the layer ops check the others)
         ):
             # No fused kernel here, a mode the kernels do not serve (rnnattn._modes),
-            # or a mismatch torch will report: torch's path.
+            # or a mismatch torch will report: torch's path (under export, layer
+            # by layer in ops that become ONNX's RNN / GRU / LSTM: rnnattn._export).
+            if _export.exporting():
+                return _export.module_forward(self, input, hx)
             return self._torch_cls.forward(self, input, hx)
         amp = cuda_autocast_dtype(device_type)
 
