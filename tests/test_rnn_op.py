@@ -515,11 +515,12 @@ sys.path.insert(0, "tests")
 from test_rnn_op import make_case
 from rnnattn import ops, reference
 torch.manual_seed(0)
-for H in (7, 64, 65):
+# (T, B, H); (1, 1, ·) and (1, 3, ·): under 4 rows in all, W_hh read as stored (small_gemm_nt)
+for T, B, H in [(5, 3, 7), (5, 3, 64), (5, 3, 65), (1, 1, 37), (1, 3, 20)]:
     for dtype, tol in ((torch.float32, 2e-5), (torch.float64, 1e-10)):
         for relu in (False, True):
             for reverse in (False, True):
-                args = make_case(5, 3, 4, H, "cpu", dtype)
+                args = make_case(T, B, 4, H, "cpu", dtype)
                 got = ops.rnn_layer(*args, relu, reverse)
                 want = reference.rnn_layer(*args, relu, reverse)
                 for a, b in zip(got, want):
