@@ -31,30 +31,50 @@ __all__ = ["plain_path", "plain_step_path", "plain_torch_mode", "cuda_autocast_d
 _is_exporting = getattr(torch.compiler, "is_exporting", lambda: False)
 
 
-def _path(autocast: bool) -> Optional[str]:
+# Eager-mode flag reads, bound once (each attribute lookup costs): the
+# checks below run on every call of every module.
+_any_autocast = torch._C._is_any_autocast_enabled
+_tracing = torch._C._is_tracing
+_functorch = torch._C._are_functorch_transforms_active
+
+
+def _path(autocast_device: Optional[str]) -> Optional[str]:
+    """The path under the active modes; ``autocast_device``: the device type
+    whose autocast sends a call to torch's module ("cpu" for the sequence
+    modules on the CPU, None: any device, for the cells; "" none)."""
     if torch.compiler.is_compiling():
         # torch.compile traces the ops themselves (and handles torch.func
         # inside a compiled function on its own).
-        return "torch" if autocast or _is_exporting() else None
-    if autocast or torch.jit.is_tracing() or _is_exporting():
+        if _is_exporting() or _autocast(autocast_device):
+            return "torch"
+        return None
+    if _any_autocast() and _autocast(autocast_device):
         return "torch"
-    if torch._C._are_functorch_transforms_active():
+    if _tracing() or _is_exporting():
+        return "torch"
+    if _functorch():
         return "reference"
     return None
+
+
+def _autocast(device: Optional[str]) -> bool:
+    if device is None:
+        return torch._C._is_any_autocast_enabled()
+    return device != "" and torch.is_autocast_enabled(device)
 
 
 def plain_path(device_type: str) -> Optional[str]:
     """None while the fused operators serve a call of the sequence modules on
     ``device_type``, else ``"torch"`` or ``"reference"`` (module docstring).
     Autocast on CUDA is served: see :func:`cuda_autocast_dtype`."""
-    return _path(device_type == "cpu" and torch.is_autocast_enabled("cpu"))
+    return _path("cpu" if device_type == "cpu" else "")
 
 
 def plain_step_path() -> Optional[str]:
     """:func:`plain_path` for the one-step cells, which run torch's cell under
     autocast on any device: a step is a few small GEMMs, which torch's cell
     runs in the autocast dtype through its autocast rules."""
-    return _path(torch._C._is_any_autocast_enabled())
+    return _path(None)
 
 
 def cuda_autocast_dtype(device_type: str):
