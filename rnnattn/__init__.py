@@ -24,9 +24,11 @@ __version__ = "0.1.0"
 # torch modules the classifier is built from, are allowed globals. (torch
 # allows no nn.Module class by default; these hold only parameters, buffers
 # and plain attributes.)
+# (set: a module's _non_persistent_buffers_set; torch 2.4's unpickler does
+# not allow it by default, later ones do.)
 torch.serialization.add_safe_globals(
     [RNN, GRU, LSTM, RNNCell, GRUCell, LSTMCell, AttentionPooling, RNNAttentionClassifier,
-     torch.nn.Linear, torch.nn.Dropout, torch.nn.Embedding]
+     torch.nn.Linear, torch.nn.Dropout, torch.nn.Embedding, set]
 )
 
 __all__ = [
