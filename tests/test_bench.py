@@ -385,3 +385,14 @@ def test_cli_quick_end_to_end(tmp_path):
     assert len(rows) == sum(len(r["contenders"]) for r in data["results"])
     assert rows[0].keys() >= {"key", "contender", "median_ms", "peak_mib", "speedup_of_rnnattn"}
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_table_header_names_the_cpu_isa_path(monkeypatch):
+    from rnnattn.bench import machine
+
+    monkeypatch.setenv("RNNATTN_CPU_ISA", "base")
+    assert machine.cpu_isa_path() == "base"
+    monkeypatch.delenv("RNNATTN_CPU_ISA")
+    meta = machine.describe(torch.device("cpu"), torch.float32)
+    assert meta["cpu_isa_path"].split()[0] in ("avx2", "base", "unknown")
+    assert f"CPU kernels: {meta['cpu_isa_path']} path" in report.table([], meta)

@@ -19,6 +19,23 @@ def _cpu_model() -> str:
     return platform.processor() or platform.machine()
 
 
+def cpu_isa_path() -> str:
+    """The build of the CPU kernels that runs here, by the rule of
+    csrc/cpu/isa.h: "avx2" (AVX2+FMA) unless the CPU lacks them or
+    RNNATTN_CPU_ISA=base forces "base". (AVX-512 has no build yet.)"""
+    if os.environ.get("RNNATTN_CPU_ISA") == "base" or platform.machine() not in ("x86_64", "AMD64"):
+        return "base"
+    try:
+        with open("/proc/cpuinfo") as f:
+            flags = next((line.split(":", 1)[1].split() for line in f if line.startswith("flags")), [])
+    except OSError:
+        return "unknown"
+    isa = "avx2" if {"avx2", "fma"} <= set(flags) else "base"
+    if "avx512f" in flags:
+        isa += " (the CPU has AVX-512; rnnattn has no AVX-512 build)"
+    return isa
+
+
 def _usable_cpus() -> int:
     try:
         return len(os.sched_getaffinity(0))
@@ -62,6 +79,7 @@ def describe(device: torch.device, dtype: torch.dtype) -> Dict[str, object]:
         "device": str(device),
         "dtype": str(dtype).replace("torch.", ""),
         "cpu": _cpu_model(),
+        "cpu_isa_path": cpu_isa_path(),
         "cpus_usable": _usable_cpus(),
         "cpus_logical": os.cpu_count(),
         "torch_threads": torch.get_num_threads(),
