@@ -117,3 +117,24 @@ def test_fused_path_is_kept_outside_the_modes():
     r = rnnattn.RNN(3, 4)
     out, _ = r(torch.randn(5, 2, 3, requires_grad=True))
     assert "RnnFunction" in out.grad_fn.name()
+
+
+@pytest.mark.skipif(
+    not (torch.cuda.is_available() and rnnattn._load.WITH_CUDA), reason="needs a GPU and a CUDA build of rnnattn"
+)
+@pytest.mark.parametrize("amp", [torch.float16, torch.bfloat16])
+def test_cuda_autocast_runs_the_rnn_kernels_in_the_autocast_dtype(amp):
+    """Under CUDA autocast rnnattn.RNN runs its kernels in the autocast dtype
+    (float32 accumulation) and gives torch's (cuDNN's) output dtypes and
+    values. (Written without a GPU at hand: never run yet.)"""
+    r, t = _pair(rnnattn.RNN, nn.RNN, dict(num_layers=2, bidirectional=True), torch.float32)
+    r, t = r.cuda(), t.cuda()
+    x = torch.randn(7, 3, 3, device="cuda", requires_grad=True)
+    with torch.autocast("cuda", dtype=amp):
+        got, want = _flat(r(x)), _flat(t(x))
+        assert _modes.cuda_autocast_dtype("cuda") == amp
+    assert [g.dtype for g in got] == [w.dtype for w in want]
+    for g, w in zip(got, want):
+        torch.testing.assert_close(g.float(), w.float(), rtol=2e-2, atol=2e-2)
+    got[0].float().sum().backward()  # grads reach the float32 parameters
+    assert all(p.grad is not None and p.grad.dtype == torch.float32 for p in r.parameters())
