@@ -5,20 +5,21 @@ The fused operators serve eager calls, first-order autograd and
 the modules run plain PyTorch instead, so that they keep working as torch's
 own modules do:
 
-* ``"torch"``, torch's own module forward (and the reference pooling):
-  under **export** (``torch.export``, both ONNX exporters, ``torch.jit.trace``),
-  where torch's recurrent modules become ONNX's RNN / GRU / LSTM operators
-  that every ONNX runtime runs fast; and under **autocast on the CPU**, where
-  torch's modules compute in the autocast dtype (bfloat16), for which the CPU
-  kernels have no build yet.
+* ``"torch"``, torch's computation (and the reference pooling): under
+  **export** (``torch.export``, both ONNX exporters, ``torch.jit.trace``) the
+  sequence modules run rnnattn/_export.py, one op per layer that exporters
+  turn into ONNX's RNN / GRU / LSTM operators, and the cells torch's own
+  forward; under **autocast on the CPU** torch's module forward, which
+  computes in the autocast dtype (bfloat16), for which the CPU kernels have
+  no build yet.
 * ``"reference"``, rnnattn's plain-PyTorch reference (rnnattn/reference.py):
   under **torch.func transforms** (``grad``, ``vjp``, ``jacrev``, ``vmap``),
   which cannot run a C++ ``autograd::Function``. torch's own modules are no
   help there: ``vmap`` has no batching rule for ``aten::rnn_tanh``,
   ``aten::lstm`` or ``aten::lstm_cell``; the reference is elementary ops.
 
-Each check is a flag read (well under a microsecond together), so the fused
-path's per-call cost does not change.
+Each check is a flag read (about a microsecond together, measured), so the
+fused path's per-call cost barely changes.
 """
 from typing import Optional
 
