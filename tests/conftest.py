@@ -14,6 +14,20 @@ DEVICES = [
 ]
 
 
+# The layer ops' parity grid, shared by the RNN and the GRU/LSTM op tests.
+SHAPES = [  # (T, B, I, H)
+    (1, 1, 1, 1),
+    (1, 3, 5, 7),
+    (5, 1, 4, 6),
+    (7, 3, 5, 9),
+    (4, 2, 33, 17),
+    (3, 5, 8, 65),
+    # Fewer than 4 rows in all: the step reads W_hh as stored (small_gemm_nt),
+    # with whole vectors and ragged tails of k and n.
+    (1, 2, 5, 37),
+    (3, 1, 4, 20),
+]
+
 @pytest.fixture(autouse=True)
 def _seed():
     torch.manual_seed(0)

@@ -12,6 +12,8 @@ import pytest
 import torch
 from torch.nn.utils.rnn import pack_sequence
 
+from conftest import SHAPES
+
 from rnnattn import ops, reference
 
 GATES = {"gru": 3, "lstm": 4}
@@ -76,18 +78,6 @@ def check_against_reference(cell, args, reverse, dtype, ref_args=None):
         torch.testing.assert_close(a.double(), b.double(), **tol)
 
 
-SHAPES = [  # (T, B, I, H)
-    (1, 1, 1, 1),
-    (1, 3, 5, 7),
-    (5, 1, 4, 6),
-    (7, 3, 5, 9),
-    (4, 2, 33, 17),
-    (3, 5, 8, 65),
-    # Fewer than 4 rows in all: the step reads W_hh as stored (small_gemm_nt),
-    # with whole vectors and ragged tails of k and n.
-    (1, 2, 5, 37),
-    (3, 1, 4, 20),
-]
 PACKED = [[1], [3, 3, 1], [5, 4, 4, 2, 1], [6, 1]]
 
 

@@ -9,7 +9,7 @@ import torch
 from torch.nn.utils.rnn import pack_sequence
 
 from rnnattn import ops, reference
-from conftest import DEVICES
+from conftest import DEVICES, SHAPES
 
 F64 = dict(dtype=torch.float64)
 
@@ -38,18 +38,6 @@ def make_case(T, B, I, H, device, dtype=torch.float64, packed_lengths=None, bias
     return args
 
 
-SHAPES = [  # (T, B, I, H)
-    (1, 1, 1, 1),
-    (1, 3, 5, 7),
-    (5, 1, 4, 6),
-    (7, 3, 5, 9),
-    (4, 2, 33, 17),
-    (3, 5, 8, 65),
-    # Fewer than 4 rows in all: the step reads W_hh as stored (small_gemm_nt),
-    # with whole vectors and ragged tails of k and n.
-    (1, 2, 5, 37),
-    (3, 1, 4, 20),
-]
 PACKED = [  # lengths, longest first
     [1],
     [3, 3, 1],
