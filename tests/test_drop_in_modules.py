@@ -90,13 +90,20 @@ def _case_id(case):
     return "-".join(str(getattr(v, "__name__", v)) for v in case)
 
 
-@pytest.mark.parametrize("case", SAMPLE_CASES, ids=_case_id)
-def test_pytorch_module_db_samples(case):
+def _sample_pair(case):
+    """torch's module and ours (same state) for a module_db sample, both in
+    its training mode, and the sample."""
     cls, training, i = case
     s = _samples(cls, training)[i]
     ref, ours = pair(cls, s.constructor_input.args, s.constructor_input.kwargs)
     ref.train(training)
     ours.train(training)
+    return ref, ours, s
+
+
+@pytest.mark.parametrize("case", SAMPLE_CASES, ids=_case_id)
+def test_pytorch_module_db_samples(case):
+    ref, ours, s = _sample_pair(case)
     check_same(ref, ours, s.forward_input.args, s.forward_input.kwargs)
 
 
@@ -256,11 +263,7 @@ def test_pytorch_module_db_samples_second_order(case):
     """A gradient penalty through every module_db sample of the six modules
     (both training modes; dropout draws the same masks): the grads and the
     penalty's grads of every input and parameter equal torch's."""
-    cls, training, i = case
-    s = _samples(cls, training)[i]
-    ref, ours = pair(cls, s.constructor_input.args, s.constructor_input.kwargs)
-    ref.train(training)
-    ours.train(training)
+    ref, ours, s = _sample_pair(case)
     assert_same_second_order(ours, ref, s.forward_input.args, s.forward_input.kwargs)
 
 
