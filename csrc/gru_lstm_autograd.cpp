@@ -21,6 +21,16 @@ using OptTensor = c10::optional<at::Tensor>;
 
 bool given(const OptTensor& t) { return t.has_value() && t->defined(); }
 
+// The forwards return the reserve as an output (the op's schema has it), so
+// autograd would hand the backward a grad for it: with materialized grads, a
+// zero tensor as large as the reserve (4H or 5H values a row, more than the
+// output itself). The forwards turn materializing off and the backwards fill
+// in zeros only for the outputs that need them: grad of the output or of a
+// final state that was not used.
+at::Tensor grad_or_zeros(const at::Tensor& grad, const at::Tensor& like) {
+  return grad.defined() ? grad : at::zeros_like(like, at::MemoryFormat::Contiguous);
+}
+
 // needs_input_grad counts only the tensor arguments that were given
 // (batch_sizes, the biases and w_hr may be None): edge[i] is argument i's
 // edge, or -1. present: whether each argument is a given tensor.
@@ -64,6 +74,7 @@ class GruFunction : public torch::autograd::Function<GruFunction> {
     ctx->saved_data["has_bias"] = given(b_ih);
     ctx->saved_data["reverse"] = reverse;
     ctx->mark_non_differentiable({reserve});
+    ctx->set_materialize_grads(false);
     return {output, h_n, reserve};
   }
 
@@ -76,7 +87,9 @@ class GruFunction : public torch::autograd::Function<GruFunction> {
     const auto saved = ctx->get_saved_variables();
     const at::Tensor &input = saved[0], &hx = saved[1], &w_ih = saved[2], &w_hh = saved[3],
                      &output = saved[4], &reserve = saved[5], &b_ih = saved[6], &b_hh = saved[7];
-    const at::Tensor &grad_output = grads[0], &grad_hn = grads[1];
+    // h_n has hx's shape.
+    const at::Tensor grad_output = grad_or_zeros(grads[0], output);
+    const at::Tensor grad_hn = grad_or_zeros(grads[1], hx);
     auto batch_sizes = ctx->saved_data["batch_sizes"].toOptional<at::Tensor>();
     const bool bias = ctx->saved_data["has_bias"].toBool();
     const auto edge = edges_of({true, given(batch_sizes), true, true, true, bias, bias});
@@ -140,6 +153,7 @@ class LstmFunction : public torch::autograd::Function<LstmFunction> {
     ctx->saved_data["has_bias"] = given(b_ih);
     ctx->saved_data["reverse"] = reverse;
     ctx->mark_non_differentiable({reserve});
+    ctx->set_materialize_grads(false);
     return {output, h_n, c_n, reserve};
   }
 
@@ -156,7 +170,10 @@ class LstmFunction : public torch::autograd::Function<LstmFunction> {
                      &w_hh = saved[4], &output = saved[6], &reserve = saved[7],
                      &b_ih = saved[8], &b_hh = saved[9];
     const OptTensor w_hr = opt(saved[5]);
-    const at::Tensor &grad_output = grads[0], &grad_hn = grads[1], &grad_cn = grads[2];
+    // h_n and c_n have hx's and cx's shapes.
+    const at::Tensor grad_output = grad_or_zeros(grads[0], output);
+    const at::Tensor grad_hn = grad_or_zeros(grads[1], hx);
+    const at::Tensor grad_cn = grad_or_zeros(grads[2], cx);
     auto batch_sizes = ctx->saved_data["batch_sizes"].toOptional<at::Tensor>();
     const bool bias = ctx->saved_data["has_bias"].toBool();
     const auto edge =
