@@ -396,12 +396,17 @@ def test_non_contiguous_inputs(cell):
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
 @pytest.mark.parametrize("reverse", [False, True])
 @pytest.mark.parametrize(
-    "shape,lengths", [((1, 1, 1, 1), None), ((7, 3, 5, 9), None), ((4, 9, 7, BIG_H), None), (None, BIG_LENGTHS)]
+    "shape,lengths",
+    [((1, 1, 1, 1), None), ((7, 3, 5, 9), None), ((4, 9, 7, BIG_H), None), (None, BIG_LENGTHS)]
+    # Over 32 steps A is computed in chunks of 32 steps: one step over, a
+    # partial last chunk, the parallel large steps, packed rows across chunks.
+    + [((32, 2, 3, 5), None), ((33, 2, 3, 5), None), ((70, 3, 5, 9), None), ((40, 9, 7, BIG_H), None)]
+    + [((None, None, 3, 6), [70, 41, 33, 32, 5, 1])],
 )
 def test_inference_keeps_no_reserve_and_matches_reference(shape, lengths, reverse, dtype, cell):
     """With grad mode off the layer runs the forward with train=False: no
-    reserve kept (the GRU's R_n in step scratch, the LSTM's c_t not stored),
-    the same results."""
+    reserve kept (the GRU's R_n in step scratch, the LSTM's c_t not stored;
+    A made for 32 steps at a time), the same results."""
     T, B, I, H = shape if shape is not None else (None, None, 7, BIG_H)
     args = make_case(cell, T, B, I, H, lengths=lengths, grad=False)
     ours = [a.to(dtype) if a is not None and a.is_floating_point() else a for a in args]

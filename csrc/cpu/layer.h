@@ -93,10 +93,13 @@ LayerForward forward_layer_op(const Cell& cell, const RnnShape& s, const StepSch
   out_shape.back() = Hs;
   LayerForward r;
   r.output = at::empty(out_shape, opts);
-  // Inference keeps A and the activations only (see LayerPtrs); the op then
-  // returns an empty reserve.
+  // Inference keeps A and the activations only, for kInputChunkSteps steps
+  // at a time (see LayerPtrs); the op then returns an empty reserve.
   const int64_t ws_cols = (train ? Cell::kWsBlocks : Cell::kGates) * H;
-  at::Tensor ws = kOutputIsReserve ? at::Tensor() : at::empty({s.rows, ws_cols}, opts);
+  const int64_t ws_steps =
+      !train && !kOutputIsReserve && sched.steps() > kInputChunkSteps ? kInputChunkSteps : 0;
+  const int64_t ws_rows = ws_steps > 0 ? std::min(s.rows, ws_steps * B) : s.rows;
+  at::Tensor ws = kOutputIsReserve ? at::Tensor() : at::empty({ws_rows, ws_cols}, opts);
   at::Tensor rest = train || L.rest_cols() == 0 ? at::Tensor() : at::empty({B, L.rest_cols()}, opts);
   r.h_n = at::empty({B, Hs}, opts);
   at::Tensor spare = at::empty({B, Hs}, opts);  // the second state buffer
@@ -138,6 +141,7 @@ LayerForward forward_layer_op(const Cell& cell, const RnnShape& s, const StepSch
     p.ld_ws = kOutputIsReserve ? Hs : ws_cols;
     p.train = train;
     p.rest = ptr_or_null<T>(rest);
+    p.ws_steps = ws_steps;
     const T* last = forward_layer<T>(cell, s, sched, p, r.h_n.data_ptr<T>(), spare.data_ptr<T>(),
                                      Cell::kHasCell ? r.c_n.data_ptr<T>() : nullptr,
                                      ptr_or_null<T>(m), reverse);

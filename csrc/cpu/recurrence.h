@@ -3,7 +3,8 @@
 // ops (rnn.cpp, gru_lstm.cpp) only check arguments and call layer.h.
 //
 // Forward: A = X W_ih^T is one GEMM over all rows, into the reserve (the
-// output itself for the Elman RNN); then, step by step, the recurrent GEMM
+// output itself for the Elman RNN; a GRU/LSTM in inference runs it in chunks
+// of kInputChunkSteps steps into a chunk-sized buffer); then, step by step, the recurrent GEMM
 // h_{t-1} W_hh^T over all gates and the cell's pointwise step. Small steps
 // run on one thread with a register-blocked GEMM (small_gemm.h); larger ones
 // split the hidden units across threads, each part doing the GEMM of its
@@ -73,7 +74,17 @@ struct LayerPtrs {
   // rest, a (B, rest_cols) step scratch, and no c_t.
   bool train = true;
   T* rest = nullptr;
+  // > 0 (inference of a long sequence): ws holds A for this many steps at a
+  // time, each chunk's input GEMM run when the walk reaches it, so the
+  // activations kept are bounded by the chunk, not the sequence.
+  int64_t ws_steps = 0;
 };
+
+// Inference computes A in chunks of this many steps (LayerPtrs::ws_steps):
+// 32 * B rows keep the input GEMM large enough to run near a single GEMM's
+// speed at any batch of 8 or more, and the A kept for a long sequence
+// (T = 1000: 4H or 5H values a row, 4-5x the output itself) shrinks T / 32 times.
+constexpr int64_t kInputChunkSteps = 32;
 
 // Whether a step of rows x k x (G * H) multiply-adds takes the small path:
 // one small_gemm call over all gate blocks. The BLAS path makes one call per
@@ -148,7 +159,13 @@ T* forward_layer(const Cell& cell, const RnnShape& s, const StepSchedule& sched,
   const CellLayout<Cell> L{s.hidden};
   const int64_t H = s.hidden, Hs = s.state, G = L.gates();
   const bool proj = p.w_hr != nullptr;
-  gemm<T>(false, true, s.rows, G, s.input, T(1), p.x, s.input, p.w_ih, s.input, T(0), p.ws, p.ld_ws);
+  // A = X W_ih^T of rows [row_begin, row_begin + rows) into ws's first rows.
+  auto input_gemm = [&](int64_t row_begin, int64_t rows) {
+    gemm<T>(false, true, rows, G, s.input, T(1), p.x + row_begin * s.input, s.input, p.w_ih,
+            s.input, T(0), p.ws, p.ld_ws);
+  };
+  if (p.ws_steps == 0) input_gemm(0, s.rows);
+  int64_t ws_row0 = 0;  // the input row whose A is ws's first row
   const int64_t T_ = sched.steps();
   const int64_t B0 = T_ ? sched.batch[0] : 0;
   const bool train = p.train;
@@ -169,7 +186,15 @@ T* forward_layer(const Cell& cell, const RnnShape& s, const StepSchedule& sched,
     const int64_t t = reverse ? T_ - 1 - i : i;
     const int64_t b = sched.batch[t];
     const int64_t row0 = sched.offset[t];
-    T* ws = p.ws + row0 * p.ld_ws;
+    if (p.ws_steps > 0 && i % p.ws_steps == 0) {
+      // The next chunk's steps hold one contiguous run of rows in either walk.
+      const int64_t i_end = std::min(T_, i + p.ws_steps) - 1;
+      const int64_t t_end = reverse ? T_ - 1 - i_end : i_end;
+      const int64_t first = std::min(t, t_end), last = std::max(t, t_end);
+      ws_row0 = sched.offset[first];
+      input_gemm(ws_row0, sched.offset[last] + sched.batch[last] - ws_row0);
+    }
+    T* ws = p.ws + (row0 - ws_row0) * p.ld_ws;
     // Where the recurrent GEMM of gate g lands, and its leading dimension.
     T* rest = train ? ws + L.rest_at() : p.rest;
     const int64_t ld_rest = train ? p.ld_ws : L.rest_cols();
