@@ -5,7 +5,10 @@
 // fake (meta) kernels in the Python layer (rnnattn/ops.py, attention_ops.py).
 #include <torch/extension.h>
 
+#include <string>
+
 #include "cell_ops.h"
+#include "cpu/isa.h"
 #include "stack.h"
 
 TORCH_LIBRARY(rnnattn, m) {
@@ -119,6 +122,9 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("lstm_cell", &rnnattn::lstm_cell, "torch.ops.rnnattn.lstm_cell, called directly");
   m.def("stack_forward", &rnnattn::stack_forward,
         "the layers of rnnattn.RNN / GRU / LSTM (as rnnattn.functional.rnn / gru / lstm)");
+  m.def(
+      "cpu_isa", [] { return std::string(rnnattn::cpu::isa_name(rnnattn::cpu::cpu_isa())); },
+      "the build of the CPU kernels that runs here: 'avx512', 'avx2' or 'base' (csrc/cpu/isa.h)");
 #ifdef RNNATTN_WITH_CUDA
   m.attr("with_cuda") = true;
 #else

@@ -1,4 +1,7 @@
 """Loads the compiled extension, which registers torch.ops.rnnattn.*."""
+import os
+import warnings
+
 import torch  # noqa: F401  (the extension links against torch's libraries)
 
 try:
@@ -14,3 +17,15 @@ except ImportError as err:  # pragma: no cover - exercised by a subprocess test
     ) from err
 
 WITH_CUDA = bool(_C.with_cuda)
+
+# RNNATTN_CPU_ISA lowers the build of the CPU kernels that runs (csrc/cpu/isa.h);
+# a value it does not know is ignored there, so say so here.
+_CPU_ISAS = ("base", "avx2", "avx512")
+_isa = os.environ.get("RNNATTN_CPU_ISA")
+if _isa is not None and _isa not in _CPU_ISAS:
+    warnings.warn(
+        f"rnnattn: RNNATTN_CPU_ISA={_isa!r} is not one of {', '.join(_CPU_ISAS)}; "
+        f"ignored: the CPU kernels use their {_C.cpu_isa()} build",
+        RuntimeWarning,
+        stacklevel=2,
+    )

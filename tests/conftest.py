@@ -1,5 +1,12 @@
-"""Shared test helpers: the devices every parity/gradcheck/opcheck test runs on, and
-the second-order (double backward) checks of a module."""
+"""Shared test helpers: the devices every parity/gradcheck/opcheck test runs on, the
+CPU kernel builds (ISA levels) a check can be run under, and the second-order
+(double backward) checks of a module."""
+import functools
+import os
+import subprocess
+import sys
+from pathlib import Path
+
 import pytest
 import torch
 
@@ -27,6 +34,35 @@ SHAPES = [  # (T, B, I, H)
     (1, 2, 5, 37),
     (3, 1, 4, 20),
 ]
+
+# ---- the CPU kernels' builds ------------------------------------------------------------
+
+ROOT = Path(__file__).resolve().parents[1]
+# The builds of csrc/cpu (isa.h), lowest first. A test run takes the highest
+# the CPU has; RNNATTN_CPU_ISA forces a lower one in a subprocess.
+CPU_ISAS = ["base", "avx2", "avx512"]
+
+
+@functools.lru_cache(maxsize=None)
+def _isa_runs(isa: str) -> bool:
+    env = dict(os.environ, RNNATTN_CPU_ISA=isa, PYTHONPATH=str(ROOT))
+    r = subprocess.run([sys.executable, "-c", "import rnnattn; print(rnnattn._C.cpu_isa())"],
+                       cwd=ROOT, env=env, capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr[-2000:]
+    return r.stdout.split()[-1] == isa
+
+
+def run_under_isa(isa: str, script: str, done: str) -> None:
+    """Runs `script` in a subprocess with RNNATTN_CPU_ISA=isa and checks that
+    it printed `done`; skips, with the reason, where this CPU cannot run that
+    build (AVX-512 on an AVX2 machine: compiled, and its vector logic checked
+    by tests/test_cpu_kernel_widths.py, but not run)."""
+    if not _isa_runs(isa):
+        pytest.skip(f"this CPU cannot run the {isa} build of the CPU kernels")
+    env = dict(os.environ, RNNATTN_CPU_ISA=isa, PYTHONPATH=str(ROOT))
+    r = subprocess.run([sys.executable, "-c", script], cwd=ROOT, env=env, capture_output=True, text=True)
+    assert r.returncode == 0 and done in r.stdout, r.stderr[-3000:]
+
 
 @pytest.fixture(autouse=True)
 def _seed():

@@ -5,15 +5,13 @@ torch.compile, and the edge cases with defined behaviour.
 CUDA cases run where a GPU and a CUDA build are present, and skip otherwise.
 """
 import itertools
-import os
-import subprocess
-import sys
 import zlib
-from pathlib import Path
 
 import pytest
 import torch
 from torch.nn.utils.rnn import pack_padded_sequence
+
+from conftest import CPU_ISAS, run_under_isa
 
 import rnnattn
 from rnnattn import attention_ops as A
@@ -700,13 +698,11 @@ print("baseline ISA ok")
 """
 
 
-def test_baseline_isa_build_matches_reference():
-    """The CPU kernels are built twice (baseline x86-64 and AVX2+FMA, picked at
-    run time); this machine takes the AVX2 build, so force the other one."""
-    root = Path(__file__).resolve().parents[1]
-    env = {**os.environ, "RNNATTN_CPU_ISA": "base", "PYTHONPATH": str(root)}
-    r = subprocess.run([sys.executable, "-c", _BASELINE_ISA_CHECK], cwd=root, env=env, capture_output=True, text=True)
-    assert r.returncode == 0 and "baseline ISA ok" in r.stdout, r.stderr[-2000:]
+@pytest.mark.parametrize("isa", CPU_ISAS)
+def test_every_isa_build_matches_reference(isa):
+    """The CPU kernels are built for baseline x86-64, AVX2+FMA and AVX-512,
+    picked at run time; RNNATTN_CPU_ISA forces each build this CPU runs."""
+    run_under_isa(isa, _BASELINE_ISA_CHECK, "baseline ISA ok")
 
 
 # ---- CUDA: parity in every dtype --------------------------------------------------------

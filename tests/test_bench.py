@@ -387,12 +387,34 @@ def test_cli_quick_end_to_end(tmp_path):
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
-def test_table_header_names_the_cpu_isa_path(monkeypatch):
+def test_table_header_names_the_cpu_isa_path():
     from rnnattn.bench import machine
 
-    monkeypatch.setenv("RNNATTN_CPU_ISA", "base")
-    assert machine.cpu_isa_path() == "base"
-    monkeypatch.delenv("RNNATTN_CPU_ISA")
     meta = machine.describe(torch.device("cpu"), torch.float32)
-    assert meta["cpu_isa_path"].split()[0] in ("avx2", "base", "unknown")
+    assert meta["cpu_isa_path"] == rnnattn._C.cpu_isa() in ("avx512", "avx2", "base")
     assert f"CPU kernels: {meta['cpu_isa_path']} path" in report.table([], meta)
+
+
+def _cpu_isa_with(value):
+    """(the build a new process runs, its stderr) with RNNATTN_CPU_ISA=value (None: unset)."""
+    script = "import warnings; warnings.simplefilter('always'); import rnnattn; print(rnnattn._C.cpu_isa())"
+    env = {k: v for k, v in os.environ.items() if k != "RNNATTN_CPU_ISA"}
+    env["PYTHONPATH"] = ROOT
+    if value is not None:
+        env["RNNATTN_CPU_ISA"] = value
+    r = subprocess.run([sys.executable, "-c", script], cwd=ROOT, env=env, capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+    return r.stdout.split()[-1], r.stderr
+
+
+def test_rnnattn_cpu_isa_lowers_the_build_and_unknown_values_warn():
+    """RNNATTN_CPU_ISA picks a lower build (never one the CPU lacks); a value
+    rnnattn does not know is ignored with a warning that names it."""
+    levels = ["base", "avx2", "avx512"]
+    best, err = _cpu_isa_with(None)
+    assert best in levels and "RNNATTN_CPU_ISA" not in err
+    for isa in levels:
+        got, err = _cpu_isa_with(isa)
+        assert got == levels[min(levels.index(isa), levels.index(best))] and "RNNATTN_CPU_ISA" not in err
+    got, err = _cpu_isa_with("avx3")
+    assert got == best and "RNNATTN_CPU_ISA='avx3' is not one of base, avx2, avx512" in err

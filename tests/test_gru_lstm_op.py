@@ -3,16 +3,12 @@
 One tester for both cells: a case is the op's positional arguments, built by
 ``make_case``; ``run(cell, args, reverse)`` calls ``rnnattn.ops`` or
 ``rnnattn.reference`` with the same arguments."""
-import os
-import subprocess
-import sys
-from pathlib import Path
 
 import pytest
 import torch
 from torch.nn.utils.rnn import pack_sequence
 
-from conftest import SHAPES
+from conftest import CPU_ISAS, SHAPES, run_under_isa
 
 from rnnattn import ops, reference
 
@@ -437,11 +433,9 @@ print("checked")
 """
 
 
-def test_baseline_isa_build_matches_reference():
-    """RNNATTN_CPU_ISA=base runs the non-AVX2 build of the CPU kernels (small
-    GEMM in both layouts, the gates' sigmoid/tanh); the GRU and LSTM must
-    agree with the reference there too."""
-    root = Path(__file__).resolve().parents[1]
-    env = dict(os.environ, RNNATTN_CPU_ISA="base", PYTHONPATH=str(root))
-    r = subprocess.run([sys.executable, "-c", BASELINE_ISA_CHECK], cwd=root, env=env, capture_output=True, text=True)
-    assert r.returncode == 0 and "checked" in r.stdout, r.stderr
+@pytest.mark.parametrize("isa", CPU_ISAS)
+def test_every_isa_build_matches_reference(isa):
+    """Each build of the CPU kernels (small GEMM in both layouts, the gates'
+    sigmoid/tanh; RNNATTN_CPU_ISA forces one): the GRU and LSTM must agree
+    with the reference there."""
+    run_under_isa(isa, BASELINE_ISA_CHECK, "checked")

@@ -1,15 +1,11 @@
 """The fused one-layer RNN operator against the plain-PyTorch reference."""
-import os
-import subprocess
-import sys
-from pathlib import Path
 
 import pytest
 import torch
 from torch.nn.utils.rnn import pack_sequence
 
 from rnnattn import ops, reference
-from conftest import DEVICES, SHAPES
+from conftest import CPU_ISAS, DEVICES, SHAPES, run_under_isa
 
 F64 = dict(dtype=torch.float64)
 
@@ -517,10 +513,8 @@ print("checked")
 """
 
 
-def test_baseline_isa_build_matches_reference():
-    """RNNATTN_CPU_ISA=base runs the non-AVX2 build of the CPU kernels (the path
-    older CPUs take); it must agree with the reference as well."""
-    root = Path(__file__).resolve().parents[1]
-    env = dict(os.environ, RNNATTN_CPU_ISA="base", PYTHONPATH=str(root))
-    r = subprocess.run([sys.executable, "-c", BASELINE_ISA_CHECK], cwd=root, env=env, capture_output=True, text=True)
-    assert r.returncode == 0 and "checked" in r.stdout, r.stderr
+@pytest.mark.parametrize("isa", CPU_ISAS)
+def test_every_isa_build_matches_reference(isa):
+    """Each build of the CPU kernels (baseline, AVX2, AVX-512; RNNATTN_CPU_ISA
+    forces one) must agree with the reference."""
+    run_under_isa(isa, BASELINE_ISA_CHECK, "checked")

@@ -2,8 +2,9 @@
 //
 // float tanh is the hot pointwise op of the forward (B*H per step): std::tanh
 // costs ~10-20 ns a call and does not vectorize, so float rows use a
-// branch-free 8-lane formulation (see activation.cpp, built for AVX2+FMA
-// and for baseline x86-64, picked at run time). double keeps std::tanh: it is the precision the tests check.
+// branch-free vector formulation (activation_kernels.h; built for AVX-512,
+// AVX2+FMA and baseline x86-64, picked at run time). double keeps std::tanh:
+// it is the precision the tests check.
 #pragma once
 
 #include <cmath>

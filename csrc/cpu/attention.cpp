@@ -276,33 +276,49 @@ RNNATTN_INLINE void backward_units(const PoolInput<T>& p, const PoolGrads<T>& g,
   }
 }
 
-// Two builds of each kernel: baseline x86-64 and AVX2+FMA (chosen at run
-// time, so the extension needs no -march flag and still runs anywhere).
+// Three builds of each kernel: baseline x86-64, AVX2+FMA and AVX-512 (chosen
+// at run time, so the extension needs no -march flag and still runs
+// anywhere); the compiler vectorizes the loops of attention_vec.h for each.
 template <typename T, bool kLinear>
-void forward_base(const PoolInput<T>& p, T* ctx, T* wts, int64_t i0, int64_t i1, T* m, T* l,
-                  const T* zero) {
+RNNATTN_TARGET_AVX2 void forward_avx2(const PoolInput<T>& p, T* ctx, T* wts, int64_t i0,
+                                      int64_t i1, T* m, T* l, const T* zero) {
   forward_units<T, kLinear>(p, ctx, wts, i0, i1, m, l, zero);
 }
 template <typename T, bool kLinear>
-void backward_base(const PoolInput<T>& p, const PoolGrads<T>& g, int64_t i0, int64_t i1, T* dw,
-                   T* sh, T* ad, const T* zero) {
-  backward_units<T, kLinear>(p, g, i0, i1, dw, sh, ad, zero);
-}
-#if RNNATTN_X86_DISPATCH
-template <typename T, bool kLinear>
-RNNATTN_TARGET_AVX2 void forward_avx2(const PoolInput<T>& p, T* ctx, T* wts,
-                                                      int64_t i0, int64_t i1, T* m, T* l,
-                                                      const T* zero) {
+RNNATTN_TARGET_AVX512 void forward_avx512(const PoolInput<T>& p, T* ctx, T* wts, int64_t i0,
+                                          int64_t i1, T* m, T* l, const T* zero) {
   forward_units<T, kLinear>(p, ctx, wts, i0, i1, m, l, zero);
 }
 template <typename T, bool kLinear>
-RNNATTN_TARGET_AVX2 void backward_avx2(const PoolInput<T>& p,
-                                                       const PoolGrads<T>& g, int64_t i0,
-                                                       int64_t i1, T* dw, T* sh, T* ad,
-                                                       const T* zero) {
+void forward_any(const PoolInput<T>& p, T* ctx, T* wts, int64_t i0, int64_t i1, T* m, T* l,
+                 const T* zero) {
+  switch (cpu_isa()) {
+    case Isa::kAvx512: return forward_avx512<T, kLinear>(p, ctx, wts, i0, i1, m, l, zero);
+    case Isa::kAvx2: return forward_avx2<T, kLinear>(p, ctx, wts, i0, i1, m, l, zero);
+    default: return forward_units<T, kLinear>(p, ctx, wts, i0, i1, m, l, zero);
+  }
+}
+
+template <typename T, bool kLinear>
+RNNATTN_TARGET_AVX2 void backward_avx2(const PoolInput<T>& p, const PoolGrads<T>& g, int64_t i0,
+                                       int64_t i1, T* dw, T* sh, T* ad, const T* zero) {
   backward_units<T, kLinear>(p, g, i0, i1, dw, sh, ad, zero);
 }
-#endif
+template <typename T, bool kLinear>
+RNNATTN_TARGET_AVX512 void backward_avx512(const PoolInput<T>& p, const PoolGrads<T>& g,
+                                           int64_t i0, int64_t i1, T* dw, T* sh, T* ad,
+                                           const T* zero) {
+  backward_units<T, kLinear>(p, g, i0, i1, dw, sh, ad, zero);
+}
+template <typename T, bool kLinear>
+void backward_any(const PoolInput<T>& p, const PoolGrads<T>& g, int64_t i0, int64_t i1, T* dw,
+                  T* sh, T* ad, const T* zero) {
+  switch (cpu_isa()) {
+    case Isa::kAvx512: return backward_avx512<T, kLinear>(p, g, i0, i1, dw, sh, ad, zero);
+    case Isa::kAvx2: return backward_avx2<T, kLinear>(p, g, i0, i1, dw, sh, ad, zero);
+    default: return backward_units<T, kLinear>(p, g, i0, i1, dw, sh, ad, zero);
+  }
+}
 
 template <typename T, bool kLinear>
 void run_forward(const PoolInput<T>& p, T* ctx, T* wts) {
@@ -315,12 +331,7 @@ void run_forward(const PoolInput<T>& p, T* ctx, T* wts) {
                      T* m = scratch.data();
                      T* l = m + p.s.heads;
                      const T* zero = l + p.s.heads;
-#if RNNATTN_X86_DISPATCH
-                     if (use_avx2()) {
-                       return forward_avx2<T, kLinear>(p, ctx, wts, i0, i1, m, l, zero);
-                     }
-#endif
-                     forward_base<T, kLinear>(p, ctx, wts, i0, i1, m, l, zero);
+                     forward_any<T, kLinear>(p, ctx, wts, i0, i1, m, l, zero);
                    });
 }
 
@@ -345,13 +356,7 @@ void run_backward(const PoolInput<T>& p, const PoolGrads<T>& g, T* dw_out) {
     for (int64_t j = j0; j < j1; ++j) {
       const int64_t i0 = units * j / tasks, i1 = units * (j + 1) / tasks;
       T* dw = dw_out ? partial.data() + j * kd : nullptr;
-#if RNNATTN_X86_DISPATCH
-      if (use_avx2()) {
-        backward_avx2<T, kLinear>(p, g, i0, i1, dw, sh, ad, zero);
-        continue;
-      }
-#endif
-      backward_base<T, kLinear>(p, g, i0, i1, dw, sh, ad, zero);
+      backward_any<T, kLinear>(p, g, i0, i1, dw, sh, ad, zero);
     }
   });
   if (dw_out) {

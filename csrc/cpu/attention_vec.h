@@ -2,9 +2,10 @@
 // plain loops the compiler vectorizes.
 //
 // Everything here is always_inline so that it is compiled with the ISA of the
-// function it lands in: attention.cpp instantiates its kernels once for the
-// baseline ISA and once under target("avx2,fma"), chosen at run time (the
-// extension is built without -march flags, so it runs on any x86-64).
+// function it lands in: attention.cpp instantiates its kernels for the
+// baseline ISA, under target("avx2,fma") and under the AVX-512 target, chosen
+// at run time (isa.h; the extension is built without -march flags, so it
+// runs on any x86-64).
 #pragma once
 
 #include <cstdint>

@@ -1,8 +1,11 @@
-// Run-time choice between the baseline x86-64 build of a kernel and its
-// AVX2+FMA build. The extension is compiled without -march flags (it must
-// run on any x86-64), so hot loops are instantiated twice: once plain and
-// once inside a __attribute__((target("avx2,fma"))) function, and callers
-// branch on use_avx2().
+// Run-time choice between the builds of each hot CPU loop: baseline x86-64,
+// AVX2+FMA and AVX-512. The extension is compiled without -march flags (it
+// must run on any x86-64), so hot loops are instantiated once per level:
+// plain, inside __attribute__((target("avx2,fma"))) functions and inside
+// target("avx512f,...") functions, and callers switch on cpu_isa(). The
+// AVX-512 builds use 64-byte vectors where the code has an explicit vector
+// width (small_gemm, the activations); the compiler widens the plain loops
+// (attention) by itself.
 //
 // Why not GCC's target_clones("arch=haswell"): its resolver tests the CPU
 // *model* (is this an Intel Haswell?), not its features, so AMD CPUs with
@@ -16,25 +19,44 @@
 #if defined(__x86_64__) && defined(__GNUC__)
 #define RNNATTN_X86_DISPATCH 1
 #define RNNATTN_TARGET_AVX2 __attribute__((target("avx2,fma")))
+#define RNNATTN_TARGET_AVX512 __attribute__((target("avx512f,avx512vl,avx512dq,avx512bw,avx2,fma")))
 #else
 #define RNNATTN_X86_DISPATCH 0
 #define RNNATTN_TARGET_AVX2
+#define RNNATTN_TARGET_AVX512
 #endif
 
 namespace rnnattn::cpu {
 
-// True when the CPU has AVX2 and FMA, unless RNNATTN_CPU_ISA=base forces the
-// baseline build (tests use it to cover the path older CPUs take).
-inline bool use_avx2() {
+enum class Isa { kBase = 0, kAvx2 = 1, kAvx512 = 2 };
+
+inline const char* isa_name(Isa isa) {
+  return isa == Isa::kAvx512 ? "avx512" : isa == Isa::kAvx2 ? "avx2" : "base";
+}
+
+// The highest level this CPU (and its OS: __builtin_cpu_supports checks that
+// the OS saves the wider registers) runs, lowered to RNNATTN_CPU_ISA=base|avx2
+// when that is set: tests use it to cover the paths other CPUs take. A level
+// above the CPU's cannot be forced (rnnattn.__init__ warns about values it
+// does not know). Read once.
+inline Isa cpu_isa() {
 #if RNNATTN_X86_DISPATCH
-  static const bool ok = [] {
-    const char* isa = std::getenv("RNNATTN_CPU_ISA");
-    if (isa != nullptr && std::strcmp(isa, "base") == 0) return false;
-    return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
+  static const Isa isa = [] {
+    Isa best = Isa::kBase;
+    if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma")) {
+      best = Isa::kAvx2;
+      if (__builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512vl") &&
+          __builtin_cpu_supports("avx512dq") && __builtin_cpu_supports("avx512bw"))
+        best = Isa::kAvx512;
+    }
+    const char* want = std::getenv("RNNATTN_CPU_ISA");
+    if (want != nullptr && std::strcmp(want, "base") == 0) return Isa::kBase;
+    if (want != nullptr && std::strcmp(want, "avx2") == 0 && best > Isa::kAvx2) return Isa::kAvx2;
+    return best;
   }();
-  return ok;
+  return isa;
 #else
-  return false;
+  return Isa::kBase;
 #endif
 }
 

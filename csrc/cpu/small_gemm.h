@@ -7,7 +7,7 @@
 // a 3-row x 4-vector block of Y in registers while it streams the rows of B,
 // so each loaded vector of B feeds three FMAs and Y is touched once per
 // block; ragged widths use narrower vector blocks, then a scalar tail.
-// Built for AVX2+FMA and for baseline x86-64, chosen at run time (isa.h).
+// Built for AVX-512, AVX2+FMA and baseline x86-64, chosen at run time (isa.h).
 #pragma once
 
 #include <cstdint>
@@ -22,6 +22,8 @@ constexpr int64_t kSmallGemmMaxWork = int64_t(1) << 19;
 struct Ld {
   int64_t x = 0, b = 0, y = 0;
   Ld or_dense(int64_t k, int64_t n) const { return {x ? x : k, b ? b : n, y ? y : n}; }
+  // The same for small_gemm_nt, whose W has rows of k values.
+  Ld or_dense_nt(int64_t k, int64_t n) const { return {x ? x : k, b ? b : k, y ? y : n}; }
 };
 
 void small_gemm(const float* X, const float* B, float* Y, int64_t m, int64_t k, int64_t n,

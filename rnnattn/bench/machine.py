@@ -20,20 +20,12 @@ def _cpu_model() -> str:
 
 
 def cpu_isa_path() -> str:
-    """The build of the CPU kernels that runs here, by the rule of
-    csrc/cpu/isa.h: "avx2" (AVX2+FMA) unless the CPU lacks them or
-    RNNATTN_CPU_ISA=base forces "base". (AVX-512 has no build yet.)"""
-    if os.environ.get("RNNATTN_CPU_ISA") == "base" or platform.machine() not in ("x86_64", "AMD64"):
-        return "base"
-    try:
-        with open("/proc/cpuinfo") as f:
-            flags = next((line.split(":", 1)[1].split() for line in f if line.startswith("flags")), [])
-    except OSError:
-        return "unknown"
-    isa = "avx2" if {"avx2", "fma"} <= set(flags) else "base"
-    if "avx512f" in flags:
-        isa += " (the CPU has AVX-512; rnnattn has no AVX-512 build)"
-    return isa
+    """The build of the CPU kernels that runs in this process: "avx512",
+    "avx2" or "base" (csrc/cpu/isa.h: the CPU's best, lowered by
+    RNNATTN_CPU_ISA, which is read once, on the first call of a kernel)."""
+    from rnnattn import _C
+
+    return _C.cpu_isa()
 
 
 def _usable_cpus() -> int:

@@ -1,0 +1,126 @@
+// The vectorized float activations of activation.cpp as templates over the
+// lane count N, for activation.cpp to instantiate once per ISA build (isa.h)
+// and for tests/cpu_kernels to run the AVX-512 build's 16-lane logic on
+// machines without AVX-512. The method:
+//
+//   |x| <  1/4: odd Taylor series x (1 - x^2/3 + 2x^4/15 - 17x^6/315 + 62x^8/2835),
+//               truncation error < 1e-8 relative;
+//   |x| >= 1/4: 1 - 2 / (exp(2|x|) + 1), with exp from Cody-Waite range
+//               reduction (2|x| = n ln2 + r, |r| <= ln2/2), a degree-7 Taylor
+//               polynomial for e^r and 2^n built in the exponent bits.
+// Both branches are computed for N lanes and blended, the sign is copied back
+// from x, and NaN passes through. Written with GCC vector extensions rather
+// than left to the auto-vectorizer, which will not if-convert the clamp and
+// the float->int conversion under the default -ftrapping-math.
+#pragma once
+
+#include <cstdint>
+#include <cstring>
+
+#include "activation.h"
+
+// Vectors passed and returned by value between these always_inline functions
+// never cross a call boundary, so GCC's note that their calling convention
+// differs with and without AVX does not apply.
+#pragma GCC diagnostic push
+#pragma GCC diagnostic ignored "-Wpsabi"
+
+namespace rnnattn::cpu::kernels {
+
+// N float lanes and N int32 lanes: 8 (one ymm register; SSE pairs in the
+// baseline build) or 16 (one zmm register in the AVX-512 build).
+template <int N>
+struct Lanes {
+  typedef float f __attribute__((vector_size(4 * N)));
+  typedef int32_t i __attribute__((vector_size(4 * N)));
+};
+
+template <int N, typename V = typename Lanes<N>::f, typename VI = typename Lanes<N>::i>
+__attribute__((always_inline)) inline V tanh_lanes(const V& z) {
+  const VI sign_bit = (VI)z & 0x80000000;
+  const V a = (V)((VI)z & 0x7fffffff);
+  const V s = z * z;
+  const V small =
+      a * (1.f + s * (-1.f / 3.f + s * (2.f / 15.f + s * (-17.f / 315.f + s * (62.f / 2835.f)))));
+  // Clamp 2|x| to 88 (tanh = 1 to float precision from |x| = 9); NaN fails
+  // the comparison and is clamped too, then restored at the end.
+  const V y = (a < 44.f) ? a + a : V{} + 88.f;
+  const VI ni = __builtin_convertvector(y * 1.44269504088896341f + 0.5f, VI);  // round(y/ln2)
+  const V n = __builtin_convertvector(ni, V);
+  // ln2 split in a part exact in float and a remainder.
+  const V r = (y - n * 0.693359375f) + n * 2.12194440e-4f;
+  V p = V{} + 1.f / 5040.f;
+  p = p * r + 1.f / 720.f;
+  p = p * r + 1.f / 120.f;
+  p = p * r + 1.f / 24.f;
+  p = p * r + 1.f / 6.f;
+  p = p * r + 0.5f;
+  p = p * r + 1.f;
+  p = p * r + 1.f;
+  const V e = p * (V)((ni + 127) << 23);
+  const V large = 1.f - 2.f / (e + 1.f);
+  const V t = (V)((VI)((a < 0.25f) ? small : large) | sign_bit);
+  return (z == z) ? t : z;
+}
+
+template <int N>
+__attribute__((always_inline)) inline void tanh_row_impl(float* __restrict o, float* __restrict state,
+                                                         const float* __restrict bias, int64_t H) {
+  using V = typename Lanes<N>::f;
+  int64_t j = 0;
+  for (; j + N <= H; j += N) {
+    V z, b;
+    std::memcpy(&z, o + j, sizeof z);
+    std::memcpy(&b, bias + j, sizeof b);
+    const V t = tanh_lanes<N>(z + b);
+    std::memcpy(o + j, &t, sizeof t);
+    std::memcpy(state + j, &t, sizeof t);
+  }
+  if (j < H) {  // ragged tail through a zero-padded vector
+    const int64_t m = H - j;
+    V z{}, b{};
+    std::memcpy(&z, o + j, m * sizeof(float));
+    std::memcpy(&b, bias + j, m * sizeof(float));
+    const V t = tanh_lanes<N>(z + b);
+    std::memcpy(o + j, &t, m * sizeof(float));
+    std::memcpy(state + j, &t, m * sizeof(float));
+  }
+}
+
+// x = act(x + bias) in place (bias may be null); sigmoid(z) = (1 + tanh(z/2)) / 2,
+// so both gates' activations share tanh_lanes. Near sigmoid's lower tail this
+// has an absolute (not relative) error of a few float ulp of 0.5.
+template <Act A, int N, typename V = typename Lanes<N>::f>
+__attribute__((always_inline)) inline V act_lanes(const V& z) {
+  if constexpr (A == Act::kTanh) {
+    return tanh_lanes<N>(z);
+  } else {
+    return 0.5f + 0.5f * tanh_lanes<N>(0.5f * z);
+  }
+}
+
+template <Act A, int N>
+__attribute__((always_inline)) inline void act_impl(float* __restrict x, const float* __restrict bias,
+                                                    int64_t n) {
+  using V = typename Lanes<N>::f;
+  int64_t j = 0;
+  for (; j + N <= n; j += N) {
+    V z, b{};
+    std::memcpy(&z, x + j, sizeof z);
+    if (bias != nullptr) std::memcpy(&b, bias + j, sizeof b);
+    const V t = act_lanes<A, N>(z + b);
+    std::memcpy(x + j, &t, sizeof t);
+  }
+  if (j < n) {  // ragged tail through a zero-padded vector
+    const int64_t m = n - j;
+    V z{}, b{};
+    std::memcpy(&z, x + j, m * sizeof(float));
+    if (bias != nullptr) std::memcpy(&b, bias + j, m * sizeof(float));
+    const V t = act_lanes<A, N>(z + b);
+    std::memcpy(x + j, &t, m * sizeof(float));
+  }
+}
+
+}  // namespace rnnattn::cpu::kernels
+
+#pragma GCC diagnostic pop
