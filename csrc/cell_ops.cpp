@@ -28,11 +28,11 @@ using OptTensor = c10::optional<at::Tensor>;
 bool fused_kernel(const at::Tensor& input, const at::Tensor& w_ih, bool rnn) {
   if (w_ih.device() != input.device()) return false;  // ATen's cell reports it
   const auto dtype = input.scalar_type();
-  if (input.is_cpu()) return dtype == at::kFloat || dtype == at::kDouble;
+  const bool floating = dtype == at::kFloat || dtype == at::kDouble || dtype == at::kHalf ||
+                        dtype == at::kBFloat16;
+  if (input.is_cpu()) return floating;
 #ifdef RNNATTN_WITH_CUDA
-  if (rnn && input.is_cuda())
-    return dtype == at::kFloat || dtype == at::kDouble || dtype == at::kHalf ||
-           dtype == at::kBFloat16;
+  if (rnn && input.is_cuda()) return floating;
 #else
   (void)rnn;
 #endif

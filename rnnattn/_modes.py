@@ -9,9 +9,11 @@ own modules do:
   **export** (``torch.export``, both ONNX exporters, ``torch.jit.trace``) the
   sequence modules run rnnattn/_export.py, one op per layer that exporters
   turn into ONNX's RNN / GRU / LSTM operators, and the cells torch's own
-  forward; under **autocast on the CPU** torch's module forward, which
-  computes in the autocast dtype (bfloat16), for which the CPU kernels have
-  no build yet.
+  forward; under **autocast on the CPU** torch's module forward, so that the
+  output dtypes follow torch's CPU autocast rules (bfloat16 for ``nn.RNN``
+  and ``nn.RNNCell``, which have one; float32 for the GRU and LSTM, which do
+  not). A model cast to bfloat16 (``model.bfloat16()``) runs the fused CPU
+  kernels.
 * ``"reference"``, rnnattn's plain-PyTorch reference (rnnattn/reference.py):
   under **torch.func transforms** (``grad``, ``vjp``, ``jacrev``, ``vmap``),
   which cannot run a C++ ``autograd::Function``. torch's own modules are no

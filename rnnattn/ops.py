@@ -28,7 +28,7 @@ from . import _differentiable_backward  # noqa: F401  (the kernels of the *_back
 
 __all__ = ["rnn_layer", "rnn_bidirectional_layer", "gru_layer", "lstm_layer", "has_kernel"]
 
-_CPU_DTYPES = (torch.float32, torch.float64)
+_CPU_DTYPES = (torch.float32, torch.float64, torch.float16, torch.bfloat16)  # half: float32 inside
 _CUDA_DTYPES = (torch.float32, torch.float64, torch.float16, torch.bfloat16)
 
 

@@ -498,7 +498,7 @@ def test_bad_arguments_are_clear_errors():
         (lambda: op(x, w, None, None, torch.ones(2, 5), 0), "mask must be a bool"),
         (lambda: op(x, w, None, None, None, -1), "chunk_size must be >= 0"),
         (lambda: op(x[0], w, None, None, None, 0), r"input must be \(B, T, D\)"),
-        (lambda: op(x.half(), w.half(), None, None, None, 0), "supports float32 and float64"),
+        (lambda: op(x.int(), w.int(), None, None, None, 0), "supports float32, float64, bfloat16 and float16"),
         (lambda: A.attention_pool_scores(x, torch.randn(2, 4, 1), None, None, 0), r"scores must be \(B, T, heads\)"),
     ]
     for fn, msg in cases:
@@ -669,7 +669,8 @@ def test_double_backward_bias_grad_is_exactly_zero():
     assert b.grad is None or torch.equal(b.grad, torch.zeros_like(b))
 
 
-def test_dtype_without_kernel_runs_the_reference():
+def test_bfloat16_module_matches_float32():
+    """bfloat16 runs the fused CPU kernel (float32 inside, csrc/cpu/half.h)."""
     gen = torch.Generator().manual_seed(10)
     x = torch.randn(3, 6, 4, generator=gen)
     m = rnnattn.AttentionPooling(4, heads=2, score="additive")

@@ -36,17 +36,14 @@ def test_cell_ops_pass_opcheck_and_the_binding_is_the_op(cell, ours, _, batched,
 
 
 @pytest.mark.parametrize("cell,ours,theirs", CELLS)
-@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
-def test_cells_without_a_kernel_run_atens_cell(cell, ours, theirs, dtype):
-    # No CPU kernel in half precision: the op runs at::*_cell, bit for bit torch's.
-    torch.manual_seed(0)
-    t = theirs(5, 7).to(dtype)
-    r = ours(5, 7).to(dtype)
-    r.load_state_dict(t.state_dict())
-    for x in (torch.randn(3, 5, dtype=dtype), torch.randn(5, dtype=dtype)):
+def test_cells_without_a_kernel_run_atens_cell(cell, ours, theirs):
+    # No kernel on the "meta" device: the op runs at::*_cell, as torch's module does.
+    t = theirs(5, 7).to("meta")
+    r = ours(5, 7).to("meta")
+    for x in (torch.randn(3, 5, device="meta"), torch.randn(5, device="meta")):
         a, b = t(x), r(x)
         for u, v in zip(*(o if isinstance(o, tuple) else (o,) for o in (a, b))):
-            assert u.dtype == dtype and torch.equal(u, v)
+            assert (u.shape, u.dtype, u.device) == (v.shape, v.dtype, v.device)
 
 
 @pytest.mark.parametrize("cell,ours,theirs", CELLS)

@@ -41,6 +41,7 @@
 
 #include "../attention_common.h"
 #include "attention_vec.h"
+#include "half.h"
 #include "isa.h"
 
 namespace rnnattn::cpu {
@@ -372,8 +373,8 @@ void run_backward(const PoolInput<T>& p, const PoolGrads<T>& g, T* dw_out) {
 
 void check_cpu_dtype(const at::Tensor& input, const char* op) {
   const auto dt = input.scalar_type();
-  TORCH_CHECK(dt == at::kFloat || dt == at::kDouble, "rnnattn.", op,
-              ": the CPU kernel supports float32 and float64 input, got ", dt);
+  TORCH_CHECK(dt == at::kFloat || dt == at::kDouble || half::is_half(input), "rnnattn.", op,
+              ": the CPU kernel supports float32, float64, bfloat16 and float16 input, got ", dt);
 }
 
 // H with a contiguous feature dim (any B/T strides are kept), the checked
@@ -434,6 +435,12 @@ std::tuple<at::Tensor, at::Tensor> attention_pool_forward_cpu(
   // a head, and softmax is shift-invariant, so it changes neither output.
   const AttnShape s = check_attn_linear_args(input, weight, bias, lengths, mask, chunk_size);
   check_cpu_dtype(input, op);
+  if (half::is_half(input)) {  // float32 inside (half.h)
+    using half::up;
+    return half::down(
+        attention_pool_forward_cpu(up(input), up(weight), up(bias), lengths, mask, chunk_size),
+        input.scalar_type());
+  }
   const Prepared r = prepare(s, input, lengths, mask, op);
   const at::Tensor w = weight.contiguous();
   auto context = at::empty({s.batch, s.chunks, s.heads, s.dim}, input.options());
@@ -456,6 +463,14 @@ std::tuple<at::Tensor, at::Tensor> attention_pool_backward_cpu(
       check_attn_linear_args(input, weight, c10::nullopt, lengths, mask, chunk_size);
   check_attn_backward_args(s, input, grad_context, grad_weights, context, weights, op);
   check_cpu_dtype(input, op);
+  if (half::is_half(input)) {
+    using half::up;
+    return half::down(attention_pool_backward_cpu(up(grad_context), up(grad_weights), up(input),
+                                                  up(weight), lengths, mask, up(context),
+                                                  up(weights), chunk_size, need_input_grad,
+                                                  need_weight_grad),
+                      input.scalar_type());
+  }
   const Prepared r = prepare(s, input, lengths, mask, op);
   const at::Tensor w = weight.contiguous();
   const at::Tensor ctx = context.contiguous(), dc = grad_context.contiguous();
@@ -482,6 +497,12 @@ std::tuple<at::Tensor, at::Tensor> attention_pool_scores_forward_cpu(
   constexpr const char* op = "attention_pool_scores";
   const AttnShape s = check_attn_scores_args(input, scores, lengths, mask, chunk_size);
   check_cpu_dtype(input, op);
+  if (half::is_half(input)) {
+    using half::up;
+    return half::down(
+        attention_pool_scores_forward_cpu(up(input), up(scores), lengths, mask, chunk_size),
+        input.scalar_type());
+  }
   const Prepared r = prepare(s, input, lengths, mask, op);
   auto context = at::empty({s.batch, s.chunks, s.heads, s.dim}, input.options());
   auto weights = at::empty({s.batch, s.heads, s.steps}, input.options());
@@ -505,6 +526,13 @@ std::tuple<at::Tensor, at::Tensor> attention_pool_scores_backward_cpu(
   const AttnShape s = check_attn_scores_args(input, scores, lengths, mask, chunk_size);
   check_attn_backward_args(s, input, grad_context, grad_weights, context, weights, op);
   check_cpu_dtype(input, op);
+  if (half::is_half(input)) {
+    using half::up;
+    return half::down(attention_pool_scores_backward_cpu(
+                          up(grad_context), up(grad_weights), up(input), up(scores), lengths, mask,
+                          up(context), up(weights), chunk_size, need_input_grad, need_scores_grad),
+                      input.scalar_type());
+  }
   const Prepared r = prepare(s, input, lengths, mask, op);
   const at::Tensor ctx = context.contiguous(), dc = grad_context.contiguous();
   const at::Tensor wts = weights.contiguous();

@@ -1,0 +1,194 @@
+"""bfloat16 and float16 on the CPU: the layer ops, the cells, the modules and the
+pooling run the fused kernels, in float32 inside, with their results and what the
+backward keeps (output, reserve) in the input's dtype (csrc/cpu/half.h).
+
+The yardstick is the float64 computation from the same half-precision inputs and
+weights: the fused results may differ from it by the final rounding to the dtype
+(and the backward by the rounding of what it keeps), and must be at least as close
+to it as torch's own modules in that dtype."""
+import pytest
+import torch
+from torch import nn
+
+import rnnattn
+from rnnattn import attention_ops as A
+from rnnattn import ops, reference
+
+HALF = [torch.bfloat16, torch.float16]
+# Outputs: one rounding to the dtype (2^-8 relative for bfloat16, 2^-11 for
+# float16). Grads: the backward also reads the saved output and gates rounded
+# to the dtype, over several steps.
+OUT_TOL = {torch.bfloat16: dict(rtol=8e-3, atol=8e-3), torch.float16: dict(rtol=1e-3, atol=1e-3)}
+GRAD_TOL = {torch.bfloat16: dict(rtol=4e-2, atol=4e-2), torch.float16: dict(rtol=6e-3, atol=6e-3)}
+GATES = {"rnn": 1, "gru": 3, "lstm": 4}
+
+
+def layer_case(cell, T, B, I, H, dtype, lengths=None, proj=0):
+    """Positional arguments of ops.<cell>_layer in dtype (requiring grad)."""
+    G, Hs = GATES[cell], proj or H
+    args = {
+        "w_ih": torch.randn(G * H, I) / I**0.5,
+        "w_hh": torch.randn(G * H, Hs) / Hs**0.5,
+        "b_ih": torch.randn(G * H) * 0.3,
+        "b_hh": torch.randn(G * H) * 0.3,
+        "hx": torch.randn(B if lengths is None else len(lengths), Hs) * 0.5,
+    }
+    if lengths is None:
+        x, bs = torch.randn(T, B, I), None
+    else:
+        p = nn.utils.rnn.pack_sequence([torch.randn(n, I) for n in lengths])
+        x, bs = p.data, p.batch_sizes
+    h = lambda t: t.to(dtype).requires_grad_()  # noqa: E731
+    if cell == "lstm":
+        cx = torch.randn(args["hx"].shape[0], H) * 0.5
+        w_hr = torch.randn(proj, H) / H**0.5 if proj else None
+        return [h(x), bs, h(args["hx"]), h(cx), h(args["w_ih"]), h(args["w_hh"]), h(args["b_ih"]),
+                h(args["b_hh"]), h(w_hr) if proj else None]
+    return [h(x), bs, h(args["hx"]), h(args["w_ih"]), h(args["w_hh"]), h(args["b_ih"]), h(args["b_hh"])]
+
+
+def as_float64(args):
+    return [a.detach().double().requires_grad_() if isinstance(a, torch.Tensor) and a.is_floating_point() else a
+            for a in args]
+
+
+def run_layer(cell, args, impl):
+    fn = getattr(impl, f"{cell}_layer")
+    if cell == "rnn":  # relu=False, reverse=True
+        return fn(*args, False, True)
+    return fn(*args, True) if impl is ops else fn(*args, reverse=True)
+
+
+@pytest.mark.parametrize("dtype", HALF)
+@pytest.mark.parametrize(
+    "cell,shape,lengths,proj",
+    [
+        ("rnn", (6, 3, 5, 9), None, 0),
+        ("rnn", (None, None, 4, 33), [5, 3, 1], 0),
+        ("gru", (6, 3, 5, 9), None, 0),
+        ("gru", (None, None, 4, 17), [5, 3, 1], 0),
+        ("lstm", (6, 3, 5, 9), None, 0),
+        ("lstm", (None, None, 4, 17), [5, 3, 1], 3),
+        ("lstm", (40, 2, 3, 6), None, 0),  # inference: A in chunks of 32 steps
+    ],
+)
+def test_layer_ops_in_half_precision(cell, shape, lengths, proj, dtype):
+    T, B, I, H = shape
+    args = layer_case(cell, T, B, I, H, dtype, lengths, proj)
+    ref_args = as_float64(args)
+    outs, routs = run_layer(cell, args, ops), run_layer(cell, ref_args, reference)
+    for o, r in zip(outs, routs):
+        assert o.dtype == dtype
+        torch.testing.assert_close(o.double(), r, **OUT_TOL[dtype])
+    with torch.no_grad():
+        for o, r in zip(run_layer(cell, args, ops), routs):
+            torch.testing.assert_close(o.double(), r, **OUT_TOL[dtype])
+    ws = [torch.randn_like(r) for r in routs]
+    leaves = [a for a in args if isinstance(a, torch.Tensor) and a.requires_grad]
+    rleaves = [a for a in ref_args if isinstance(a, torch.Tensor) and a.requires_grad]
+    g = torch.autograd.grad(sum((o * w.to(dtype)).sum() for o, w in zip(outs, ws)), leaves)
+    rg = torch.autograd.grad(sum((o * w.to(dtype).double()).sum() for o, w in zip(routs, ws)), rleaves)
+    for a, b in zip(g, rg):
+        assert a.dtype == dtype
+        torch.testing.assert_close(a.double(), b, **GRAD_TOL[dtype])
+
+
+@pytest.mark.parametrize("dtype", HALF)
+@pytest.mark.parametrize("cell", ["gru", "lstm"])
+def test_reserve_is_kept_in_the_input_dtype(cell, dtype):
+    args = [a.detach() if isinstance(a, torch.Tensor) else a for a in layer_case(cell, 4, 2, 3, 5, dtype)]
+    op = getattr(torch.ops.rnnattn, f"{cell}_forward")
+    reserve = op(*args, False, True)[-1]
+    assert reserve.dtype == dtype and reserve.shape[0] == 8
+
+
+def _max_error(outs, truth):
+    return max((o.double() - t).abs().max().item() for o, t in zip(outs, truth))
+
+
+def _flat(out):
+    if isinstance(out, torch.Tensor):
+        return [out]
+    return [t for o in out for t in _flat(o)]
+
+
+MODULES = [
+    (rnnattn.RNN, nn.RNN, dict(num_layers=2, bidirectional=True)),
+    (rnnattn.GRU, nn.GRU, dict(num_layers=2)),
+    (rnnattn.LSTM, nn.LSTM, dict(bidirectional=True, proj_size=3)),
+]
+
+
+@pytest.mark.parametrize("dtype", HALF)
+@pytest.mark.parametrize("ours_cls,theirs_cls,kw", MODULES)
+def test_modules_in_half_precision_are_at_least_as_close_as_torchs(ours_cls, theirs_cls, kw, dtype):
+    """Against the float64 module with the same (rounded) weights and input:
+    outputs and every grad at least as close as torch's module in the dtype."""
+    theirs = theirs_cls(5, 8, **kw).to(dtype)
+    ours = ours_cls(5, 8, **kw).to(dtype)
+    ours.load_state_dict(theirs.state_dict())
+    truth_module = theirs_cls(5, 8, **kw).double()
+    truth_module.load_state_dict(theirs.state_dict())
+    x = torch.randn(7, 3, 5).to(dtype)
+    results = {}
+    for name, m, xin in [("ours", ours, x), ("theirs", theirs, x), ("truth", truth_module, x.double())]:
+        xin = xin.detach().requires_grad_()
+        outs = _flat(m(xin))
+        gen = torch.Generator().manual_seed(1)
+        ws = [torch.randn(o.shape, generator=gen).to(dtype).double() for o in outs]
+        loss = sum((o.double() * w).sum() for o, w in zip(outs, ws))
+        grads = torch.autograd.grad(loss, [xin, *m.parameters()])
+        results[name] = (outs, grads)
+    assert all(o.dtype == dtype for o in results["ours"][0])
+    for part in (0, 1):
+        truth = [t.double() for t in results["truth"][part]]
+        err_ours = _max_error(results["ours"][part], truth)
+        err_theirs = _max_error(results["theirs"][part], truth)
+        tol = (OUT_TOL if part == 0 else GRAD_TOL)[dtype]["atol"]
+        assert err_ours <= max(1.25 * err_theirs, tol), (part, err_ours, err_theirs)
+
+
+@pytest.mark.parametrize("dtype", HALF)
+@pytest.mark.parametrize("ours_cls,theirs_cls", [(rnnattn.RNNCell, nn.RNNCell), (rnnattn.GRUCell, nn.GRUCell),
+                                                 (rnnattn.LSTMCell, nn.LSTMCell)])
+def test_cells_in_half_precision(ours_cls, theirs_cls, dtype):
+    theirs = theirs_cls(5, 7).to(dtype)
+    ours = ours_cls(5, 7).to(dtype)
+    ours.load_state_dict(theirs.state_dict())
+    truth = theirs_cls(5, 7).double()
+    truth.load_state_dict(theirs.state_dict())
+    for x in (torch.randn(3, 5).to(dtype), torch.randn(5).to(dtype)):
+        got, want = _flat(ours(x)), _flat(truth(x.double()))
+        for a, b in zip(got, want):
+            assert a.dtype == dtype
+            torch.testing.assert_close(a.double(), b, **OUT_TOL[dtype])
+
+
+@pytest.mark.parametrize("dtype", HALF)
+@pytest.mark.parametrize("chunk,heads", [(0, 1), (4, 2)])
+def test_pooling_in_half_precision(dtype, chunk, heads):
+    gen = torch.Generator().manual_seed(3)
+    x = torch.randn(4, 11, 19, generator=gen).to(dtype).requires_grad_()
+    w = (torch.randn(heads, 19, generator=gen) * 0.3).to(dtype).requires_grad_()
+    lengths = torch.tensor([11, 0, 6, 1])
+    out = A.attention_pool(x, w, None, lengths, None, chunk)
+    x64, w64 = (t.detach().double().requires_grad_() for t in (x, w))
+    ref = reference.attention_pool(x64, w64, None, lengths, None, chunk)
+    for o, r in zip(out, ref):
+        assert o.dtype == dtype
+        torch.testing.assert_close(o.double(), r, **OUT_TOL[dtype])
+    gen = torch.Generator().manual_seed(4)
+    ws = [torch.randn(r.shape, generator=gen).to(dtype) for r in ref]
+    g = torch.autograd.grad(out, (x, w), ws)
+    rg = torch.autograd.grad(ref, (x64, w64), [v.double() for v in ws])
+    for a, b in zip(g, rg):
+        assert a.dtype == dtype
+        torch.testing.assert_close(a.double(), b, **GRAD_TOL[dtype])
+
+
+@pytest.mark.parametrize("dtype", HALF)
+def test_half_and_float32_tensors_do_not_mix(dtype):
+    args = [a.detach() if isinstance(a, torch.Tensor) else a for a in layer_case("gru", 3, 2, 3, 4, dtype)]
+    args[2] = args[2].float()  # hx
+    with pytest.raises(RuntimeError, match=f"hx has dtype Float but input has dtype {'BFloat16' if dtype == torch.bfloat16 else 'Half'}"):
+        ops.gru_layer(*args, False)
