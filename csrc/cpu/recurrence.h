@@ -4,8 +4,9 @@
 //
 // Forward: A = X W_ih^T is one GEMM over all rows, into the reserve (the
 // output itself for the Elman RNN; a GRU/LSTM in inference runs it in chunks
-// of kInputChunkSteps steps into a chunk-sized buffer); then, step by step, the recurrent GEMM
-// h_{t-1} W_hh^T over all gates and the cell's pointwise step. Small steps
+// of kInputChunkSteps steps into a chunk-sized buffer); then, step by step,
+// the recurrent GEMM h_{t-1} W_hh^T over all gates and the cell's pointwise
+// step. Small steps
 // run on one thread with a register-blocked GEMM (small_gemm.h); larger ones
 // split the hidden units across threads, each part doing the GEMM of its
 // units' columns in every gate and then their pointwise step while they are
@@ -81,9 +82,10 @@ struct LayerPtrs {
 };
 
 // Inference computes A in chunks of this many steps (LayerPtrs::ws_steps):
-// 32 * B rows keep the input GEMM large enough to run near a single GEMM's
-// speed at any batch of 8 or more, and the A kept for a long sequence
-// (T = 1000: 4H or 5H values a row, 4-5x the output itself) shrinks T / 32 times.
+// the A kept for a long sequence (3H or 4H values a row, 3-4x the output
+// itself) shrinks T / 32 times, for one more input GEMM call per 32 steps
+// (forward time unchanged within the dev VM's noise at B = 1, 16 and 64:
+// benchmarks/OPTIMISATIONS.md).
 constexpr int64_t kInputChunkSteps = 32;
 
 // Whether a step of rows x k x (G * H) multiply-adds takes the small path:
