@@ -109,7 +109,7 @@ __attribute__((always_inline)) inline void small_gemm_impl(const T* X, const T* 
                                                            const Ld& ld, int64_t m, int64_t k,
                                                            int64_t n, bool accumulate) {
   // 3 rows x 4 vectors: 12 accumulators + 4 vectors of B fill the 16 ymm
-  // registers; each loaded vector of B feeds 3 FMAs.
+  // registers (half of AVX-512's 32); each loaded vector of B feeds 3 FMAs.
   int64_t i = 0;
   for (; i + 3 <= m; i += 3) rows<T, Bytes, 3>(X + i * ld.x, B, Y + i * ld.y, ld, k, n, accumulate);
   if (m - i == 2) rows<T, Bytes, 2>(X + i * ld.x, B, Y + i * ld.y, ld, k, n, accumulate);
@@ -133,21 +133,36 @@ constexpr int bit_reverse(int i) {
   for (int b = 1; b < L; b <<= 1, i >>= 1) r = (r << 1) | (i & 1);
   return r;
 }
+// The lanes Idx... of the concatenation of a and b (0..L-1: a, L..2L-1: b).
+// GCC before 12 has only __builtin_shuffle (a mask vector), clang only
+// __builtin_shufflevector (the indices as arguments).
+template <int... Idx, typename V>
+__attribute__((always_inline)) inline V shuffle(const V& a, const V& b) {
+#if defined(__clang__) || __GNUC__ >= 12
+  return __builtin_shufflevector(a, b, Idx...);
+#else
+  using Lane = std::decay_t<decltype(a[0])>;
+  typedef std::conditional_t<sizeof(Lane) == 4, int32_t, int64_t> Int;
+  typedef Int Mask __attribute__((vector_size(sizeof(V))));
+  return __builtin_shuffle(a, b, Mask{Idx...});
+#endif
+}
 template <int L, int W, typename V, int... I>
-__attribute__((always_inline)) inline V fold(const V& a, const V& b, std::integer_sequence<int, I...>) {
-  return __builtin_shufflevector(a, b, fold_index<L, W, false>(I)...) +
-         __builtin_shufflevector(a, b, fold_index<L, W, true>(I)...);
+__attribute__((always_inline)) inline V fold(const V& a, const V& b,
+                                             std::integer_sequence<int, I...>) {
+  return shuffle<fold_index<L, W, false>(I)...>(a, b) + shuffle<fold_index<L, W, true>(I)...>(a, b);
 }
 template <int L, typename V, int... I>
 __attribute__((always_inline)) inline V unreverse(const V& v, std::integer_sequence<int, I...>) {
-  return __builtin_shufflevector(v, v, bit_reverse<L>(I)...);
+  return shuffle<bit_reverse<L>(I)...>(v, v);
 }
 template <int L, typename V>
 __attribute__((always_inline)) inline V column_sums(V* acc) {
   using Lanes = std::make_integer_sequence<int, L>;
   int count = L;
   auto level = [&](auto w) {
-    for (int q = 0; q < count / 2; ++q) acc[q] = fold<L, decltype(w)::value>(acc[2 * q], acc[2 * q + 1], Lanes{});
+    for (int q = 0; q < count / 2; ++q)
+      acc[q] = fold<L, decltype(w)::value>(acc[2 * q], acc[2 * q + 1], Lanes{});
     count /= 2;
   };
   if constexpr (L >= 16) level(std::integral_constant<int, 16>{});
@@ -177,7 +192,8 @@ __attribute__((always_inline)) inline void small_gemm_nt_impl(const T* X, const 
       V acc[L] = {};
       for (int64_t p = 0; p < kv; p += L) {
         const V xv = *reinterpret_cast<const U*>(x + p);
-        for (int c = 0; c < L; ++c) acc[c] += xv * *reinterpret_cast<const U*>(W + (j + c) * ld.b + p);
+        for (int c = 0; c < L; ++c)
+          acc[c] += xv * *reinterpret_cast<const U*>(W + (j + c) * ld.b + p);
       }
       V sums = column_sums<L>(acc);
       for (int64_t q = kv; q < k; ++q)

@@ -59,7 +59,8 @@ void check_gemm(bool nt) {
             for (int j = 0; j < ld.y; ++j) {
               const double got = Y[i * ld.y + j];
               if (j >= n) {  // the padding between rows stays untouched
-                if (Y[i * ld.y + j] != before[i * ld.y + j]) fail("pad", m, kk, n, Bytes, got, before[i * ld.y + j]);
+                if (Y[i * ld.y + j] != before[i * ld.y + j])
+                  fail("pad", m, kk, n, Bytes, got, before[i * ld.y + j]);
                 continue;
               }
               const double w = want[i * n + j];
