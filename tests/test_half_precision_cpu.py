@@ -6,6 +6,11 @@ The yardstick is the float64 computation from the same half-precision inputs and
 weights: the fused results may differ from it by the final rounding to the dtype
 (and the backward by the rounding of what it keeps), and must be at least as close
 to it as torch's own modules in that dtype."""
+import os
+import subprocess
+import sys
+from pathlib import Path
+
 import pytest
 import torch
 from torch import nn
@@ -192,3 +197,38 @@ def test_half_and_float32_tensors_do_not_mix(dtype):
     args[2] = args[2].float()  # hx
     with pytest.raises(RuntimeError, match=f"hx has dtype Float but input has dtype {'BFloat16' if dtype == torch.bfloat16 else 'Half'}"):
         ops.gru_layer(*args, False)
+
+
+def _cpu_has_native_bf16() -> bool:
+    try:
+        with open("/proc/cpuinfo") as f:
+            flags = next((line.split(":", 1)[1].split() for line in f if line.startswith("flags")), [])
+    except OSError:
+        return False
+    return "avx512_bf16" in flags or "amx_bf16" in flags
+
+
+def test_input_gemm_runs_in_the_dtype_where_chosen():
+    """bfloat16's input GEMM goes to ATen's mm in bfloat16 where the CPU has native
+    bf16 arithmetic or RNNATTN_CPU_HALF_GEMM=library, and nowhere else."""
+    how = os.environ.get("RNNATTN_CPU_HALF_GEMM")
+    want = how == "library" if how in ("library", "float32") else _cpu_has_native_bf16()
+    args = [a.detach() if isinstance(a, torch.Tensor) else a for a in layer_case("gru", 5, 2, 3, 4, torch.bfloat16)]
+    with torch.no_grad(), torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as prof:
+        ops.gru_layer(*args, False)
+    names = [e.name for e in prof.events()]
+    assert ("aten::mm" in names) == want, names
+
+
+@pytest.mark.parametrize("how", ["library", "float32"])
+def test_both_input_gemm_choices(how):
+    """The forward's input GEMM runs in the half dtype through ATen on CPUs with
+    native half arithmetic, else in float32 (csrc/cpu/half.h); this CPU takes one,
+    RNNATTN_CPU_HALF_GEMM forces each: the tests above must pass with both."""
+    root = Path(__file__).resolve().parents[1]
+    env = dict(os.environ, RNNATTN_CPU_HALF_GEMM=how, PYTHONPATH=str(root))
+    r = subprocess.run(
+        [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", __file__, "-k", "not both_input_gemm"],
+        cwd=root, env=env, capture_output=True, text=True,
+    )
+    assert r.returncode == 0 and " passed" in r.stdout, r.stdout[-3000:] + r.stderr[-2000:]

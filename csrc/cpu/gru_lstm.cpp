@@ -24,15 +24,17 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> gru_forward_cpu(
     bool train) {
   const RnnShape s = check_recurrent_args(input, batch_sizes, hx, w_ih, w_hh, b_ih, b_hh,
                                           GruCell::kGates);
-  if (half::is_half(input)) {
-    using half::up;
+  using half::up;
+  const bool half = half::is_half(input);  // float32 inside (half.h)
+  const at::Tensor a = half ? half::input_projection(input, w_ih) : at::Tensor();
+  if (half && !a.defined())
     return half::down(gru_forward_cpu(up(input), batch_sizes, up(hx), up(w_ih), up(w_hh), up(b_ih),
                                       up(b_hh), reverse, train),
                       input.scalar_type());
-  }
   const StepSchedule sched = make_schedule(input, batch_sizes, s.batch);
-  auto r = forward_layer_op(GruCell{}, s, sched, input, hx, c10::nullopt, w_ih, w_hh, b_ih, b_hh,
-                            c10::nullopt, reverse, train);
+  auto r = forward_layer_op(GruCell{}, s, sched, input, up(hx), c10::nullopt, up(w_ih), up(w_hh),
+                            up(b_ih), up(b_hh), c10::nullopt, reverse, train, a);
+  if (half) return half::down(std::make_tuple(r.output, r.h_n, r.reserve), input.scalar_type());
   return {r.output, r.h_n, r.reserve};
 }
 
@@ -68,15 +70,18 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> lstm_forward_cpu(
   const RnnShape s = check_recurrent_args(input, batch_sizes, hx, w_ih, w_hh, b_ih, b_hh,
                                           LstmCell::kGates, w_hr);
   check_cell_state(s, input, cx, "cx");
-  if (half::is_half(input)) {
-    using half::up;
+  using half::up;
+  const bool half = half::is_half(input);  // float32 inside (half.h)
+  const at::Tensor a = half ? half::input_projection(input, w_ih) : at::Tensor();
+  if (half && !a.defined())
     return half::down(lstm_forward_cpu(up(input), batch_sizes, up(hx), up(cx), up(w_ih), up(w_hh),
                                        up(b_ih), up(b_hh), up(w_hr), reverse, train),
                       input.scalar_type());
-  }
   const StepSchedule sched = make_schedule(input, batch_sizes, s.batch);
-  auto r = forward_layer_op(LstmCell{}, s, sched, input, hx, cx, w_ih, w_hh, b_ih, b_hh, w_hr,
-                            reverse, train);
+  auto r = forward_layer_op(LstmCell{}, s, sched, input, up(hx), up(cx), up(w_ih), up(w_hh),
+                            up(b_ih), up(b_hh), up(w_hr), reverse, train, a);
+  if (half)
+    return half::down(std::make_tuple(r.output, r.h_n, r.c_n, r.reserve), input.scalar_type());
   return {r.output, r.h_n, r.c_n, r.reserve};
 }
 

@@ -1,23 +1,29 @@
 // bfloat16 and float16 on the CPU. The kernels compute in float32 (the state,
-// the gates, the softmax, every GEMM: float32 accumulation, as the CUDA
-// kernels do) and return their results, including what the backward keeps
-// (the output, the GRU/LSTM reserve), in the tensors' own dtype. Each op's
-// half-precision call converts its inputs to float32 for the call only, runs
-// the float32 kernel and converts the results back.
+// the gates, the softmax, the recurrent and backward GEMMs: float32
+// accumulation, as the CUDA kernels do) and return their results, including
+// what the backward keeps (the output, the GRU/LSTM reserve), in the
+// tensors' own dtype. Each op's half-precision call converts its inputs to
+// float32 for the call only, runs the float32 kernel and converts the
+// results back.
 //
-// Why not the half-precision GEMM of oneDNN / MKL for the large GEMMs: on
-// CPUs without native bfloat16 or float16 arithmetic it is several times
-// slower than float32's (measured on the AVX2 dev VM: a bf16 (6400 x 512) @
-// (512 x 1024) product 7.9x the float32 one), and the conversions cost a
-// pass over data the GEMM reads anyway. On CPUs with AMX or AVX512-BF16 a
-// half-precision GEMM would be faster than float32's: not done (no such CPU
-// to measure it on).
+// The forward's input GEMM A = X W_ih^T (the largest of the forward) runs
+// in the half dtype through ATen (oneDNN) on CPUs with native arithmetic in
+// it (AVX512-BF16 or AMX for bfloat16, AVX512-FP16 for float16), with float32
+// accumulation; elsewhere in float32 on converted operands, because there a
+// half-precision GEMM is several times slower than float32's (measured on
+// the AVX2 dev VM: a bf16 (6400 x 512) @ (512 x 1024) product 7.9x the
+// float32 one). RNNATTN_CPU_HALF_GEMM=library|float32 forces one (tests run
+// both). The half-precision path has not been timed: no such CPU here.
 #pragma once
 
 #include <ATen/ATen.h>
 
+#include <cstdlib>
+#include <cstring>
 #include <tuple>
 #include <utility>
+
+#include "isa.h"
 
 namespace rnnattn::cpu::half {
 
@@ -32,6 +38,36 @@ inline at::Tensor up(const at::Tensor& t) {
 }
 inline c10::optional<at::Tensor> up(const c10::optional<at::Tensor>& t) {
   return t.has_value() ? c10::optional<at::Tensor>(up(*t)) : t;
+}
+
+// Whether a half-precision call of this dtype runs its input GEMM in that
+// dtype (see above). Read once.
+inline bool library_half_gemm(at::ScalarType dtype) {
+  static const int forced = [] {
+    const char* v = std::getenv("RNNATTN_CPU_HALF_GEMM");
+    if (v != nullptr && std::strcmp(v, "library") == 0) return 1;
+    if (v != nullptr && std::strcmp(v, "float32") == 0) return 0;
+    return -1;
+  }();
+  if (forced >= 0) return forced == 1;
+#if RNNATTN_X86_DISPATCH
+  static const bool bf16 = __builtin_cpu_supports("avx512bf16") || __builtin_cpu_supports("amx-bf16");
+#if defined(__clang__) || __GNUC__ >= 12
+  static const bool fp16 = __builtin_cpu_supports("avx512fp16");
+#else
+  static const bool fp16 = false;  // GCC 11 cannot test for it
+#endif
+  return dtype == at::kBFloat16 ? bf16 : fp16;
+#else
+  return false;
+#endif
+}
+
+// A = X W_ih^T, (rows, gates), in the input's dtype where library_half_gemm;
+// undefined otherwise (the float32 kernel then computes it).
+inline at::Tensor input_projection(const at::Tensor& input, const at::Tensor& w_ih) {
+  if (!library_half_gemm(input.scalar_type())) return at::Tensor();
+  return at::mm(input.reshape({-1, input.size(-1)}), w_ih.t());
 }
 
 // The results of a float32 call in dtype.

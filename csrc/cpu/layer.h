@@ -78,17 +78,20 @@ LayerForward forward_layer_op(const Cell& cell, const RnnShape& s, const StepSch
                               const at::Tensor& w_hh, const c10::optional<at::Tensor>& b_ih,
                               const c10::optional<at::Tensor>& b_hh,
                               const c10::optional<at::Tensor>& w_hr, bool reverse,
-                              bool train = true) {
+                              bool train = true, const at::Tensor& a_given = at::Tensor()) {
+  // a_given: A = X W_ih^T, (rows, gates) in any floating dtype, computed by
+  // the caller (half.h); input is then read for its shape only, and may be
+  // of another dtype than the rest.
   constexpr bool kOutputIsReserve = Cell::kWsBlocks == 1;  // the Elman RNN
   const CellLayout<Cell> L{s.hidden};
   const int64_t H = s.hidden, Hs = s.state, B = s.batch;
-  auto x = input.contiguous();
+  auto x = a_given.defined() ? input : input.contiguous();
   auto wi = w_ih.contiguous();
   auto wh = w_hh.contiguous();
   auto h0 = hx.contiguous();
   auto bi = opt_contiguous(b_ih), bh = opt_contiguous(b_hh), wr = opt_contiguous(w_hr);
   auto c0 = opt_contiguous(cx);
-  const auto opts = x.options();
+  const auto opts = h0.options();
   std::vector<int64_t> out_shape(input.sizes().begin(), input.sizes().end());
   out_shape.back() = Hs;
   LayerForward r;
@@ -96,8 +99,10 @@ LayerForward forward_layer_op(const Cell& cell, const RnnShape& s, const StepSch
   // Inference keeps A and the activations only, for kInputChunkSteps steps
   // at a time (see LayerPtrs); the op then returns an empty reserve.
   const int64_t ws_cols = (train ? Cell::kWsBlocks : Cell::kGates) * H;
-  const int64_t ws_steps =
-      !train && !kOutputIsReserve && sched.steps() > kInputChunkSteps ? kInputChunkSteps : 0;
+  const int64_t ws_steps = !train && !kOutputIsReserve && !a_given.defined() &&
+                                   sched.steps() > kInputChunkSteps
+                               ? kInputChunkSteps
+                               : 0;
   const int64_t ws_rows = ws_steps > 0 ? std::min(s.rows, ws_steps * B) : s.rows;
   at::Tensor ws = kOutputIsReserve ? at::Tensor() : at::empty({ws_rows, ws_cols}, opts);
   at::Tensor rest = train || L.rest_cols() == 0 ? at::Tensor() : at::empty({B, L.rest_cols()}, opts);
@@ -114,7 +119,9 @@ LayerForward forward_layer_op(const Cell& cell, const RnnShape& s, const StepSch
   const bool small = small_step<Cell>(sched.batch[sched.steps() - 1], Hs, L.gates()) &&
                      s.rows >= kTransposeMinRows;
   at::Tensor wh_t = small ? at::empty({Hs, L.gates()}, opts) : at::Tensor();
-  AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "rnnattn::recurrent_forward", [&] {
+  if (a_given.defined())
+    (kOutputIsReserve ? r.output.view({s.rows, Hs}) : ws).narrow(1, 0, L.gates()).copy_(a_given);
+  AT_DISPATCH_FLOATING_TYPES(h0.scalar_type(), "rnnattn::recurrent_forward", [&] {
     using T = scalar_t;
     const T* h0p = h0.data_ptr<T>();
     std::copy(h0p, h0p + B * Hs, r.h_n.data_ptr<T>());
@@ -129,7 +136,8 @@ LayerForward forward_layer_op(const Cell& cell, const RnnShape& s, const StepSch
         for (int64_t j = 0; j < Hs; ++j) wt[j * rows + i] = w[i * Hs + j];
     }
     LayerPtrs<T> p;
-    p.x = x.data_ptr<T>();
+    p.x = a_given.defined() ? nullptr : x.data_ptr<T>();
+    p.a_given = a_given.defined();
     p.w_ih = wi.data_ptr<T>();
     p.w_hh = wh.data_ptr<T>();
     p.w_hh_t = ptr_or_null<T>(wh_t);

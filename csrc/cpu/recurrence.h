@@ -79,6 +79,9 @@ struct LayerPtrs {
   // time, each chunk's input GEMM run when the walk reaches it, so the
   // activations kept are bounded by the chunk, not the sequence.
   int64_t ws_steps = 0;
+  // A is already in ws (computed by the caller: a half-precision call's
+  // input GEMM in its own dtype, half.h); x is then not read.
+  bool a_given = false;
 };
 
 // Inference computes A in chunks of this many steps (LayerPtrs::ws_steps):
@@ -166,7 +169,7 @@ T* forward_layer(const Cell& cell, const RnnShape& s, const StepSchedule& sched,
     gemm<T>(false, true, rows, G, s.input, T(1), p.x + row_begin * s.input, s.input, p.w_ih,
             s.input, T(0), p.ws, p.ld_ws);
   };
-  if (p.ws_steps == 0) input_gemm(0, s.rows);
+  if (p.ws_steps == 0 && !p.a_given) input_gemm(0, s.rows);
   int64_t ws_row0 = 0;  // the input row whose A is ws's first row
   const int64_t T_ = sched.steps();
   const int64_t B0 = T_ ? sched.batch[0] : 0;

@@ -20,15 +20,17 @@ std::tuple<at::Tensor, at::Tensor> rnn_forward_cpu(
     const c10::optional<at::Tensor>& b_ih, const c10::optional<at::Tensor>& b_hh, bool relu,
     bool reverse) {
   const RnnShape s = check_rnn_args(input, batch_sizes, hx, w_ih, w_hh, b_ih, b_hh);
-  if (half::is_half(input)) {  // float32 inside (half.h)
-    using half::up;
+  using half::up;
+  const bool half = half::is_half(input);  // float32 inside (half.h)
+  const at::Tensor a = half ? half::input_projection(input, w_ih) : at::Tensor();
+  if (half && !a.defined())
     return half::down(rnn_forward_cpu(up(input), batch_sizes, up(hx), up(w_ih), up(w_hh), up(b_ih),
                                       up(b_hh), relu, reverse),
                       input.scalar_type());
-  }
   const StepSchedule sched = make_schedule(input, batch_sizes, s.batch);
-  auto r = forward_layer_op(RnnCell{relu}, s, sched, input, hx, c10::nullopt, w_ih, w_hh, b_ih,
-                            b_hh, c10::nullopt, reverse);
+  auto r = forward_layer_op(RnnCell{relu}, s, sched, input, up(hx), c10::nullopt, up(w_ih),
+                            up(w_hh), up(b_ih), up(b_hh), c10::nullopt, reverse, true, a);
+  if (half) return half::down(std::make_tuple(r.output, r.h_n), input.scalar_type());
   return {r.output, r.h_n};
 }
 
