@@ -10,6 +10,8 @@ import pytest
 import torch
 from torch import nn
 
+from conftest import CPU_ISAS
+
 import rnnattn
 from rnnattn.bench import cases, contenders, latency, report, runner, timing
 from rnnattn.bench.__main__ import main
@@ -410,7 +412,7 @@ def _cpu_isa_with(value):
 def test_rnnattn_cpu_isa_lowers_the_build_and_unknown_values_warn():
     """RNNATTN_CPU_ISA picks a lower build (never one the CPU lacks); a value
     rnnattn does not know is ignored with a warning that names it."""
-    levels = ["base", "avx2", "avx512"]
+    levels = CPU_ISAS  # lowest first
     best, err = _cpu_isa_with(None)
     assert best in levels and "RNNATTN_CPU_ISA" not in err
     for isa in levels:
