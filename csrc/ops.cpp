@@ -8,6 +8,7 @@
 #include <string>
 
 #include "cell_ops.h"
+#include "module_call.h"
 #include "cpu/isa.h"
 #include "stack.h"
 
@@ -122,6 +123,9 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("lstm_cell", &rnnattn::lstm_cell, "torch.ops.rnnattn.lstm_cell, called directly");
   m.def("stack_forward", &rnnattn::stack_forward,
         "the layers of rnnattn.RNN / GRU / LSTM (as rnnattn.functional.rnn / gru / lstm)");
+  m.def("module_forward", &rnnattn::module_forward,
+        "a padded eager call of rnnattn.RNN / GRU / LSTM; [] where the module's Python checks "
+        "must run");
   m.def(
       "cpu_isa", [] { return std::string(rnnattn::cpu::isa_name(rnnattn::cpu::cpu_isa())); },
       "the build of the CPU kernels that runs here: 'avx512', 'avx2' or 'base' (csrc/cpu/isa.h)");

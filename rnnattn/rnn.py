@@ -54,10 +54,65 @@ class _FusedRNNBase(nn.RNNBase):
             self.proj_size > 0, float(self.dropout), self.training,
         )
 
+    def _weights(self):
+        """The current parameters by name: what torch's _update_flat_weights
+        refreshes _flat_weights from (TorchDynamo before 2.5 cannot trace
+        that call). Read from _parameters, which torch.func.functional_call
+        swaps too; a name missing there (a parametrized weight,
+        torch.nn.utils.parametrize) is read as an attribute. (Four getattr
+        calls through nn.Module.__getattr__ cost ~5 us at batch 1.)"""
+        params = self._parameters
+        try:
+            return [params[n] for n in self._flat_weights_names]
+        except KeyError:
+            return [getattr(self, n, None) for n in self._flat_weights_names]
+
+    def _stack_serves(self) -> bool:
+        """Whether an eager call runs the C++ layer stack (_stack), rather
+        than rnnattn.functional; the RNN says no in one case."""
+        return True
+
+    def _eager_call(self, input: Tensor, hx, weights):
+        """A padded eager call on the fused kernels in one C++ function
+        (csrc/module_call.cpp), or None where the call needs forward's full
+        path: another mode or device, packed input, or any argument that
+        forward's checks (torch's) must judge and report."""
+        device = input.device
+        if (
+            plain_path(device.type) is not None
+            or torch.compiler.is_compiling()
+            or not self._stack_serves()
+            or not ops.has_kernel(device, input.dtype, self._cell)
+            or weights[0].device != device
+            or cuda_autocast_dtype(device.type) is not None
+        ):
+            return None
+        lstm = self.mode == "LSTM"
+        if hx is None:
+            h = c = None
+        elif lstm:
+            if not (isinstance(hx, tuple) and len(hx) == 2):
+                return None
+            h, c = hx
+        else:
+            h, c = hx, None
+        if not (h is None or isinstance(h, Tensor)) or not (c is None or isinstance(c, Tensor)):
+            return None
+        out = _C.module_forward(
+            self._stack_cell(), input, h, c, weights, self.num_layers, self.bidirectional, self.bias,
+            self.input_size, self.hidden_size, self.proj_size or self.hidden_size, self.batch_first,
+            float(self.dropout), self.training,
+        )
+        if not out:
+            return None
+        return (out[0], (out[1], out[2])) if lstm else (out[0], out[1])
+
     def forward(self, input, hx=None):  # noqa: D102  (documented on the subclasses)
-        # The current parameters by name (what torch's _update_flat_weights
-        # refreshes _flat_weights from; TorchDynamo before 2.5 cannot trace that call).
-        weights = [getattr(self, n, None) for n in self._flat_weights_names]
+        weights = self._weights()
+        if type(input) is Tensor:
+            out = self._eager_call(input, hx, weights)
+            if out is not None:
+                return out
         data = input.data if isinstance(input, PackedSequence) else input
         if not isinstance(data, Tensor):
             raise _export.input_type_error(f"rnnattn.{type(self).__name__}", input)
@@ -206,12 +261,18 @@ class RNN(_FusedRNNBase):
             relu=self.nonlinearity == "relu", dropout=self.dropout, training=self.training, layer=layer,
         )
 
+    def _stack_serves(self) -> bool:
+        # With grad, functional.rnn runs both directions of a layer as one
+        # autograd node, which keeps the layer's output once for the backward.
+        return not (self.bidirectional and torch.is_grad_enabled())
+
+    def _stack_cell(self) -> int:
+        return int(self.nonlinearity == "relu")
+
     def _layers(self, input, batch_sizes, hx, weights):
-        if self.bidirectional and torch.is_grad_enabled() or torch.compiler.is_compiling():
-            # functional.rnn runs both directions of a layer as one autograd
-            # node, which keeps the layer's output once for the backward.
+        if torch.compiler.is_compiling() or not self._stack_serves():
             return self._functional(input, batch_sizes, hx, weights)
-        return self._stack(int(self.nonlinearity == "relu"), input, batch_sizes, hx, None, weights)
+        return self._stack(self._stack_cell(), input, batch_sizes, hx, None, weights)
 
 
 class GRU(_FusedRNNBase):
@@ -238,10 +299,13 @@ class GRU(_FusedRNNBase):
             dropout=self.dropout, training=self.training, layer=layer,
         )
 
+    def _stack_cell(self) -> int:
+        return 2
+
     def _layers(self, input, batch_sizes, hx, weights):
         if torch.compiler.is_compiling():
             return self._functional(input, batch_sizes, hx, weights)
-        return self._stack(2, input, batch_sizes, hx, None, weights)
+        return self._stack(self._stack_cell(), input, batch_sizes, hx, None, weights)
 
 
 class LSTM(_FusedRNNBase):
@@ -269,10 +333,13 @@ class LSTM(_FusedRNNBase):
             proj=self.proj_size > 0, dropout=self.dropout, training=self.training, layer=layer,
         )
 
+    def _stack_cell(self) -> int:
+        return 3
+
     def _layers(self, input, batch_sizes, hx, weights):
         if torch.compiler.is_compiling():
             return self._functional(input, batch_sizes, hx, weights)
-        output, h_n, c_n = self._stack(3, input, batch_sizes, hx[0], hx[1], weights)
+        output, h_n, c_n = self._stack(self._stack_cell(), input, batch_sizes, hx[0], hx[1], weights)
         return output, (h_n, c_n)
 
 

@@ -1,6 +1,7 @@
-"""The per-call fast paths (issue 14): the cells' C++ operators
-(csrc/cell_ops.cpp), their pybind entry points, and the modules' C++ layer
-stack (csrc/stack.cpp), against the paths they shortcut."""
+"""The per-call fast paths (issues 12 and 14): the cells' C++ operators
+(csrc/cell_ops.cpp), their pybind entry points, the modules' C++ layer
+stack (csrc/stack.cpp) and their C++ eager call (csrc/module_call.cpp),
+against the paths they shortcut."""
 import pytest
 import torch
 from torch import nn
@@ -147,3 +148,119 @@ def test_streaming_loop_matches_torch_with_state_carried():
             (_, ht), (_, hr) = t(x, ht), r(x, hr)
         for a, b in zip(*(v if isinstance(v, tuple) else (v,) for v in (ht, hr))):
             torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-10)
+
+
+SEQ = [(rnnattn.RNN, nn.RNN), (rnnattn.GRU, nn.GRU), (rnnattn.LSTM, nn.LSTM)]
+EAGER_KW = [
+    dict(),
+    dict(batch_first=True),
+    dict(num_layers=2, bidirectional=True),
+    dict(num_layers=2, bias=False, dropout=0.5),
+    dict(proj_size=3),
+]
+
+
+def _full_path_only(module):
+    """The module with its C++ eager call switched off: forward's full path."""
+    module._eager_call = lambda *args: None
+    return module
+
+
+# proj_size is the LSTM's; with grad a bidirectional RNN runs functional.rnn
+# (one autograd node per layer), not the eager call.
+EAGER_CASES = [
+    (ours, theirs, kw, grad)
+    for ours, theirs in SEQ
+    for kw in EAGER_KW
+    for grad in (True, False)
+    if ("proj_size" not in kw or ours is rnnattn.LSTM)
+    and not (ours is rnnattn.RNN and kw.get("bidirectional") and grad)
+]
+
+
+@pytest.mark.parametrize("ours,theirs,kw,grad", EAGER_CASES)
+@pytest.mark.parametrize("batched", [True, False])
+@pytest.mark.parametrize("given", [True, False])
+def test_eager_call_matches_the_full_path_and_torch(ours, theirs, kw, grad, batched, given, monkeypatch):
+    """The C++ eager call (csrc/module_call.cpp) serves the padded calls
+    (it is taken: the full path's layer stack is not reached) and gives the
+    full path's and torch's outputs, states, dropout draws and grads."""
+    torch.manual_seed(0)
+    t = theirs(4, 6, **kw).double().train()
+    fast = ours(4, 6, **kw).double().train()
+    fast.load_state_dict(t.state_dict())
+    full = _full_path_only(ours(4, 6, **kw).double().train())
+    full.load_state_dict(t.state_dict())
+    T, B = 5, 3
+    shape = ((B, T) if kw.get("batch_first") else (T, B)) if batched else (T,)
+    x = torch.randn(*shape, 4, dtype=torch.float64)
+    D = 2 if t.bidirectional else 1
+    hs = t.proj_size or t.hidden_size
+    h = torch.randn(t.num_layers * D, *((B,) if batched else ()), hs, dtype=torch.float64)
+    c = torch.randn(t.num_layers * D, *((B,) if batched else ()), t.hidden_size, dtype=torch.float64)
+    hx = ((h, c) if ours is rnnattn.LSTM else h) if given else None
+
+    def run(m):
+        xi = x.clone().requires_grad_(grad)
+        with torch.set_grad_enabled(grad):
+            torch.manual_seed(1)
+            out, state = m(xi, hx)
+        flat = [out, *(state if isinstance(state, tuple) else (state,))]
+        grads = []
+        if grad:
+            grads = torch.autograd.grad(sum((v * v).sum() for v in flat), [xi, *m.parameters()])
+        return flat, grads
+
+    monkeypatch.setattr(type(fast), "_layers", lambda *a: pytest.fail("the full path ran"))
+    got = run(fast)
+    monkeypatch.undo()
+    for want in (run(full), run(t)):
+        for a, b in zip(got[0] + list(got[1]), want[0] + list(want[1])):
+            assert a.shape == b.shape
+            torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-10)
+
+
+@pytest.mark.parametrize("ours,theirs", SEQ)
+def test_eager_call_leaves_bad_arguments_to_torchs_checks(ours, theirs):
+    """For every argument a valid call would not have, the C++ eager call
+    returns [] (it raises nothing of its own) and the module raises torch's
+    error, type and message."""
+    torch.manual_seed(0)
+    t, r = theirs(4, 6), ours(4, 6)
+    lstm = ours is rnnattn.LSTM
+    x = torch.randn(5, 3, 4)
+
+    def state(*shape, dtype=torch.float32):
+        h = torch.randn(*shape, 6, dtype=dtype)
+        return (h, torch.randn(*shape, 6, dtype=dtype)) if lstm else h
+
+    bad = [
+        (torch.randn(3, 4, 4, 4), None),  # 4-D input
+        (torch.randn(5, 3, 7), None),  # wrong input_size
+        (x.double(), None),  # dtype other than the weights'
+        (torch.randn(0, 3, 4), None),  # no steps
+        (x, state(2, 3)),  # two states for one layer
+        (x, state(1, 2)),  # batch mismatch
+        (x, state(3)),  # 2-D state for batched input
+        (torch.randn(5, 4), state(1, 3)),  # 3-D state for unbatched input
+    ]
+    if lstm:
+        h = torch.randn(1, 3, 6)
+        bad += [(x, (h, torch.randn(1, 3, 5))), (x, (torch.randn(1, 2, 6), h))]  # c / h sizes
+    cell = {rnnattn.RNN: 0, rnnattn.GRU: 2, rnnattn.LSTM: 3}[ours]
+    for inp, hx in bad:
+        h, c = (hx if lstm else (hx, None)) if hx is not None else (None, None)
+        assert _C.module_forward(
+            cell, inp, h, c, r._weights(), 1, False, True, 4, 6, 6, False, 0.0, False
+        ) == []
+        with pytest.raises(Exception) as want:
+            t(inp, hx)
+        with pytest.raises(type(want.value)) as got:
+            r(inp, hx)
+        assert str(got.value) == str(want.value)
+    # A state of another dtype: torch's kernel reports it in its words, the
+    # full path in its own (rnn.py's _check_same).
+    h, c = (state(1, 3, dtype=torch.float64) if lstm else (state(1, 3, dtype=torch.float64), None))
+    assert _C.module_forward(cell, x, h, c, r._weights(), 1, False, True, 4, 6, 6, False, 0.0, False) == []
+    with pytest.raises(RuntimeError, match="dtype"):
+        r(x, (h, c) if lstm else h)
