@@ -264,3 +264,28 @@ def test_eager_call_leaves_bad_arguments_to_torchs_checks(ours, theirs):
     assert _C.module_forward(cell, x, h, c, r._weights(), 1, False, True, 4, 6, 6, False, 0.0, False) == []
     with pytest.raises(RuntimeError, match="dtype"):
         r(x, (h, c) if lstm else h)
+
+
+@pytest.mark.parametrize("ours,theirs", SEQ)
+def test_weights_are_read_as_torch_reads_them(ours, theirs):
+    """The modules read their weights where torch's do: swapped in by
+    torch.func.functional_call, or computed by a parametrization (the
+    weight is then no entry of _parameters)."""
+    torch.manual_seed(0)
+    t = theirs(4, 6).double()
+    r = ours(4, 6).double()
+    r.load_state_dict(t.state_dict())
+    x = torch.randn(5, 3, 4, dtype=torch.float64)
+    other = {n: torch.randn_like(p) for n, p in t.named_parameters()}
+    got = torch.func.functional_call(r, other, (x,))[0]
+    torch.testing.assert_close(got, torch.func.functional_call(t, other, (x,))[0], rtol=1e-10, atol=1e-10)
+    assert not torch.allclose(got, r(x)[0])  # the swapped weights were used
+
+    class Half(nn.Module):
+        def forward(self, w):
+            return w * 0.5
+
+    for m in (t, r):
+        nn.utils.parametrize.register_parametrization(m, "weight_hh_l0", Half())
+    assert "weight_hh_l0" not in r._parameters
+    torch.testing.assert_close(r(x)[0], t(x)[0], rtol=1e-10, atol=1e-10)
