@@ -115,9 +115,10 @@ LayerForward forward_layer_op(const Cell& cell, const RnnShape& s, const StepSch
   constexpr int64_t kTransposeMinRows = 4;
   const bool small = small_step<Cell>(sched.batch[sched.steps() - 1], Hs, L.gates()) &&
                      s.rows >= kTransposeMinRows;
-  // The call's scratch in one allocation (each costs ~0.5 us, a fifth of a
-  // streaming step's op): the second state buffer (B, Hs), the projection's
-  // input (B, H), the cell's bias, and W_hh^T (Hs, gates).
+  // The call's scratch in one allocation (at::empty made up ~20% of a
+  // streaming step's op under perf, most of it these small buffers): the
+  // second state buffer (B, Hs), the projection's input (B, H), the cell's
+  // bias, and W_hh^T (Hs, gates).
   const int64_t n_spare = B * Hs, n_m = wr.defined() ? B * H : 0,
                 n_bias = L.gates() + L.rest_cols(), n_wh_t = small ? Hs * L.gates() : 0;
   at::Tensor scratch = at::empty({n_spare + n_m + n_bias + n_wh_t}, opts);
