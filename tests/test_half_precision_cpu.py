@@ -98,6 +98,71 @@ def test_layer_ops_in_half_precision(cell, shape, lengths, proj, dtype):
         torch.testing.assert_close(a.double(), b, **GRAD_TOL[dtype])
 
 
+
+
+def _up(args):
+    return [a.float() if isinstance(a, torch.Tensor) and a.is_floating_point() else a for a in args]
+
+
+CHUNKED = [  # several chunks of steps each (csrc/cpu/half_layer.h: >= 128 rows a chunk)
+    ("rnn", (70, 8, 5, 9), None, 0),
+    ("rnn", (None, None, 4, 33), [70, 70, 41, 12, 3], 0),
+    ("gru", (70, 8, 5, 9), None, 0),
+    ("gru", (None, None, 4, 17), [70, 70, 41, 12, 3], 0),
+    ("lstm", (70, 8, 5, 9), None, 0),
+    ("lstm", (None, None, 4, 17), [70, 70, 41, 12, 3], 3),
+]
+
+
+@pytest.mark.parametrize("dtype", HALF)
+@pytest.mark.parametrize("reverse", [False, True])
+@pytest.mark.parametrize("cell,shape,lengths,proj", CHUNKED)
+def test_half_layer_in_chunks_matches_one_float32_call(cell, shape, lengths, proj, reverse, dtype):
+    """A half-precision layer op runs the float32 engine over chunks of steps,
+    carrying the state across them and summing the weight grads. Its results
+    must be those of one float32 call on the same (converted) tensors, rounded
+    to the dtype: within a few units in the last place, where a wrong state or
+    grad carried across a chunk's edge is off by O(1). (Where the input GEMM
+    runs in the dtype itself, A is rounded too: the looser tolerances.)"""
+    T, B, I, H = shape
+    op = lambda name: getattr(torch.ops.rnnattn, f"{cell}_{name}")  # noqa: E731
+    # torch.ops.rnnattn.<cell>_forward's tensors, without its flags
+    args = [a.detach() if isinstance(a, torch.Tensor) else a for a in layer_case(cell, T, B, I, H, dtype, lengths, proj)]
+    fwd_flags = [False, reverse] if cell == "rnn" else [reverse, True]
+    library = os.environ.get("RNNATTN_CPU_HALF_GEMM") == "library" or (
+        os.environ.get("RNNATTN_CPU_HALF_GEMM") is None and dtype == torch.bfloat16 and _cpu_has_native_bf16())
+    eps = torch.finfo(dtype).eps
+    out_tol = OUT_TOL[dtype] if library else dict(rtol=2 * eps, atol=2 * eps)
+    grad_tol = GRAD_TOL[dtype] if library else dict(rtol=4 * eps, atol=4 * eps)
+    outs = op("forward")(*args, *fwd_flags)
+    outs32 = op("forward")(*_up(args), *fwd_flags)
+    n_results = 2 if cell == "rnn" else 3 if cell == "gru" else 4
+    for o, r in zip(outs[:n_results], outs32[:n_results]):  # output, h_n[, c_n][, reserve]
+        assert o.dtype == dtype
+        torch.testing.assert_close(o.float(), r.to(dtype).float(), **out_tol)
+    # The backward from the half-precision forward's saved tensors.
+    gen = torch.Generator().manual_seed(1)
+    g_out = torch.randn(outs[0].shape, generator=gen).to(dtype)
+    g_h = torch.randn(outs[1].shape, generator=gen).to(dtype)
+    x, bs = args[0], args[1]
+    if cell == "rnn":
+        hx, w_ih, w_hh = args[2], args[3], args[4]
+        bargs = [g_out, g_h, x, bs, hx, w_ih, w_hh, outs[0], False, reverse]
+    elif cell == "gru":
+        hx, w_ih, w_hh = args[2], args[3], args[4]
+        bargs = [g_out, g_h, x, bs, hx, w_ih, w_hh, outs[0], outs[2], reverse]
+    else:
+        hx, cx, w_ih, w_hh, w_hr = args[2], args[3], args[4], args[5], args[8]
+        g_c = torch.randn(outs[2].shape, generator=gen).to(dtype)
+        bargs = [g_out, g_h, g_c, x, bs, hx, cx, w_ih, w_hh, w_hr, outs[0], outs[3], reverse]
+    for need_input, need_weight in [(True, True), (True, False), (False, True)]:
+        grads = op("backward")(*bargs, need_input, need_weight)
+        grads32 = op("backward")(*_up(bargs), need_input, need_weight)
+        for g, r in zip(grads, grads32):
+            assert g.dtype == dtype and g.shape == r.shape
+            torch.testing.assert_close(g.float(), r.to(dtype).float(), **grad_tol)
+
+
 @pytest.mark.parametrize("dtype", HALF)
 @pytest.mark.parametrize("cell", ["gru", "lstm"])
 def test_reserve_is_kept_in_the_input_dtype(cell, dtype):

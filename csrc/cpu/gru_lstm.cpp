@@ -2,17 +2,16 @@
 // lstm_backward (one layer, one direction): the recurrence engine
 // (recurrence.h) with the GruCell / LstmCell policies (cells.h). The reserve
 // they return holds what the backward needs (gate activations, the GRU's
-// R_n, the LSTM's c_t), like cuDNN's reserve space. bfloat16 / float16 run in
-// float32 and keep their results, the reserve included, in their own dtype
-// (half.h).
+// R_n, the LSTM's c_t), like cuDNN's reserve space. bfloat16 / float16 run the
+// float32 engine over chunks of steps and keep their results, the reserve
+// included, in their own dtype (half_layer.h).
 #include <ATen/ATen.h>
 #include <torch/library.h>
 
 #include <tuple>
 
 #include "../rnn_common.h"
-#include "half.h"
-#include "layer.h"
+#include "half_layer.h"
 
 namespace rnnattn::cpu {
 namespace {
@@ -24,17 +23,9 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> gru_forward_cpu(
     bool train) {
   const RnnShape s = check_recurrent_args(input, batch_sizes, hx, w_ih, w_hh, b_ih, b_hh,
                                           GruCell::kGates);
-  using half::up;
-  const bool half = half::is_half(input);  // float32 inside (half.h)
-  const at::Tensor a = half ? half::input_projection(input, w_ih) : at::Tensor();
-  if (half && !a.defined())
-    return half::down(gru_forward_cpu(up(input), batch_sizes, up(hx), up(w_ih), up(w_hh), up(b_ih),
-                                      up(b_hh), reverse, train),
-                      input.scalar_type());
   const StepSchedule sched = make_schedule(input, batch_sizes, s.batch);
-  auto r = forward_layer_op(GruCell{}, s, sched, input, up(hx), c10::nullopt, up(w_ih), up(w_hh),
-                            up(b_ih), up(b_hh), c10::nullopt, reverse, train, a);
-  if (half) return half::down(std::make_tuple(r.output, r.h_n, r.reserve), input.scalar_type());
+  auto r = forward_layer_any_dtype(GruCell{}, s, sched, input, hx, c10::nullopt, w_ih, w_hh,
+                                   b_ih, b_hh, c10::nullopt, reverse, train);
   return {r.output, r.h_n, r.reserve};
 }
 
@@ -48,17 +39,10 @@ gru_backward_cpu(const at::Tensor& grad_output, const at::Tensor& grad_hn, const
                                           c10::nullopt, GruCell::kGates);
   check_rnn_backward_args(s, input, grad_output, grad_hn, output);
   check_reserve(s, input, reserve, GruCell::kWsBlocks);
-  if (half::is_half(input)) {
-    using half::up;
-    return half::down(gru_backward_cpu(up(grad_output), up(grad_hn), up(input), batch_sizes, up(hx),
-                                       up(w_ih), up(w_hh), up(output), up(reserve), reverse,
-                                       need_input_grad, need_weight_grad),
-                      input.scalar_type());
-  }
   const StepSchedule sched = make_schedule(input, batch_sizes, s.batch);
-  auto g = backward_layer_op(GruCell{}, s, sched, grad_output, grad_hn, c10::nullopt, input, hx,
-                             c10::nullopt, w_ih, w_hh, c10::nullopt, output, reserve, reverse,
-                             need_input_grad, need_weight_grad);
+  auto g = backward_layer_any_dtype(GruCell{}, s, sched, grad_output, grad_hn, c10::nullopt,
+                                    input, hx, c10::nullopt, w_ih, w_hh, c10::nullopt, output,
+                                    reserve, reverse, need_input_grad, need_weight_grad);
   return {g.dx, g.dhx, g.dw_ih, g.dw_hh, g.db_ih, g.db_hh};
 }
 
@@ -70,18 +54,9 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> lstm_forward_cpu(
   const RnnShape s = check_recurrent_args(input, batch_sizes, hx, w_ih, w_hh, b_ih, b_hh,
                                           LstmCell::kGates, w_hr);
   check_cell_state(s, input, cx, "cx");
-  using half::up;
-  const bool half = half::is_half(input);  // float32 inside (half.h)
-  const at::Tensor a = half ? half::input_projection(input, w_ih) : at::Tensor();
-  if (half && !a.defined())
-    return half::down(lstm_forward_cpu(up(input), batch_sizes, up(hx), up(cx), up(w_ih), up(w_hh),
-                                       up(b_ih), up(b_hh), up(w_hr), reverse, train),
-                      input.scalar_type());
   const StepSchedule sched = make_schedule(input, batch_sizes, s.batch);
-  auto r = forward_layer_op(LstmCell{}, s, sched, input, up(hx), up(cx), up(w_ih), up(w_hh),
-                            up(b_ih), up(b_hh), up(w_hr), reverse, train, a);
-  if (half)
-    return half::down(std::make_tuple(r.output, r.h_n, r.c_n, r.reserve), input.scalar_type());
+  auto r = forward_layer_any_dtype(LstmCell{}, s, sched, input, hx, cx, w_ih, w_hh, b_ih, b_hh,
+                                   w_hr, reverse, train);
   return {r.output, r.h_n, r.c_n, r.reserve};
 }
 
@@ -99,18 +74,10 @@ lstm_backward_cpu(const at::Tensor& grad_output, const at::Tensor& grad_hn,
   check_cell_state(s, input, grad_cn, "grad_cn");
   check_rnn_backward_args(s, input, grad_output, grad_hn, output);
   check_reserve(s, input, reserve, LstmCell::kWsBlocks);
-  if (half::is_half(input)) {
-    using half::up;
-    return half::down(lstm_backward_cpu(up(grad_output), up(grad_hn), up(grad_cn), up(input),
-                                        batch_sizes, up(hx), up(cx), up(w_ih), up(w_hh), up(w_hr),
-                                        up(output), up(reserve), reverse, need_input_grad,
-                                        need_weight_grad),
-                      input.scalar_type());
-  }
   const StepSchedule sched = make_schedule(input, batch_sizes, s.batch);
-  auto g = backward_layer_op(LstmCell{}, s, sched, grad_output, grad_hn, grad_cn, input, hx, cx,
-                             w_ih, w_hh, w_hr, output, reserve, reverse, need_input_grad,
-                             need_weight_grad);
+  auto g = backward_layer_any_dtype(LstmCell{}, s, sched, grad_output, grad_hn, grad_cn, input,
+                                    hx, cx, w_ih, w_hh, w_hr, output, reserve, reverse,
+                                    need_input_grad, need_weight_grad);
   if (!g.dw_hr.defined()) g.dw_hr = at::empty({0}, input.options());
   return {g.dx, g.dhx, g.dcx, g.dw_ih, g.dw_hh, g.db_ih, g.dw_hr};
 }

@@ -2,9 +2,9 @@
 // the gates, the softmax, the recurrent and backward GEMMs: float32
 // accumulation, as the CUDA kernels do) and return their results, including
 // what the backward keeps (the output, the GRU/LSTM reserve), in the
-// tensors' own dtype. Each op's half-precision call converts its inputs to
-// float32 for the call only, runs the float32 kernel and converts the
-// results back.
+// tensors' own dtype. The layer ops convert their tensors to float32 one
+// chunk of steps at a time (half_layer.h); the pooling ops convert theirs
+// for the call (attention.cpp).
 //
 // The forward's input GEMM A = X W_ih^T (the largest of the forward) runs
 // in the half dtype through ATen (oneDNN) on CPUs with native arithmetic in

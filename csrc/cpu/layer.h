@@ -6,6 +6,7 @@
 
 #include <ATen/ATen.h>
 
+#include <algorithm>
 #include <tuple>
 #include <utility>
 #include <vector>
@@ -67,6 +68,22 @@ void fill_cell_bias(const at::Tensor& b_ih, const at::Tensor& b_hh, int64_t H, T
   for (int64_t j = 0; j < L.rest_cols(); ++j) bias[L.gates() + j] = bh[L.sum_cols() + j];
 }
 
+// dst (cols x rows) = src (rows x cols)^T, in 16 x 16 tiles. Row by row, a
+// power-of-two row length makes the writes' lines share a few L1 sets and
+// evict each other: W_hh^T at H = 128 then took ~36 us, 1/5 of a
+// bfloat16 call's chunk (perf; half_layer.h).
+template <typename T>
+__attribute__((noinline)) void transpose(const T* __restrict src, int64_t rows, int64_t cols,
+                                         T* __restrict dst) {
+  constexpr int64_t kTile = 16;
+  for (int64_t i0 = 0; i0 < rows; i0 += kTile)
+    for (int64_t j0 = 0; j0 < cols; j0 += kTile) {
+      const int64_t i1 = std::min(rows, i0 + kTile), j1 = std::min(cols, j0 + kTile);
+      for (int64_t j = j0; j < j1; ++j)
+        for (int64_t i = i0; i < i1; ++i) dst[j * rows + i] = src[i * cols + j];
+    }
+}
+
 struct LayerForward {
   at::Tensor output, h_n, c_n, reserve;  // c_n, reserve: undefined where the cell has none
 };
@@ -78,10 +95,11 @@ LayerForward forward_layer_op(const Cell& cell, const RnnShape& s, const StepSch
                               const at::Tensor& w_hh, const c10::optional<at::Tensor>& b_ih,
                               const c10::optional<at::Tensor>& b_hh,
                               const c10::optional<at::Tensor>& w_hr, bool reverse,
-                              bool train = true, const at::Tensor& a_given = at::Tensor()) {
+                              bool train = true, const at::Tensor& a_given = at::Tensor(),
+                              bool pack_w_hh = true) {
   // a_given: A = X W_ih^T, (rows, gates) in any floating dtype, computed by
   // the caller (half.h); input is then read for its shape only, and may be
-  // of another dtype than the rest.
+  // of another dtype than the rest. pack_w_hh: LayerPtrs::pack.
   constexpr bool kOutputIsReserve = Cell::kWsBlocks == 1;  // the Elman RNN
   const CellLayout<Cell> L{s.hidden};
   const int64_t H = s.hidden, Hs = s.state, B = s.batch;
@@ -135,12 +153,7 @@ LayerForward forward_layer_op(const Cell& cell, const RnnShape& s, const StepSch
     std::copy(h0p, h0p + B * Hs, spare);
     if (Cell::kHasCell) std::copy(c0.data_ptr<T>(), c0.data_ptr<T>() + B * H, r.c_n.data_ptr<T>());
     fill_cell_bias<Cell, T>(bi, bh, H, bias);
-    if (small) {
-      const T* w = wh.data_ptr<T>();
-      const int64_t rows = L.gates();
-      for (int64_t i = 0; i < rows; ++i)
-        for (int64_t j = 0; j < Hs; ++j) wt[j * rows + i] = w[i * Hs + j];
-    }
+    if (small) transpose(wh.data_ptr<T>(), L.gates(), Hs, wt);
     LayerPtrs<T> p;
     p.x = a_given.defined() ? nullptr : x.data_ptr<T>();
     p.a_given = a_given.defined();
@@ -156,6 +169,7 @@ LayerForward forward_layer_op(const Cell& cell, const RnnShape& s, const StepSch
     p.train = train;
     p.rest = ptr_or_null<T>(rest);
     p.ws_steps = ws_steps;
+    p.pack = pack_w_hh;
     const T* last = forward_layer<T>(cell, s, sched, p, r.h_n.data_ptr<T>(), spare,
                                      Cell::kHasCell ? r.c_n.data_ptr<T>() : nullptr, m, reverse);
     if (last == spare) std::copy(spare, spare + B * Hs, r.h_n.data_ptr<T>());
@@ -190,7 +204,11 @@ LayerGrads backward_layer_op(const Cell& cell, const RnnShape& s, const StepSche
                              const at::Tensor& w_ih, const at::Tensor& w_hh,
                              const c10::optional<at::Tensor>& w_hr, const at::Tensor& output,
                              const c10::optional<at::Tensor>& reserve, bool reverse,
-                             bool need_input_grad, bool need_weight_grad) {
+                             bool need_input_grad, bool need_weight_grad, bool pack_w_hh = true,
+                             const LayerGrads* sum = nullptr) {
+  // sum: float32 weight and bias grads the call adds its own to (and
+  // returns), instead of allocating them: a half-precision call's sum over
+  // its chunks of steps (half_layer.h). pack_w_hh: LayerPtrs::pack.
   constexpr bool kOutputIsReserve = Cell::kWsBlocks == 1;
   const CellLayout<Cell> L{s.hidden};
   const int64_t H = s.hidden, Hs = s.state, B = s.batch, N = s.rows;
@@ -227,6 +245,7 @@ LayerGrads backward_layer_op(const Cell& cell, const RnnShape& s, const StepSche
     p.ld_out = ld_out;
     p.ws = kOutputIsReserve ? p.out : ws.data_ptr<T>();
     p.ld_ws = kOutputIsReserve ? ld_out : Cell::kWsBlocks * H;
+    p.pack = pack_w_hh;
     backward_recurrence<T>(cell, s, sched, p, gout.data_ptr<T>(), ld_gout, r.dhx.data_ptr<T>(),
                            ptr_or_null<T>(r.dcx), dg.data_ptr<T>(), ld_dg, ptr_or_null<T>(tmp),
                            ptr_or_null<T>(gh), ptr_or_null<T>(dm), ptr_or_null<T>(zeros), reverse);
@@ -239,11 +258,17 @@ LayerGrads backward_layer_op(const Cell& cell, const RnnShape& s, const StepSche
   tmp = dm = zeros = at::Tensor();
   auto none = [&] { return at::empty({0}, opts); };
   r.dx = need_input_grad ? at::empty(input.sizes(), opts) : none();
-  r.dw_ih = need_weight_grad ? at::empty_like(wi) : none();
-  r.dw_hh = need_weight_grad ? at::empty_like(wh) : none();
-  r.db_ih = need_weight_grad ? at::empty({L.gates()}, opts) : none();
-  if (L.rest_cols() > 0) r.db_hh = need_weight_grad ? at::empty({L.gates()}, opts) : none();
-  if (proj) r.dw_hr = need_weight_grad ? at::empty_like(wr) : none();
+  const bool acc = sum != nullptr;
+  auto weight_grad = [&](const at::Tensor& total, auto make) {
+    return !need_weight_grad ? none() : acc ? total : make();
+  };
+  const LayerGrads given = acc ? *sum : LayerGrads{};
+  r.dw_ih = weight_grad(given.dw_ih, [&] { return at::empty_like(wi); });
+  r.dw_hh = weight_grad(given.dw_hh, [&] { return at::empty_like(wh); });
+  r.db_ih = weight_grad(given.db_ih, [&] { return at::empty({L.gates()}, opts); });
+  if (L.rest_cols() > 0)
+    r.db_hh = weight_grad(given.db_hh, [&] { return at::empty({L.gates()}, opts); });
+  if (proj) r.dw_hr = weight_grad(given.dw_hr, [&] { return at::empty_like(wr); });
   AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "rnnattn::recurrent_backward", [&] {
     using T = scalar_t;
     LayerPtrs<T> p;
@@ -258,14 +283,14 @@ LayerGrads backward_layer_op(const Cell& cell, const RnnShape& s, const StepSche
                             need_weight_grad ? r.dw_hh.data_ptr<T>() : nullptr,
                             need_weight_grad ? r.db_ih.data_ptr<T>() : nullptr,
                             need_weight_grad && L.rest_cols() > 0 ? r.db_hh.data_ptr<T>() : nullptr,
-                            reverse);
+                            reverse, acc);
     if (proj && need_weight_grad) {
       // dW_hr = sum_t gh_t^T m_t, with m recomputed from the reserve.
       dg = at::Tensor();
       at::Tensor m = at::empty({N, H}, opts);
       projection_inputs<T>(ws.data_ptr<T>(), N, H, m.data_ptr<T>());
-      gemm<T>(true, false, Hs, H, N, T(1), gh.data_ptr<T>(), Hs, m.data_ptr<T>(), H, T(0),
-              r.dw_hr.data_ptr<T>(), H);
+      gemm<T>(true, false, Hs, H, N, T(1), gh.data_ptr<T>(), Hs, m.data_ptr<T>(), H,
+              acc ? T(1) : T(0), r.dw_hr.data_ptr<T>(), H);
     }
   });
   return r;

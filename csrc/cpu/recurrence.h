@@ -82,6 +82,10 @@ struct LayerPtrs {
   // A is already in ws (computed by the caller: a half-precision call's
   // input GEMM in its own dtype, half.h); x is then not read.
   bool a_given = false;
+  // Whether the recurrent GEMMs may pack W_hh (packed_rows): a half-precision
+  // call, which runs the engine once per chunk of steps and is there to save
+  // memory, does not (half_layer.h).
+  bool pack = true;
 };
 
 // Inference computes A in chunks of this many steps (LayerPtrs::ws_steps):
@@ -180,7 +184,8 @@ T* forward_layer(const Cell& cell, const RnnShape& s, const StepSchedule& sched,
     const int parts = recurrent_parts(B0 * Hs * G, H);
     rec.reserve(Cell::kGates);
     const int64_t act_bytes = s.rows * p.ld_ws * int64_t(sizeof(T));
-    const int64_t pack = packed_rows<T, Cell>(B0, H, Hs, Cell::kGates, parts, act_bytes);
+    const int64_t pack =
+        p.pack ? packed_rows<T, Cell>(B0, H, Hs, Cell::kGates, parts, act_bytes) : 0;
     for (int g = 0; g < Cell::kGates; ++g)
       rec.emplace_back(p.w_hh + g * H * Hs, /*trans=*/true, pack, H, Hs, parts);
   }
@@ -313,7 +318,8 @@ void backward_recurrence(const Cell& cell, const RnnShape& s, const StepSchedule
     const int parts = recurrent_parts(B0 * Hs * G, H);
     const int64_t act_bytes = s.rows * ld_dg * int64_t(sizeof(T));
     const int blocks = L.rest_cols() > 0 ? 2 : 1;
-    const int64_t pack = packed_rows<T, Cell>(B0, Hs, L.sum_cols(), blocks, parts, act_bytes);
+    const int64_t pack =
+        p.pack ? packed_rows<T, Cell>(B0, Hs, L.sum_cols(), blocks, parts, act_bytes) : 0;
     rec.emplace_back(p.w_hh, /*trans=*/false, pack, Hs, L.sum_cols(), parts);
     if (L.rest_cols() > 0)
       rec.emplace_back(p.w_hh + L.sum_cols() * Hs, /*trans=*/false, pack, Hs, L.rest_cols(), parts);
@@ -415,10 +421,10 @@ void backward_recurrence(const Cell& cell, const RnnShape& s, const StepSchedule
 template <typename T>
 void recurrent_weight_grad(const RnnShape& s, const StepSchedule& sched, const T* hx,
                            const T* out, int64_t ld_out, const T* d_all, int64_t ld_d,
-                           int64_t width, T* dw, bool reverse) {
+                           int64_t width, T* dw, bool reverse, bool accumulate) {
   const int64_t Hs = s.state, T_ = sched.steps();
-  std::fill(dw, dw + width * Hs, T(0));
-  auto accumulate = [&](const T* d, const T* h, int64_t ld_h, int64_t rows) {
+  if (!accumulate) std::fill(dw, dw + width * Hs, T(0));
+  auto add_run = [&](const T* d, const T* h, int64_t ld_h, int64_t rows) {
     gemm<T>(true, false, width, Hs, rows, T(1), d, ld_d, h, ld_h, T(1), dw, Hs);
   };
   const T* run_d = nullptr;
@@ -435,19 +441,20 @@ void recurrent_weight_grad(const RnnShape& s, const StepSchedule& sched, const T
       if (run_rows > 0 && d == run_d + run_rows * ld_d && h == run_h + run_rows * ld_out) {
         run_rows += m;
       } else {
-        if (run_rows > 0) accumulate(run_d, run_h, ld_out, run_rows);
+        if (run_rows > 0) add_run(run_d, run_h, ld_out, run_rows);
         run_d = d, run_h = h, run_rows = m;
       }
     }
-    if (b > m) accumulate(d + m * ld_d, hx + m * Hs, Hs, b - m);
+    if (b > m) add_run(d + m * ld_d, hx + m * Hs, Hs, b - m);
   }
-  if (run_rows > 0) accumulate(run_d, run_h, ld_out, run_rows);
+  if (run_rows > 0) add_run(run_d, run_h, ld_out, run_rows);
 }
 
-// Column sums of `cols` columns of rows ld apart.
+// Column sums of `cols` columns of rows ld apart (added to sum's values
+// when accumulate).
 template <typename T>
-void column_sums(const T* d, int64_t ld, int64_t rows, int64_t cols, T* sum) {
-  std::fill(sum, sum + cols, T(0));
+void column_sums(const T* d, int64_t ld, int64_t rows, int64_t cols, T* sum, bool accumulate) {
+  if (!accumulate) std::fill(sum, sum + cols, T(0));
   for (int64_t r = 0; r < rows; ++r) {
     const T* row = d + r * ld;
     for (int64_t j = 0; j < cols; ++j) sum[j] += row[j];
@@ -459,23 +466,27 @@ void column_sums(const T* d, int64_t ld, int64_t rows, int64_t cols, T* sum) {
 // reductions for the bias grads (db_hh differs from db_ih only in the gates
 // whose R is kept apart: the GRU's n). dx null: not asked for; dw_ih null:
 // weight grads not asked for; db_hh null: the cell's two bias grads are equal.
+// accumulate: the weight and bias grads are added to what their buffers hold
+// (a half-precision call's sum over its chunks of steps, half_layer.h).
 template <typename T, typename Cell>
 void backward_gemms(const RnnShape& s, const StepSchedule& sched, const LayerPtrs<T>& p,
                     const T* dg, int64_t ld_dg, T* dx, T* dw_ih, T* dw_hh, T* db_ih, T* db_hh,
-                    bool reverse) {
+                    bool reverse, bool accumulate) {
   const CellLayout<Cell> L{s.hidden};
   const int64_t G = L.gates(), I = s.input, N = s.rows, Hs = s.state;
+  const T beta = accumulate ? T(1) : T(0);
   if (dx != nullptr) gemm<T>(false, false, N, I, G, T(1), dg, ld_dg, p.w_ih, I, T(0), dx, I);
   if (dw_ih == nullptr) return;
-  gemm<T>(true, false, G, I, N, T(1), dg, ld_dg, p.x, I, T(0), dw_ih, I);
-  recurrent_weight_grad(s, sched, p.hx, p.out, p.ld_out, dg, ld_dg, L.sum_cols(), dw_hh, reverse);
+  gemm<T>(true, false, G, I, N, T(1), dg, ld_dg, p.x, I, beta, dw_ih, I);
+  recurrent_weight_grad(s, sched, p.hx, p.out, p.ld_out, dg, ld_dg, L.sum_cols(), dw_hh, reverse,
+                        accumulate);
   if (L.rest_cols() > 0)
     recurrent_weight_grad(s, sched, p.hx, p.out, p.ld_out, dg + L.rest_at(), ld_dg, L.rest_cols(),
-                          dw_hh + L.sum_cols() * Hs, reverse);
-  column_sums(dg, ld_dg, N, G, db_ih);
+                          dw_hh + L.sum_cols() * Hs, reverse, accumulate);
+  column_sums(dg, ld_dg, N, G, db_ih, accumulate);
   if (db_hh != nullptr) {
-    std::copy(db_ih, db_ih + L.sum_cols(), db_hh);
-    column_sums(dg + L.rest_at(), ld_dg, N, L.rest_cols(), db_hh + L.sum_cols());
+    std::copy(db_ih, db_ih + L.sum_cols(), db_hh);  // equal in the summed gates
+    column_sums(dg + L.rest_at(), ld_dg, N, L.rest_cols(), db_hh + L.sum_cols(), accumulate);
   }
 }
 

@@ -1,15 +1,15 @@
 // CPU kernels of rnnattn::rnn_forward / rnn_backward (one layer, one
 // direction of an Elman RNN): the recurrence engine (recurrence.h) with the
 // RnnCell policy (cells.h). The output is the engine's reserve: the backward
-// needs only the hidden states. bfloat16 / float16 run in float32 (half.h).
+// needs only the hidden states. bfloat16 / float16 run the float32
+// engine over chunks of steps (half_layer.h).
 #include <ATen/ATen.h>
 #include <torch/library.h>
 
 #include <tuple>
 
 #include "../rnn_common.h"
-#include "half.h"
-#include "layer.h"
+#include "half_layer.h"
 
 namespace rnnattn::cpu {
 namespace {
@@ -20,17 +20,9 @@ std::tuple<at::Tensor, at::Tensor> rnn_forward_cpu(
     const c10::optional<at::Tensor>& b_ih, const c10::optional<at::Tensor>& b_hh, bool relu,
     bool reverse) {
   const RnnShape s = check_rnn_args(input, batch_sizes, hx, w_ih, w_hh, b_ih, b_hh);
-  using half::up;
-  const bool half = half::is_half(input);  // float32 inside (half.h)
-  const at::Tensor a = half ? half::input_projection(input, w_ih) : at::Tensor();
-  if (half && !a.defined())
-    return half::down(rnn_forward_cpu(up(input), batch_sizes, up(hx), up(w_ih), up(w_hh), up(b_ih),
-                                      up(b_hh), relu, reverse),
-                      input.scalar_type());
   const StepSchedule sched = make_schedule(input, batch_sizes, s.batch);
-  auto r = forward_layer_op(RnnCell{relu}, s, sched, input, up(hx), c10::nullopt, up(w_ih),
-                            up(w_hh), up(b_ih), up(b_hh), c10::nullopt, reverse, true, a);
-  if (half) return half::down(std::make_tuple(r.output, r.h_n), input.scalar_type());
+  auto r = forward_layer_any_dtype(RnnCell{relu}, s, sched, input, hx, c10::nullopt, w_ih,
+                                   w_hh, b_ih, b_hh, c10::nullopt, reverse, true);
   return {r.output, r.h_n};
 }
 
@@ -42,17 +34,10 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> rnn_backw
   const RnnShape s = check_rnn_args(input, batch_sizes, hx, w_ih, w_hh, c10::nullopt,
                                     c10::nullopt);
   check_rnn_backward_args(s, input, grad_output, grad_hn, output);
-  if (half::is_half(input)) {
-    using half::up;
-    return half::down(rnn_backward_cpu(up(grad_output), up(grad_hn), up(input), batch_sizes, up(hx),
-                                       up(w_ih), up(w_hh), up(output), relu, reverse,
-                                       need_input_grad, need_weight_grad),
-                      input.scalar_type());
-  }
   const StepSchedule sched = make_schedule(input, batch_sizes, s.batch);
-  auto g = backward_layer_op(RnnCell{relu}, s, sched, grad_output, grad_hn, c10::nullopt, input,
-                             hx, c10::nullopt, w_ih, w_hh, c10::nullopt, output, c10::nullopt,
-                             reverse, need_input_grad, need_weight_grad);
+  auto g = backward_layer_any_dtype(RnnCell{relu}, s, sched, grad_output, grad_hn, c10::nullopt,
+                                    input, hx, c10::nullopt, w_ih, w_hh, c10::nullopt, output,
+                                    c10::nullopt, reverse, need_input_grad, need_weight_grad);
   return {g.dx, g.dhx, g.dw_ih, g.dw_hh, g.db_ih};
 }
 

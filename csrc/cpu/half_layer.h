@@ -1,0 +1,210 @@
+// bfloat16 / float16 layers on the CPU: the float32 engine (layer.h) run
+// over chunks of steps, so that what the call holds in float32 beyond the
+// weights is one chunk's worth, not the sequence's.
+//
+// A layer's own results (output, reserve, grads) are allocated once in the
+// half dtype; each chunk's input rows (and in the backward its grad_output,
+// output and reserve rows) are converted to float32, the float32 layer op
+// runs on them with the state carried in float32 from the chunk before, and
+// its results are converted into their rows. Converting whole tensors
+// instead made the call's peak 1.2-3.3x torch's own module in the same dtype
+// (benchmarks/OPTIMISATIONS.md), the opposite of what half precision is for.
+//
+// The results are those of the whole-sequence float32 call on the converted
+// inputs: the forward carries the float32 state across chunks; the backward
+// reads the state entering a chunk from the kept output (as the whole call
+// does: the backward only has the output in the half dtype) and sums the
+// weight grads of the chunks in float32.
+#pragma once
+
+#include <ATen/ATen.h>
+
+#include <algorithm>
+#include <vector>
+
+#include "../rnn_common.h"
+#include "half.h"
+#include "layer.h"
+
+namespace rnnattn::cpu {
+
+// A chunk is 1/kHalfChunks of the steps, so its float32 copies are ~1/32
+// of the sequence's, but at least kHalfChunkMinRows rows: each chunk pays
+// the float32 op's fixed cost (tens of microseconds: allocation, W_hh^T, its
+// GEMM calls), which must stay small beside its steps.
+constexpr int64_t kHalfChunks = 32;
+constexpr int64_t kHalfChunkMinRows = 128;
+
+// Steps [t_lo, t_hi] of the schedule: rows [row0, row0 + rows), the walk's
+// step before them (t_prev, -1 at the walk's start) and their own schedule.
+struct StepChunk {
+  int64_t t_lo, t_hi, t_prev, row0, rows;
+  StepSchedule sched;
+};
+
+// The chunks of a schedule in walk order (time descending when reverse).
+inline std::vector<StepChunk> step_chunks(const StepSchedule& sched, int64_t batch,
+                                          bool reverse) {
+  const int64_t T = sched.steps();
+  const int64_t min_steps = (kHalfChunkMinRows + batch - 1) / std::max<int64_t>(batch, 1);
+  const int64_t K = std::max<int64_t>({1, min_steps, (T + kHalfChunks - 1) / kHalfChunks});
+  std::vector<StepChunk> chunks;
+  for (int64_t i0 = 0; i0 < T; i0 += K) {
+    const int64_t i1 = std::min(T, i0 + K);
+    StepChunk c;
+    c.t_lo = reverse ? T - i1 : i0;
+    c.t_hi = reverse ? T - 1 - i0 : i1 - 1;
+    c.t_prev = i0 == 0 ? -1 : (reverse ? T - i0 : i0 - 1);
+    c.row0 = sched.offset[c.t_lo];
+    c.rows = sched.offset[c.t_hi] + sched.batch[c.t_hi] - c.row0;
+    for (int64_t t = c.t_lo; t <= c.t_hi; ++t) {
+      c.sched.batch.push_back(sched.batch[t]);
+      c.sched.offset.push_back(sched.offset[t] - c.row0);
+    }
+    chunks.push_back(std::move(c));
+  }
+  return chunks;
+}
+
+inline c10::optional<at::Tensor> opt(const at::Tensor& t) {
+  return t.defined() ? c10::optional<at::Tensor>(t) : c10::nullopt;
+}
+
+template <typename Cell>
+LayerForward forward_layer_half(const Cell& cell, const RnnShape& s, const StepSchedule& sched,
+                                const at::Tensor& input, const at::Tensor& hx,
+                                const c10::optional<at::Tensor>& cx, const at::Tensor& w_ih,
+                                const at::Tensor& w_hh, const c10::optional<at::Tensor>& b_ih,
+                                const c10::optional<at::Tensor>& b_hh,
+                                const c10::optional<at::Tensor>& w_hr, bool reverse, bool train) {
+  using half::up;
+  const auto opts = input.options();
+  const at::Tensor wi = up(w_ih), wh = up(w_hh);
+  const auto bi = up(b_ih), bh = up(b_hh), wr = up(w_hr);
+  const at::Tensor x = input.reshape({-1, s.input});
+  std::vector<int64_t> out_shape(input.sizes().begin(), input.sizes().end());
+  out_shape.back() = s.state;
+  LayerForward r;
+  r.output = at::empty(out_shape, opts);
+  const at::Tensor out = r.output.view({-1, s.state});
+  const bool has_reserve = Cell::kWsBlocks > 1;  // else the output is the reserve
+  if (has_reserve)
+    r.reserve =
+        train ? at::empty({s.rows, Cell::kWsBlocks * s.hidden}, opts) : at::empty({0}, opts);
+  at::Tensor h = up(hx), c = Cell::kHasCell ? up(*cx) : at::Tensor();
+  for (const StepChunk& ch : step_chunks(sched, s.batch, reverse)) {
+    RnnShape sc = s;
+    sc.rows = ch.rows;
+    const at::Tensor xc = x.narrow(0, ch.row0, ch.rows);
+    const at::Tensor a = half::input_projection(xc, w_ih);  // undefined: the op computes it
+    LayerForward rc = forward_layer_op(cell, sc, ch.sched, a.defined() ? xc : xc.to(at::kFloat), h,
+                                       opt(c), wi, wh, bi, bh, wr, reverse, train, a,
+                                       /*pack_w_hh=*/false);
+    out.narrow(0, ch.row0, ch.rows).copy_(rc.output);
+    if (has_reserve && train) r.reserve.narrow(0, ch.row0, ch.rows).copy_(rc.reserve);
+    h = rc.h_n;
+    c = rc.c_n;
+  }
+  r.h_n = h.to(input.scalar_type());
+  if (Cell::kHasCell) r.c_n = c.to(input.scalar_type());
+  return r;
+}
+
+template <typename Cell>
+LayerGrads backward_layer_half(const Cell& cell, const RnnShape& s, const StepSchedule& sched,
+                               const at::Tensor& grad_output, const at::Tensor& grad_hn,
+                               const c10::optional<at::Tensor>& grad_cn, const at::Tensor& input,
+                               const at::Tensor& hx, const c10::optional<at::Tensor>& cx,
+                               const at::Tensor& w_ih, const at::Tensor& w_hh,
+                               const c10::optional<at::Tensor>& w_hr, const at::Tensor& output,
+                               const c10::optional<at::Tensor>& reserve, bool reverse,
+                               bool need_input_grad, bool need_weight_grad) {
+  using half::up;
+  const auto dtype = input.scalar_type();
+  const auto opts = input.options();
+  const CellLayout<Cell> L{s.hidden};
+  at::Tensor wi = up(w_ih), wh = up(w_hh);
+  c10::optional<at::Tensor> wr = up(w_hr);
+  const at::Tensor x = input.reshape({-1, s.input});
+  const at::Tensor gout = grad_output.reshape({-1, s.state});  // a view where strides allow
+  const at::Tensor out = output.reshape({-1, s.state});
+  const at::Tensor ws = Cell::kWsBlocks > 1 ? *reserve : at::Tensor();
+  const at::Tensor h0 = up(hx), c0 = Cell::kHasCell ? up(*cx) : at::Tensor();
+  at::Tensor g = up(grad_hn), dc = Cell::kHasCell ? up(*grad_cn) : at::Tensor();
+  LayerGrads r, sum;  // sum: the weight grads, in float32, summed over the chunks
+  r.dx = need_input_grad ? at::empty(input.sizes(), opts) : at::empty({0}, opts);
+  const at::Tensor dx = need_input_grad ? r.dx.view({-1, s.input}) : at::Tensor();
+  if (need_weight_grad) {
+    const auto f32 = opts.dtype(at::kFloat);
+    sum.dw_ih = at::zeros(w_ih.sizes(), f32);
+    sum.dw_hh = at::zeros(w_hh.sizes(), f32);
+    sum.db_ih = at::zeros({L.gates()}, f32);
+    if (L.rest_cols() > 0) sum.db_hh = at::zeros({L.gates()}, f32);
+    if (wr.has_value() && wr->defined()) sum.dw_hr = at::zeros(wr->sizes(), f32);
+  }
+  const std::vector<StepChunk> chunks = step_chunks(sched, s.batch, reverse);
+  for (auto it = chunks.rbegin(); it != chunks.rend(); ++it) {
+    const StepChunk& ch = *it;
+    auto rows = [&](const at::Tensor& t) { return t.narrow(0, ch.row0, ch.rows).to(at::kFloat); };
+    // The state entering the chunk: the output (and c_t) of the walk's step
+    // before it for the rows that step held, hx (cx) for the others.
+    at::Tensor h_in = h0, c_in = c0;
+    if (ch.t_prev >= 0) {
+      const int64_t b = sched.batch[ch.t_prev], row = sched.offset[ch.t_prev];
+      h_in = h0.clone();
+      h_in.narrow(0, 0, b).copy_(out.narrow(0, row, b));
+      if (Cell::kHasCell) {
+        c_in = c0.clone();
+        c_in.narrow(0, 0, b).copy_(ws.narrow(0, row, b).narrow(1, L.gates(), s.hidden));
+      }
+    }
+    RnnShape sc = s;
+    sc.rows = ch.rows;
+    LayerGrads gc = backward_layer_op(cell, sc, ch.sched, rows(gout), g, opt(dc), rows(x), h_in,
+                                      opt(c_in), wi, wh, wr, rows(out),
+                                      ws.defined() ? opt(rows(ws)) : c10::nullopt, reverse,
+                                      need_input_grad, need_weight_grad, /*pack_w_hh=*/false,
+                                      &sum);
+    if (need_input_grad) dx.narrow(0, ch.row0, ch.rows).copy_(gc.dx);
+    g = gc.dhx;
+    dc = gc.dcx;
+  }
+  // The float32 weights go before the grads are made in the half dtype.
+  wi = wh = at::Tensor();
+  wr = c10::nullopt;
+  auto down = [&](at::Tensor& t) {
+    if (!need_weight_grad) return at::empty({0}, opts);
+    at::Tensor d = t.to(dtype);
+    t = at::Tensor();
+    return d;
+  };
+  r.dhx = g.to(dtype);
+  if (Cell::kHasCell) r.dcx = dc.to(dtype);
+  r.dw_ih = down(sum.dw_ih);
+  r.dw_hh = down(sum.dw_hh);
+  r.db_ih = down(sum.db_ih);
+  if (L.rest_cols() > 0) r.db_hh = down(sum.db_hh);
+  if (w_hr.has_value() && w_hr->defined()) r.dw_hr = down(sum.dw_hr);
+  return r;
+}
+
+// The layer op for the call's dtype: the chunked path above for bfloat16 /
+// float16, layer.h's for float32 / float64 (the ops check that all tensors
+// share one dtype).
+template <typename Cell, typename... Rest>
+LayerForward forward_layer_any_dtype(const Cell& cell, const RnnShape& s,
+                                     const StepSchedule& sched, const at::Tensor& input,
+                                     const Rest&... rest) {
+  if (half::is_half(input)) return forward_layer_half(cell, s, sched, input, rest...);
+  return forward_layer_op(cell, s, sched, input, rest...);
+}
+
+template <typename Cell, typename... Rest>
+LayerGrads backward_layer_any_dtype(const Cell& cell, const RnnShape& s,
+                                    const StepSchedule& sched, const at::Tensor& grad_output,
+                                    const Rest&... rest) {
+  if (half::is_half(grad_output)) return backward_layer_half(cell, s, sched, grad_output, rest...);
+  return backward_layer_op(cell, s, sched, grad_output, rest...);
+}
+
+}  // namespace rnnattn::cpu
