@@ -257,6 +257,49 @@ def test_pooling_in_half_precision(dtype, chunk, heads):
 
 
 @pytest.mark.parametrize("dtype", HALF)
+@pytest.mark.parametrize("scores", [False, True])
+@pytest.mark.parametrize("valid", ["lengths", "mask"])
+def test_pooling_over_batch_slices_matches_one_float32_call(dtype, scores, valid):
+    """Half-precision pooling runs the float32 kernel over slices of the batch
+    (~256 KiB of float32 H a thread: 2 sequences of (64, 512) a thread here,
+    so 13 sequences take several slices). Each result must be the float32
+    call's on the same converted tensors, rounded to the dtype; the weight
+    grad is summed over the slices in float32."""
+    gen = torch.Generator().manual_seed(5)
+    B, T, D, heads, chunk = 13, 64, 512, 2, 16
+    x = torch.randn(T, B, D, generator=gen).to(dtype).transpose(0, 1)  # a time-major view
+    lengths = torch.randint(0, T + 1, (B,), generator=gen)
+    mask = torch.rand(B, T, generator=gen) < 0.7
+    lm = (lengths, None) if valid == "lengths" else (None, mask)
+    if scores:
+        src = torch.randn(B, T, heads, generator=gen).to(dtype)
+        fwd, bwd = torch.ops.rnnattn.attention_pool_scores_forward, torch.ops.rnnattn.attention_pool_scores_backward
+    else:
+        src = (torch.randn(heads, D, generator=gen) * 0.05).to(dtype)
+        fwd, bwd = torch.ops.rnnattn.attention_pool_forward, torch.ops.rnnattn.attention_pool_backward
+    threads = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        pre = [x, src] if scores else [x, src, None]
+        out = fwd(*pre, *lm, chunk)
+        out32 = fwd(*[t.float() if t is not None else t for t in pre], *lm, chunk)
+        eps = torch.finfo(dtype).eps
+        for o, r in zip(out, out32):
+            assert o.dtype == dtype
+            torch.testing.assert_close(o.float(), r.to(dtype).float(), rtol=2 * eps, atol=2 * eps)
+        gc = torch.randn(out[0].shape, generator=gen).to(dtype)
+        gw = torch.randn(out[1].shape, generator=gen).to(dtype)
+        args = [gc, gw, x, src, *lm, out[0], out[1], chunk, True, True]
+        grads = bwd(*args)
+        grads32 = bwd(*[t.float() if isinstance(t, torch.Tensor) and t.is_floating_point() else t for t in args])
+        for g, r in zip(grads, grads32):
+            assert g.dtype == dtype and g.shape == r.shape
+            torch.testing.assert_close(g.float(), r.to(dtype).float(), rtol=4 * eps, atol=4 * eps)
+    finally:
+        torch.set_num_threads(threads)
+
+
+@pytest.mark.parametrize("dtype", HALF)
 def test_half_and_float32_tensors_do_not_mix(dtype):
     args = [a.detach() if isinstance(a, torch.Tensor) else a for a in layer_case("gru", 3, 2, 3, 4, dtype)]
     args[2] = args[2].float()  # hx

@@ -426,6 +426,29 @@ PoolGrads<T> make_grads(const at::Tensor& context, const at::Tensor& grad_contex
   return g;
 }
 
+// bfloat16 / float16: the float32 kernel over slices of the batch, each
+// slice's tensors converted to float32 when its turn comes. The call then
+// holds one slice's float32 copy of H, not the whole input's (which made its
+// peak ~60x the eager composition's in bfloat16), and reads that copy back
+// while it is in cache: ~256 KiB of it per thread, at least a sequence each.
+template <typename F>
+void for_half_slices(const AttnShape& s, const F& f) {
+  const int64_t threads = at::get_num_threads();
+  const int64_t row_bytes = std::max<int64_t>(1, s.steps * s.dim * int64_t(sizeof(float)));
+  const int64_t rows = std::max<int64_t>(threads, threads * (int64_t(256) << 10) / row_bytes);
+  for (int64_t b0 = 0; b0 < s.batch; b0 += rows) f(b0, std::min(rows, s.batch - b0));
+}
+
+// Sequences [b0, b0 + n) of a batch-leading tensor, in float32 where it is
+// half precision (half::up); nullopt stays nullopt.
+at::Tensor rows_up(const at::Tensor& t, int64_t b0, int64_t n) {
+  return half::up(t.narrow(0, b0, n));
+}
+c10::optional<at::Tensor> rows_up(const c10::optional<at::Tensor>& t, int64_t b0, int64_t n) {
+  if (!t.has_value() || !t->defined()) return c10::nullopt;
+  return rows_up(*t, b0, n);
+}
+
 std::tuple<at::Tensor, at::Tensor> attention_pool_forward_cpu(
     const at::Tensor& input, const at::Tensor& weight, const c10::optional<at::Tensor>& bias,
     const c10::optional<at::Tensor>& lengths, const c10::optional<at::Tensor>& mask,
@@ -435,11 +458,18 @@ std::tuple<at::Tensor, at::Tensor> attention_pool_forward_cpu(
   // a head, and softmax is shift-invariant, so it changes neither output.
   const AttnShape s = check_attn_linear_args(input, weight, bias, lengths, mask, chunk_size);
   check_cpu_dtype(input, op);
-  if (half::is_half(input)) {  // float32 inside (half.h)
-    using half::up;
-    return half::down(
-        attention_pool_forward_cpu(up(input), up(weight), up(bias), lengths, mask, chunk_size),
-        input.scalar_type());
+  if (half::is_half(input)) {  // float32 inside, over slices of the batch
+    auto context = at::empty({s.batch, s.chunks, s.heads, s.dim}, input.options());
+    auto weights = at::empty({s.batch, s.heads, s.steps}, input.options());
+    const at::Tensor w = weight.to(at::kFloat);
+    for_half_slices(s, [&](int64_t b0, int64_t n) {
+      auto [c, a] = attention_pool_forward_cpu(rows_up(input, b0, n), w, c10::nullopt,
+                                               rows_up(lengths, b0, n), rows_up(mask, b0, n),
+                                               chunk_size);
+      context.narrow(0, b0, n).copy_(c);
+      weights.narrow(0, b0, n).copy_(a);
+    });
+    return {context, weights};
   }
   const Prepared r = prepare(s, input, lengths, mask, op);
   const at::Tensor w = weight.contiguous();
@@ -463,13 +493,21 @@ std::tuple<at::Tensor, at::Tensor> attention_pool_backward_cpu(
       check_attn_linear_args(input, weight, c10::nullopt, lengths, mask, chunk_size);
   check_attn_backward_args(s, input, grad_context, grad_weights, context, weights, op);
   check_cpu_dtype(input, op);
-  if (half::is_half(input)) {
-    using half::up;
-    return half::down(attention_pool_backward_cpu(up(grad_context), up(grad_weights), up(input),
-                                                  up(weight), lengths, mask, up(context),
-                                                  up(weights), chunk_size, need_input_grad,
-                                                  need_weight_grad),
-                      input.scalar_type());
+  if (half::is_half(input)) {  // float32 inside, over slices of the batch
+    const auto none = at::empty({0}, input.options());
+    at::Tensor dx = need_input_grad ? at::empty_like(input) : none;
+    at::Tensor dw = need_weight_grad ? at::zeros(weight.sizes(), weight.options().dtype(at::kFloat))
+                                     : at::Tensor();
+    const at::Tensor w = weight.to(at::kFloat);
+    for_half_slices(s, [&](int64_t b0, int64_t n) {
+      auto [dxs, dws] = attention_pool_backward_cpu(
+          rows_up(grad_context, b0, n), rows_up(grad_weights, b0, n), rows_up(input, b0, n), w,
+          rows_up(lengths, b0, n), rows_up(mask, b0, n), rows_up(context, b0, n),
+          rows_up(weights, b0, n), chunk_size, need_input_grad, need_weight_grad);
+      if (need_input_grad) dx.narrow(0, b0, n).copy_(dxs);
+      if (need_weight_grad) dw.add_(dws);  // summed in float32
+    });
+    return {dx, need_weight_grad ? dw.to(input.scalar_type()) : none};
   }
   const Prepared r = prepare(s, input, lengths, mask, op);
   const at::Tensor w = weight.contiguous();
@@ -497,11 +535,17 @@ std::tuple<at::Tensor, at::Tensor> attention_pool_scores_forward_cpu(
   constexpr const char* op = "attention_pool_scores";
   const AttnShape s = check_attn_scores_args(input, scores, lengths, mask, chunk_size);
   check_cpu_dtype(input, op);
-  if (half::is_half(input)) {
-    using half::up;
-    return half::down(
-        attention_pool_scores_forward_cpu(up(input), up(scores), lengths, mask, chunk_size),
-        input.scalar_type());
+  if (half::is_half(input)) {  // float32 inside, over slices of the batch
+    auto context = at::empty({s.batch, s.chunks, s.heads, s.dim}, input.options());
+    auto weights = at::empty({s.batch, s.heads, s.steps}, input.options());
+    for_half_slices(s, [&](int64_t b0, int64_t n) {
+      auto [c, a] = attention_pool_scores_forward_cpu(rows_up(input, b0, n), rows_up(scores, b0, n),
+                                                      rows_up(lengths, b0, n), rows_up(mask, b0, n),
+                                                      chunk_size);
+      context.narrow(0, b0, n).copy_(c);
+      weights.narrow(0, b0, n).copy_(a);
+    });
+    return {context, weights};
   }
   const Prepared r = prepare(s, input, lengths, mask, op);
   auto context = at::empty({s.batch, s.chunks, s.heads, s.dim}, input.options());
@@ -526,12 +570,20 @@ std::tuple<at::Tensor, at::Tensor> attention_pool_scores_backward_cpu(
   const AttnShape s = check_attn_scores_args(input, scores, lengths, mask, chunk_size);
   check_attn_backward_args(s, input, grad_context, grad_weights, context, weights, op);
   check_cpu_dtype(input, op);
-  if (half::is_half(input)) {
-    using half::up;
-    return half::down(attention_pool_scores_backward_cpu(
-                          up(grad_context), up(grad_weights), up(input), up(scores), lengths, mask,
-                          up(context), up(weights), chunk_size, need_input_grad, need_scores_grad),
-                      input.scalar_type());
+  if (half::is_half(input)) {  // float32 inside, over slices of the batch
+    const auto none = at::empty({0}, input.options());
+    at::Tensor dx = need_input_grad ? at::empty_like(input) : none;
+    at::Tensor dsc = need_scores_grad ? at::empty_like(scores) : none;
+    for_half_slices(s, [&](int64_t b0, int64_t n) {
+      auto [dxs, dscs] = attention_pool_scores_backward_cpu(
+          rows_up(grad_context, b0, n), rows_up(grad_weights, b0, n), rows_up(input, b0, n),
+          rows_up(scores, b0, n), rows_up(lengths, b0, n), rows_up(mask, b0, n),
+          rows_up(context, b0, n), rows_up(weights, b0, n), chunk_size, need_input_grad,
+          need_scores_grad);
+      if (need_input_grad) dx.narrow(0, b0, n).copy_(dxs);
+      if (need_scores_grad) dsc.narrow(0, b0, n).copy_(dscs);
+    });
+    return {dx, dsc};
   }
   const Prepared r = prepare(s, input, lengths, mask, op);
   const at::Tensor ctx = context.contiguous(), dc = grad_context.contiguous();

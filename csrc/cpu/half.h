@@ -70,11 +70,4 @@ inline at::Tensor input_projection(const at::Tensor& input, const at::Tensor& w_
   return at::mm(input.reshape({-1, input.size(-1)}), w_ih.t());
 }
 
-// The results of a float32 call in dtype.
-template <typename... Ts>
-std::tuple<Ts...> down(std::tuple<Ts...> results, at::ScalarType dtype) {
-  std::apply([&](auto&... t) { ((t = t.defined() ? t.to(dtype) : t), ...); }, results);
-  return results;
-}
-
 }  // namespace rnnattn::cpu::half

@@ -92,6 +92,11 @@ LayerForward forward_layer_half(const Cell& cell, const RnnShape& s, const StepS
     r.reserve =
         train ? at::empty({s.rows, Cell::kWsBlocks * s.hidden}, opts) : at::empty({0}, opts);
   at::Tensor h = up(hx), c = Cell::kHasCell ? up(*cx) : at::Tensor();
+  // W_hh^T for the small steps (layer.h), made once for all the chunks.
+  const CellLayout<Cell> L{s.hidden};
+  const bool small = sched.steps() > 0 && small_step<Cell>(sched.batch.back(), s.state, L.gates());
+  const at::Tensor wt = small ? at::empty({s.state, L.gates()}, wh.options()) : at::Tensor();
+  if (small) transpose(wh.data_ptr<float>(), L.gates(), s.state, wt.data_ptr<float>());
   for (const StepChunk& ch : step_chunks(sched, s.batch, reverse)) {
     RnnShape sc = s;
     sc.rows = ch.rows;
@@ -99,7 +104,7 @@ LayerForward forward_layer_half(const Cell& cell, const RnnShape& s, const StepS
     const at::Tensor a = half::input_projection(xc, w_ih);  // undefined: the op computes it
     LayerForward rc = forward_layer_op(cell, sc, ch.sched, a.defined() ? xc : xc.to(at::kFloat), h,
                                        opt(c), wi, wh, bi, bh, wr, reverse, train, a,
-                                       /*pack_w_hh=*/false);
+                                       /*pack_w_hh=*/false, wt);
     out.narrow(0, ch.row0, ch.rows).copy_(rc.output);
     if (has_reserve && train) r.reserve.narrow(0, ch.row0, ch.rows).copy_(rc.reserve);
     h = rc.h_n;

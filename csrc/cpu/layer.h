@@ -96,10 +96,12 @@ LayerForward forward_layer_op(const Cell& cell, const RnnShape& s, const StepSch
                               const c10::optional<at::Tensor>& b_hh,
                               const c10::optional<at::Tensor>& w_hr, bool reverse,
                               bool train = true, const at::Tensor& a_given = at::Tensor(),
-                              bool pack_w_hh = true) {
+                              bool pack_w_hh = true, const at::Tensor& w_hh_t = at::Tensor()) {
   // a_given: A = X W_ih^T, (rows, gates) in any floating dtype, computed by
   // the caller (half.h); input is then read for its shape only, and may be
-  // of another dtype than the rest. pack_w_hh: LayerPtrs::pack.
+  // of another dtype than the rest. pack_w_hh: LayerPtrs::pack. w_hh_t:
+  // W_hh^T (Hs, gates) made by the caller, read by the small steps instead
+  // of the call's own (a half-precision call's chunks share one).
   constexpr bool kOutputIsReserve = Cell::kWsBlocks == 1;  // the Elman RNN
   const CellLayout<Cell> L{s.hidden};
   const int64_t H = s.hidden, Hs = s.state, B = s.batch;
@@ -138,7 +140,7 @@ LayerForward forward_layer_op(const Cell& cell, const RnnShape& s, const StepSch
   // second state buffer (B, Hs), the projection's input (B, H), the cell's
   // bias, and W_hh^T (Hs, gates).
   const int64_t n_spare = B * Hs, n_m = wr.defined() ? B * H : 0,
-                n_bias = L.gates() + L.rest_cols(), n_wh_t = small ? Hs * L.gates() : 0;
+                n_bias = L.gates() + L.rest_cols(), n_wh_t = small && !w_hh_t.defined() ? Hs * L.gates() : 0;
   at::Tensor scratch = at::empty({n_spare + n_m + n_bias + n_wh_t}, opts);
   if (a_given.defined())
     (kOutputIsReserve ? r.output.view({s.rows, Hs}) : ws).narrow(1, 0, L.gates()).copy_(a_given);
@@ -147,13 +149,13 @@ LayerForward forward_layer_op(const Cell& cell, const RnnShape& s, const StepSch
     T* spare = scratch.data_ptr<T>();
     T* m = n_m ? spare + n_spare : nullptr;
     T* bias = spare + n_spare + n_m;
-    T* wt = small ? bias + n_bias : nullptr;
+    T* wt = !small ? nullptr : w_hh_t.defined() ? w_hh_t.data_ptr<T>() : bias + n_bias;
     const T* h0p = h0.data_ptr<T>();
     std::copy(h0p, h0p + B * Hs, r.h_n.data_ptr<T>());
     std::copy(h0p, h0p + B * Hs, spare);
     if (Cell::kHasCell) std::copy(c0.data_ptr<T>(), c0.data_ptr<T>() + B * H, r.c_n.data_ptr<T>());
     fill_cell_bias<Cell, T>(bi, bh, H, bias);
-    if (small) transpose(wh.data_ptr<T>(), L.gates(), Hs, wt);
+    if (small && !w_hh_t.defined()) transpose(wh.data_ptr<T>(), L.gates(), Hs, wt);
     LayerPtrs<T> p;
     p.x = a_given.defined() ? nullptr : x.data_ptr<T>();
     p.a_given = a_given.defined();
