@@ -1,6 +1,8 @@
 """bfloat16 and float16 on the CPU: the layer ops, the cells, the modules and the
 pooling run the fused kernels, in float32 inside, with their results and what the
-backward keeps (output, reserve) in the input's dtype (csrc/cpu/half.h).
+backward keeps (output, reserve) in the input's dtype (csrc/cpu/half.h); the layer
+ops convert one chunk of steps at a time (half_layer.h), the pooling one slice of
+the batch (attention.cpp).
 
 The yardstick is the float64 computation from the same half-precision inputs and
 weights: the fused results may differ from it by the final rounding to the dtype
