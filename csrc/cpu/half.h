@@ -3,8 +3,8 @@
 // accumulation, as the CUDA kernels do) and return their results, including
 // what the backward keeps (the output, the GRU/LSTM reserve), in the
 // tensors' own dtype. The layer ops convert their tensors to float32 one
-// chunk of steps at a time (half_layer.h); the pooling ops convert theirs
-// for the call (attention.cpp).
+// chunk of steps at a time (half_layer.h), the pooling ops one slice of the
+// batch at a time (attention.cpp).
 //
 // The forward's input GEMM A = X W_ih^T (the largest of the forward) runs
 // in the half dtype through ATen (oneDNN) on CPUs with native arithmetic in

@@ -70,8 +70,9 @@ void fill_cell_bias(const at::Tensor& b_ih, const at::Tensor& b_hh, int64_t H, T
 
 // dst (cols x rows) = src (rows x cols)^T, in 16 x 16 tiles. Row by row, a
 // power-of-two row length makes the writes' lines share a few L1 sets and
-// evict each other: W_hh^T at H = 128 then took ~36 us, 1/5 of a
-// bfloat16 call's chunk (perf; half_layer.h).
+// evict each other: W_hh^T at H = 128 took ~36 us that way, 1/5 of a
+// bfloat16 RNN forward at (16,100,64,128) that made it once per chunk of
+// steps (perf; half_layer.h); tiled, half that.
 template <typename T>
 __attribute__((noinline)) void transpose(const T* __restrict src, int64_t rows, int64_t cols,
                                          T* __restrict dst) {
@@ -140,7 +141,8 @@ LayerForward forward_layer_op(const Cell& cell, const RnnShape& s, const StepSch
   // second state buffer (B, Hs), the projection's input (B, H), the cell's
   // bias, and W_hh^T (Hs, gates).
   const int64_t n_spare = B * Hs, n_m = wr.defined() ? B * H : 0,
-                n_bias = L.gates() + L.rest_cols(), n_wh_t = small && !w_hh_t.defined() ? Hs * L.gates() : 0;
+                n_bias = L.gates() + L.rest_cols(),
+                n_wh_t = small && !w_hh_t.defined() ? Hs * L.gates() : 0;
   at::Tensor scratch = at::empty({n_spare + n_m + n_bias + n_wh_t}, opts);
   if (a_given.defined())
     (kOutputIsReserve ? r.output.view({s.rows, Hs}) : ws).narrow(1, 0, L.gates()).copy_(a_given);
