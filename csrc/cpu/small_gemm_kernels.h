@@ -5,6 +5,7 @@
 // is compiled with the ISA of the function it lands in.
 #pragma once
 
+#include <algorithm>
 #include <cstdint>
 #include <type_traits>
 #include <utility>
@@ -88,32 +89,74 @@ __attribute__((always_inline)) inline void tail(const T* __restrict X, const T* 
   }
 }
 
-// R rows of Y: blocks of 4 vectors, then one block of the remaining whole
-// vectors (so H = 100 or 300 does not fall to scalar code), then the
-// scalar tail.
-template <typename T, int Bytes, int R>
-__attribute__((always_inline)) inline void rows(const T* X, const T* B, T* Y, const Ld& ld,
-                                                int64_t k, int64_t n, bool accumulate) {
+// Rows [0, m) of one panel of NV vector columns over k: blocks of MR rows
+// (their accumulators in registers), then blocks of the 1..MR-1 rows left.
+// Every block re-reads the panel of B (k x NV vectors) from L1.
+template <typename T, int Bytes, int MR, int NV>
+__attribute__((always_inline)) inline void panel(const T* X, const T* B, T* Y, const Ld& ld,
+                                                 int64_t m, int64_t k, bool accumulate) {
+  static_assert(MR == 3 || MR == 6, "panel: leftover rows are split for MR 3 or 6");
+  int64_t i = 0;
+  for (; i + MR <= m; i += MR) block<T, Bytes, MR, NV>(X + i * ld.x, B, Y + i * ld.y, ld, k, accumulate);
+  int64_t left = m - i;
+  X += i * ld.x;
+  Y += i * ld.y;
+  if (left == 5) {
+    block<T, Bytes, 3, NV>(X, B, Y, ld, k, accumulate);
+    X += 3 * ld.x;
+    Y += 3 * ld.y;
+    left = 2;
+  }
+  if (left == 4) block<T, Bytes, 4, NV>(X, B, Y, ld, k, accumulate);
+  if (left == 3) block<T, Bytes, 3, NV>(X, B, Y, ld, k, accumulate);
+  if (left == 2) block<T, Bytes, 2, NV>(X, B, Y, ld, k, accumulate);
+  if (left == 1) block<T, Bytes, 1, NV>(X, B, Y, ld, k, accumulate);
+}
+
+// All m rows, panel by panel: panels of NV vectors, then one panel of the
+// remaining whole vectors (so H = 100 or 300 does not fall to scalar code),
+// then the scalar tail, three rows at a time.
+template <typename T, int Bytes, int MR, int NV>
+__attribute__((always_inline)) inline void panels(const T* X, const T* B, T* Y, const Ld& ld,
+                                                  int64_t m, int64_t k, int64_t n,
+                                                  bool accumulate) {
   constexpr int L = Vec<T, Bytes>::kLanes;
   int64_t j = 0;
-  for (; j + 4 * L <= n; j += 4 * L) block<T, Bytes, R, 4>(X, B + j, Y + j, ld, k, accumulate);
+  for (; j + NV * L <= n; j += NV * L) panel<T, Bytes, MR, NV>(X, B + j, Y + j, ld, m, k, accumulate);
   const int64_t vectors = (n - j) / L;
-  if (vectors == 3) block<T, Bytes, R, 3>(X, B + j, Y + j, ld, k, accumulate);
-  if (vectors == 2) block<T, Bytes, R, 2>(X, B + j, Y + j, ld, k, accumulate);
-  if (vectors == 1) block<T, Bytes, R, 1>(X, B + j, Y + j, ld, k, accumulate);
-  tail<T, R>(X, B, Y, ld, k, n, j + vectors * L, accumulate);
+  if constexpr (NV > 3)
+    if (vectors == 3) panel<T, Bytes, MR, 3>(X, B + j, Y + j, ld, m, k, accumulate);
+  if (vectors == 2) panel<T, Bytes, MR, 2>(X, B + j, Y + j, ld, m, k, accumulate);
+  if (vectors == 1) panel<T, Bytes, MR, 1>(X, B + j, Y + j, ld, m, k, accumulate);
+  j += vectors * L;
+  if (j == n) return;
+  int64_t i = 0;
+  for (; i + 3 <= m; i += 3) tail<T, 3>(X + i * ld.x, B, Y + i * ld.y, ld, k, n, j, accumulate);
+  for (; i < m; ++i) tail<T, 1>(X + i * ld.x, B, Y + i * ld.y, ld, k, n, j, accumulate);
 }
 
 template <typename T, int Bytes>
 __attribute__((always_inline)) inline void small_gemm_impl(const T* X, const T* B, T* Y,
                                                            const Ld& ld, int64_t m, int64_t k,
                                                            int64_t n, bool accumulate) {
-  // 3 rows x 4 vectors: 12 accumulators + 4 vectors of B fill the 16 ymm
-  // registers (half of AVX-512's 32); each loaded vector of B feeds 3 FMAs.
-  int64_t i = 0;
-  for (; i + 3 <= m; i += 3) rows<T, Bytes, 3>(X + i * ld.x, B, Y + i * ld.y, ld, k, n, accumulate);
-  if (m - i == 2) rows<T, Bytes, 2>(X + i * ld.x, B, Y + i * ld.y, ld, k, n, accumulate);
-  if (m - i == 1) rows<T, Bytes, 1>(X + i * ld.x, B, Y + i * ld.y, ld, k, n, accumulate);
+  // Under 6 rows: blocks of 3 rows x 4 vectors (8-12 accumulators, enough
+  // to cover the FMA latency), and at most two of them reuse a panel.
+  if (m < 6) return panels<T, Bytes, 3, 4>(X, B, Y, ld, m, k, n, accumulate);
+  // Else 6 rows x 2 vectors, the shape of BLIS's AVX2 kernels: 12
+  // accumulators + 2 vectors of B + the broadcast fit the 16 ymm registers
+  // (half of AVX-512's 32), and a panel row is one 64-byte line (two for
+  // AVX-512). Columns outer, rows inner, and k in slices whose panel of B
+  // (kc x 2 vectors, 12 KiB) stays in L1 for all the row blocks: walking
+  // every column for one row block re-streamed all of B from L2 per row
+  // block once B outgrew L1, as a cell's W_hh^T (rows 3H or 4H wide) does.
+  // Measured standalone, 1 thread, GFLOP/s (3x4 rows outer -> this), see
+  // benchmarks/OPTIMISATIONS.md: 16x256x384 (B rows 768 wide) 40 -> 57,
+  // 16x128x512 52 -> 62, 16x512x64 67 -> 73; 64x64x64, 16x128x128 unchanged.
+  constexpr int64_t kc_max = 12 * 1024 / (2 * Bytes);
+  for (int64_t p = 0; p < k; p += kc_max) {
+    const int64_t kc = std::min(kc_max, k - p);
+    panels<T, Bytes, 6, 2>(X + p, B + p * ld.b, Y, ld, m, kc, n, accumulate || p > 0);
+  }
 }
 
 // Horizontal sums of L vectors at once: lane c of the result is the sum of
