@@ -142,6 +142,56 @@ def test_step_paths_and_thread_splits(packed, reverse, dtype, threads, cell):
         torch.testing.assert_close(a.double(), b, **tol)
 
 
+# The forward walks the steps in chunks and runs the next chunk's input GEMM
+# on a second thread meanwhile (recurrence.h, overlap_steps) where the steps
+# are single-threaded small steps and the input GEMM is >= 2^21
+# multiply-adds in all: these shapes take it (8 rows a step, chunks of 8
+# steps) for all three cells, padded and packed (unsorted), both directions,
+# with and without grad (GRU/LSTM inference overlaps up to 32 steps; beyond,
+# A is made per 32-step chunk instead), against torch's modules in float64.
+@pytest.mark.parametrize("cell", ["RNN", "GRU", "LSTM"])
+@pytest.mark.parametrize("T", [30, 41])
+@pytest.mark.parametrize("packed", [False, True])
+@pytest.mark.parametrize("grad", [False, True])
+def test_input_gemm_overlapped_with_the_walk(grad, packed, T, cell):
+    import rnnattn
+    from torch.nn.utils.rnn import pack_padded_sequence
+
+    torch.manual_seed(0)
+    B, I, H = 8, 256, 64
+    ours = getattr(rnnattn, cell)(I, H, bidirectional=True).double()
+    ref = getattr(torch.nn, cell)(I, H, bidirectional=True).double()
+    ref.load_state_dict(ours.state_dict())
+    x = torch.randn(T, B, I, dtype=torch.float64)
+    lengths = torch.tensor([T, T - 3, T, 5, T - 1, 1, T - 7, 9])
+
+    def call(module, xin):
+        inp = pack_padded_sequence(xin, lengths, enforce_sorted=False) if packed else xin
+        out, state = module(inp)
+        out = out.data if packed else out
+        return [out] + (list(state) if isinstance(state, tuple) else [state])
+
+    prev = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        xo = x.clone().requires_grad_(grad)
+        with torch.set_grad_enabled(grad):
+            outs = call(ours, xo)
+    finally:
+        torch.set_num_threads(prev)
+    xr = x.clone().requires_grad_(grad)
+    with torch.set_grad_enabled(grad):
+        routs = call(ref, xr)
+    for o, r in zip(outs, routs):
+        torch.testing.assert_close(o, r, rtol=1e-10, atol=1e-10)
+    if grad:
+        ws = [torch.randn_like(r) for r in routs]
+        g = torch.autograd.grad(sum((o * w).sum() for o, w in zip(outs, ws)), [xo, *ours.parameters()])
+        rg = torch.autograd.grad(sum((r * w).sum() for r, w in zip(routs, ws)), [xr, *ref.parameters()])
+        for a, b in zip(g, rg):
+            torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-10)
+
+
 def test_packed_final_states_are_each_sequence_end():
     """h_n / c_n of a packed batch hold each sequence's own last state."""
     lengths = [4, 2, 1]

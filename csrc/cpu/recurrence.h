@@ -158,6 +158,31 @@ int64_t packed_rows(int64_t full_rows, int64_t n, int64_t k, int blocks, int par
   return 0;  // only float has a packed GEMM
 }
 
+// Steps a chunk of the forward's walk, when the input GEMM of the next chunk
+// runs on a second thread while this one walks the chunk; 0: no overlap, the
+// input GEMM of all steps runs first (or per ws_steps chunk, inference). Only
+// where the steps are single-threaded small steps (the other threads idle
+// otherwise): the Elman RNN's small steps, a cell's below
+// kSmallParallelWork. The input GEMM is a third (Elman: I/(I+H)) of the
+// forward's multiply-adds, computed at full rate on the idle core. Chunks of
+// at least 64 rows (an efficient GEMM), at most 16 of them (the first
+// chunk's GEMM is not overlapped; each other costs one fork/join); none
+// below kOverlapMinWork multiply-adds of input GEMM in all, where a
+// fork/join costs about what it hides.
+constexpr int64_t kOverlapMinWork = int64_t(1) << 21;
+template <typename Cell, typename T>
+int64_t overlap_steps(const RnnShape& s, const StepSchedule& sched, const LayerPtrs<T>& p,
+                      int64_t G, bool proj) {
+  const int64_t T_ = sched.steps();
+  if (T_ < 2 || proj || p.a_given || p.ws_steps > 0 || !p.w_hh_t) return 0;
+  if (at::get_num_threads() < 2 || at::in_parallel_region()) return 0;
+  if (s.rows * G * s.input < kOverlapMinWork) return 0;
+  const int64_t B0 = sched.batch[0], H = s.hidden, Hs = s.state;
+  if (!small_step<Cell>(B0, Hs, G) || small_parts<Cell>(B0 * Hs * G, H) > 1) return 0;
+  const int64_t steps = std::max<int64_t>((T_ + 15) / 16, (64 + B0 - 1) / B0);
+  return steps < T_ ? steps : 0;
+}
+
 // Forward of one layer and direction. state/spare: the (B, Hs) state
 // buffers, both holding hx on entry; c: (B, H) holding cx (LSTM). m: (B, H)
 // scratch for the projection's input (proj only). Returns the
@@ -168,15 +193,23 @@ T* forward_layer(const Cell& cell, const RnnShape& s, const StepSchedule& sched,
   const CellLayout<Cell> L{s.hidden};
   const int64_t H = s.hidden, Hs = s.state, G = L.gates();
   const bool proj = p.w_hr != nullptr;
-  // A = X W_ih^T of rows [row_begin, row_begin + rows) into ws's first rows.
-  auto input_gemm = [&](int64_t row_begin, int64_t rows) {
+  // A = X W_ih^T of rows [row_begin, row_begin + rows) into ws, from its
+  // row ws_row (0: ws holds a chunk of steps; row_begin: it holds them all).
+  auto input_gemm = [&](int64_t row_begin, int64_t rows, int64_t ws_row) {
     gemm<T>(false, true, rows, G, s.input, T(1), p.x + row_begin * s.input, s.input, p.w_ih,
-            s.input, T(0), p.ws, p.ld_ws);
+            s.input, T(0), p.ws + ws_row * p.ld_ws, p.ld_ws);
   };
-  if (p.ws_steps == 0 && !p.a_given) input_gemm(0, s.rows);
-  int64_t ws_row0 = 0;  // the input row whose A is ws's first row
   const int64_t T_ = sched.steps();
   const int64_t B0 = T_ ? sched.batch[0] : 0;
+  // The rows of walk steps [i0, i1): one contiguous run in either walk.
+  auto step_rows = [&](int64_t i0, int64_t i1) {
+    const int64_t ta = reverse ? T_ - i1 : i0, tb = reverse ? T_ - 1 - i0 : i1 - 1;
+    return std::pair<int64_t, int64_t>{sched.offset[ta],
+                                       sched.offset[tb] + sched.batch[tb] - sched.offset[ta]};
+  };
+  const int64_t overlap = overlap_steps<Cell>(s, sched, p, G, proj);
+  if (p.ws_steps == 0 && !p.a_given && overlap == 0) input_gemm(0, s.rows, 0);
+  int64_t ws_row0 = 0;  // the input row whose A is ws's first row
   const bool train = p.train;
   // Steps too large for small_gemm split the hidden units across threads.
   std::vector<RecurrentGemm<T>> rec;
@@ -192,7 +225,8 @@ T* forward_layer(const Cell& cell, const RnnShape& s, const StepSchedule& sched,
   T* cur = state;
   T* nxt = spare;
   int64_t b_prev = s.batch;
-  for (int64_t i = 0; i < T_; ++i) {
+  // One step of the walk.
+  auto step = [&](int64_t i) {
     const int64_t t = reverse ? T_ - 1 - i : i;
     const int64_t b = sched.batch[t];
     const int64_t row0 = sched.offset[t];
@@ -202,7 +236,7 @@ T* forward_layer(const Cell& cell, const RnnShape& s, const StepSchedule& sched,
       const int64_t t_end = reverse ? T_ - 1 - i_end : i_end;
       const int64_t first = std::min(t, t_end), last = std::max(t, t_end);
       ws_row0 = sched.offset[first];
-      input_gemm(ws_row0, sched.offset[last] + sched.batch[last] - ws_row0);
+      input_gemm(ws_row0, sched.offset[last] + sched.batch[last] - ws_row0, 0);
     }
     T* ws = p.ws + (row0 - ws_row0) * p.ld_ws;
     // Where the recurrent GEMM of gate g lands, and its leading dimension.
@@ -241,7 +275,7 @@ T* forward_layer(const Cell& cell, const RnnShape& s, const StepSchedule& sched,
           pointwise(c0, c1);
         });
         std::swap(cur, nxt);
-        continue;
+        return;
       }
       if (p.w_hh_t) {
         small_gemm(cur, p.w_hh_t, ws, b, Hs, L.sum_cols(), true, Ld{Hs, G, p.ld_ws});
@@ -277,6 +311,36 @@ T* forward_layer(const Cell& cell, const RnnShape& s, const StepSchedule& sched,
       for (int64_t r = 0; r < b; ++r) std::copy(o + r * p.ld_out, o + r * p.ld_out + Hs, nxt + r * Hs);
     }
     std::swap(cur, nxt);
+  };
+  if (overlap == 0) {
+    for (int64_t i = 0; i < T_; ++i) step(i);
+    return cur;
+  }
+  // The single-threaded small steps of chunk c run on this thread while
+  // another computes chunk c + 1's input GEMM (overlap_steps): two tasks
+  // per chunk, the walk's on the master thread, which keeps W_hh^T in its
+  // cache across chunks.
+  auto chunk_gemm = [&](int64_t i0) {
+    const auto [row, rows] = step_rows(i0, std::min(T_, i0 + overlap));
+    input_gemm(row, rows, row);
+  };
+  chunk_gemm(0);
+  for (int64_t i0 = 0; i0 < T_; i0 += overlap) {
+    const int64_t i1 = std::min(T_, i0 + overlap);
+    if (i1 == T_) {
+      for (int64_t i = i0; i < i1; ++i) step(i);
+      break;
+    }
+    at::parallel_for(0, 2, 1, [&](int64_t q0, int64_t q1) {
+      for (int64_t q = q0; q < q1; ++q) {
+        if (q == 0)
+          for (int64_t i = i0; i < i1; ++i) step(i);
+        else {
+          SerialBlasGuard serial(true);  // this task is one of the two threads
+          chunk_gemm(i1);
+        }
+      }
+    });
   }
   return cur;
 }
