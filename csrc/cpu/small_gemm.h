@@ -4,9 +4,11 @@
 // At rows*H*H below ~2^19 multiply-adds a step, the fixed cost of a BLAS call
 // (argument checks, threading decision, packing) is larger than the
 // arithmetic, and nn.RNN pays the dispatcher on top of it. This kernel keeps
-// a 3-row x 4-vector block of Y in registers while it streams the rows of B,
-// so each loaded vector of B feeds three FMAs and Y is touched once per
-// block; ragged widths use narrower vector blocks, then a scalar tail.
+// a block of Y in registers (6 rows x 2 vectors; under 6 rows, 3 x 4) while
+// it streams the rows of B, so each loaded vector of B feeds several FMAs and
+// Y is touched once per block; it walks B in panels of 2 vectors x an
+// L1-sized slice of k, each re-read from L1 by every row block; ragged widths
+// use narrower vector blocks, then a scalar tail.
 // Built for AVX-512, AVX2+FMA and baseline x86-64, chosen at run time (isa.h).
 #pragma once
 
