@@ -158,13 +158,13 @@ int64_t packed_rows(int64_t full_rows, int64_t n, int64_t k, int blocks, int par
   return 0;  // only float has a packed GEMM
 }
 
-// Steps a chunk of the forward's walk, when the input GEMM of the next chunk
-// runs on a second thread while this one walks the chunk; 0: no overlap, the
-// input GEMM of all steps runs first (or per ws_steps chunk, inference). Only
-// where the steps are single-threaded small steps (the other threads idle
-// otherwise): the Elman RNN's small steps, a cell's below
-// kSmallParallelWork. The input GEMM is a third (Elman: I/(I+H)) of the
-// forward's multiply-adds, computed at full rate on the idle core. Chunks of
+// How many steps a chunk of the forward's walk has when the input GEMM of
+// the next chunk runs on a second thread while this one walks the chunk; 0:
+// no overlap, the input GEMM of all steps runs first (or per ws_steps chunk,
+// inference). Only where the steps are single-threaded small steps (the
+// other threads idle otherwise): the Elman RNN's small steps, a cell's below
+// kSmallParallelWork. The input GEMM is I/(I+H) of the forward's
+// multiply-adds (a third at I = H/2), computed on the idle core. Chunks of
 // at least 64 rows (an efficient GEMM), at most 16 of them (the first
 // chunk's GEMM is not overlapped; each other costs one fork/join); none
 // below kOverlapMinWork multiply-adds of input GEMM in all, where a

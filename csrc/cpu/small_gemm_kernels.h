@@ -149,9 +149,9 @@ __attribute__((always_inline)) inline void small_gemm_impl(const T* X, const T* 
   // (kc x 2 vectors, 12 KiB) stays in L1 for all the row blocks: walking
   // every column for one row block re-streamed all of B from L2 per row
   // block once B outgrew L1, as a cell's W_hh^T (rows 3H or 4H wide) does.
-  // Measured standalone, 1 thread, GFLOP/s (3x4 rows outer -> this), see
-  // benchmarks/OPTIMISATIONS.md: 16x256x384 (B rows 768 wide) 40 -> 57,
-  // 16x128x512 52 -> 62, 16x512x64 67 -> 73; 64x64x64, 16x128x128 unchanged.
+  // Measured standalone, 1 thread, GFLOP/s (3x4 rows outer -> this, table in
+  // benchmarks/OPTIMISATIONS.md): 16x256x384 (B rows 768 wide) 36 -> 53,
+  // 16x128x512 45 -> 58, 16x512x64 55 -> 63; 64x64x64, 16x128x128 unchanged.
   constexpr int64_t kc_max = 12 * 1024 / (2 * Bytes);
   for (int64_t p = 0; p < k; p += kc_max) {
     const int64_t kc = std::min(kc_max, k - p);
