@@ -142,13 +142,15 @@ def test_step_paths_and_thread_splits(packed, reverse, dtype, threads, cell):
         torch.testing.assert_close(a.double(), b, **tol)
 
 
-# The forward walks the steps in chunks and runs the next chunk's input GEMM
-# on a second thread meanwhile (recurrence.h, overlap_steps) where the steps
-# are single-threaded small steps and the input GEMM is >= 2^21
-# multiply-adds in all: these shapes take it (8 rows a step, chunks of 8
-# steps) for all three cells, padded and packed (unsorted), both directions,
-# with and without grad (GRU/LSTM inference overlaps up to 32 steps; beyond,
-# A is made per 32-step chunk instead), against torch's modules in float64.
+# Where the steps are single-threaded small steps and the input GEMM is >=
+# 2^21 multiply-adds in all, the walk goes in chunks while a second thread
+# runs the next chunk's input GEMM (forward, I <= 2H) and the chunk before's
+# dX and dW_ih (backward, I <= H) (recurrence.h, overlap_steps). These
+# shapes take both (8 rows a step, chunks of 8 steps) for all three cells,
+# padded and packed (unsorted), both directions, with and without grad
+# (GRU/LSTM inference overlaps up to 32 steps; beyond, A is made per 32-step
+# chunk instead), against torch's modules in float64.
+OVERLAP_IH = {"RNN": (128, 128), "GRU": (128, 128), "LSTM": (96, 96)}  # (I, H)
 @pytest.mark.parametrize("cell", ["RNN", "GRU", "LSTM"])
 @pytest.mark.parametrize("T", [30, 41])
 @pytest.mark.parametrize("packed", [False, True])
@@ -158,7 +160,7 @@ def test_input_gemm_overlapped_with_the_walk(grad, packed, T, cell):
     from torch.nn.utils.rnn import pack_padded_sequence
 
     torch.manual_seed(0)
-    B, I, H = 8, 256, 64
+    B, (I, H) = 8, OVERLAP_IH[cell]
     ours = getattr(rnnattn, cell)(I, H, bidirectional=True).double()
     ref = getattr(torch.nn, cell)(I, H, bidirectional=True).double()
     ref.load_state_dict(ours.state_dict())

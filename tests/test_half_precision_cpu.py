@@ -113,6 +113,11 @@ CHUNKED = [  # several chunks of steps each (csrc/cpu/half_layer.h: >= 128 rows 
     ("gru", (None, None, 4, 17), [70, 70, 41, 12, 3], 0),
     ("lstm", (70, 8, 5, 9), None, 0),
     ("lstm", (None, None, 4, 17), [70, 70, 41, 12, 3], 3),
+    # input GEMMs of >= 2^21 multiply-adds a chunk: within each chunk the input
+    # GEMM and the input grads run beside the walk (recurrence.h, overlap_steps),
+    # dW_ih summed over the chunks
+    ("rnn", (64, 4, 64, 256), None, 0),
+    ("lstm", (64, 8, 96, 96), None, 0),
 ]
 
 

@@ -237,6 +237,22 @@ LayerGrads backward_layer_op(const Cell& cell, const RnnShape& s, const StepSche
   at::Tensor gh = proj ? at::empty({N, Hs}, opts) : at::Tensor();
   at::Tensor dm = proj ? at::empty({B, H}, opts) : at::Tensor();
   at::Tensor zeros = proj ? at::zeros({H}, opts) : at::Tensor();
+  // Where the walk runs on one thread, dX and dW_ih of each chunk of steps
+  // are made on a second one while the walk goes on (StepsDone), so they
+  // are allocated first (no packed W_hh on that path to wait for).
+  const int64_t overlap = need_input_grad || need_weight_grad
+                              ? overlap_steps<Cell>(s, sched, L.gates(), proj, true)
+                              : 0;
+  auto none = [&] { return at::empty({0}, opts); };
+  const bool acc = sum != nullptr;
+  const LayerGrads given = acc ? *sum : LayerGrads{};
+  auto weight_grad = [&](const at::Tensor& total, auto make) {
+    return !need_weight_grad ? none() : acc ? total : make();
+  };
+  if (overlap > 0) {
+    r.dx = need_input_grad ? at::empty(input.sizes(), opts) : none();
+    r.dw_ih = weight_grad(given.dw_ih, [&] { return at::empty_like(wi); });
+  }
   AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "rnnattn::recurrent_backward", [&] {
     using T = scalar_t;
     auto [gout, ld_gout] = as_rows(grad_output);
@@ -250,9 +266,27 @@ LayerGrads backward_layer_op(const Cell& cell, const RnnShape& s, const StepSche
     p.ws = kOutputIsReserve ? p.out : ws.data_ptr<T>();
     p.ld_ws = kOutputIsReserve ? ld_out : Cell::kWsBlocks * H;
     p.pack = pack_w_hh;
-    backward_recurrence<T>(cell, s, sched, p, gout.data_ptr<T>(), ld_gout, r.dhx.data_ptr<T>(),
-                           ptr_or_null<T>(r.dcx), dg.data_ptr<T>(), ld_dg, ptr_or_null<T>(tmp),
-                           ptr_or_null<T>(gh), ptr_or_null<T>(dm), ptr_or_null<T>(zeros), reverse);
+    p.x = x.data_ptr<T>();
+    p.w_ih = wi.data_ptr<T>();
+    T* dx = need_input_grad && overlap > 0 ? r.dx.data_ptr<T>() : nullptr;
+    T* dw_ih = need_weight_grad && overlap > 0 ? r.dw_ih.data_ptr<T>() : nullptr;
+    const T* dgp = dg.data_ptr<T>();
+    const int64_t T_ = sched.steps();
+    bool first = true;  // dW_ih's first chunk overwrites it, unless summing (acc)
+    StepsDone done;
+    done.steps = overlap;
+    done.run = [&](int64_t i0, int64_t i1) {  // walk steps: time runs backwards unless reverse
+      const auto [row, rows] = reverse ? rows_of_steps(sched, i0, i1 - 1)
+                                       : rows_of_steps(sched, T_ - i1, T_ - 1 - i0);
+      input_grads<T, Cell>(s, p, dgp, ld_dg, dx, dw_ih, row, rows, acc || !first);
+      first = false;
+    };
+    const int64_t handed =
+        backward_recurrence<T>(cell, s, sched, p, gout.data_ptr<T>(), ld_gout,
+                               r.dhx.data_ptr<T>(), ptr_or_null<T>(r.dcx), dg.data_ptr<T>(),
+                               ld_dg, ptr_or_null<T>(tmp), ptr_or_null<T>(gh), ptr_or_null<T>(dm),
+                               ptr_or_null<T>(zeros), reverse, overlap > 0 ? &done : nullptr);
+    if (overlap > 0) done.run(handed, T_);  // the last chunk, on all threads
   });
   // The grads are allocated only now, after the recurrence has released its
   // packed W_hh (and grad_output, if it was copied): this keeps the peak
@@ -260,14 +294,10 @@ LayerGrads backward_layer_op(const Cell& cell, const RnnShape& s, const StepSche
   // Grads not asked for are returned as distinct empty tensors (outputs of
   // an operator must not alias each other).
   tmp = dm = zeros = at::Tensor();
-  auto none = [&] { return at::empty({0}, opts); };
-  r.dx = need_input_grad ? at::empty(input.sizes(), opts) : none();
-  const bool acc = sum != nullptr;
-  auto weight_grad = [&](const at::Tensor& total, auto make) {
-    return !need_weight_grad ? none() : acc ? total : make();
-  };
-  const LayerGrads given = acc ? *sum : LayerGrads{};
-  r.dw_ih = weight_grad(given.dw_ih, [&] { return at::empty_like(wi); });
+  if (overlap == 0) {
+    r.dx = need_input_grad ? at::empty(input.sizes(), opts) : none();
+    r.dw_ih = weight_grad(given.dw_ih, [&] { return at::empty_like(wi); });
+  }
   r.dw_hh = weight_grad(given.dw_hh, [&] { return at::empty_like(wh); });
   r.db_ih = weight_grad(given.db_ih, [&] { return at::empty({L.gates()}, opts); });
   if (L.rest_cols() > 0)
@@ -287,7 +317,7 @@ LayerGrads backward_layer_op(const Cell& cell, const RnnShape& s, const StepSche
                             need_weight_grad ? r.dw_hh.data_ptr<T>() : nullptr,
                             need_weight_grad ? r.db_ih.data_ptr<T>() : nullptr,
                             need_weight_grad && L.rest_cols() > 0 ? r.db_hh.data_ptr<T>() : nullptr,
-                            reverse, acc);
+                            reverse, acc, /*input_done=*/overlap > 0);
     if (proj && need_weight_grad) {
       // dW_hr = sum_t gh_t^T m_t, with m recomputed from the reserve.
       dg = at::Tensor();
