@@ -195,6 +195,24 @@ inline std::pair<int64_t, int64_t> rows_of_steps(const StepSchedule& sched, int6
   return {sched.offset[t0], sched.offset[t1] + sched.batch[t1] - sched.offset[t0]};
 }
 
+// Runs walk() on this (the master) thread and other() on a second one at
+// the same time (overlap_steps), other's BLAS calls kept to its own thread.
+// The master keeps the walk's W_hh^T in its cache from one chunk to the
+// next. With one thread in the team they run one after the other.
+template <typename W, typename O>
+void beside(const W& walk, const O& other) {
+  at::parallel_for(0, 2, 1, [&](int64_t q0, int64_t q1) {
+    for (int64_t q = q0; q < q1; ++q) {
+      if (q == 0) {
+        walk();
+      } else {
+        SerialBlasGuard serial(true);
+        other();
+      }
+    }
+  });
+}
+
 // Forward of one layer and direction. state/spare: the (B, Hs) state
 // buffers, both holding hx on entry; c: (B, H) holding cx (LSTM). m: (B, H)
 // scratch for the projection's input (proj only). Returns the
@@ -327,10 +345,8 @@ T* forward_layer(const Cell& cell, const RnnShape& s, const StepSchedule& sched,
     for (int64_t i = 0; i < T_; ++i) step(i);
     return cur;
   }
-  // The single-threaded small steps of chunk c run on this thread while
-  // another computes chunk c + 1's input GEMM (overlap_steps): two tasks
-  // per chunk, the walk's on the master thread, which keeps W_hh^T in its
-  // cache across chunks.
+  // The single-threaded small steps of chunk c run while another thread
+  // computes chunk c + 1's input GEMM (overlap_steps).
   auto chunk_gemm = [&](int64_t i0) {
     const auto [row, rows] = step_rows(i0, std::min(T_, i0 + overlap));
     input_gemm(row, rows, row);
@@ -338,20 +354,13 @@ T* forward_layer(const Cell& cell, const RnnShape& s, const StepSchedule& sched,
   chunk_gemm(0);
   for (int64_t i0 = 0; i0 < T_; i0 += overlap) {
     const int64_t i1 = std::min(T_, i0 + overlap);
-    if (i1 == T_) {
+    auto walk = [&] {
       for (int64_t i = i0; i < i1; ++i) step(i);
-      break;
-    }
-    at::parallel_for(0, 2, 1, [&](int64_t q0, int64_t q1) {
-      for (int64_t q = q0; q < q1; ++q) {
-        if (q == 0)
-          for (int64_t i = i0; i < i1; ++i) step(i);
-        else {
-          SerialBlasGuard serial(true);  // this task is one of the two threads
-          chunk_gemm(i1);
-        }
-      }
-    });
+    };
+    if (i1 == T_)
+      walk();
+    else
+      beside(walk, [&] { chunk_gemm(i1); });
   }
   return cur;
 }
@@ -502,22 +511,16 @@ int64_t backward_recurrence(const Cell& cell, const RnnShape& s, const StepSched
   int64_t handed = 0;
   for (int64_t i0 = 0; i0 < T_; i0 += cs) {
     const int64_t i1 = std::min(T_, i0 + cs);
-    if (i0 == 0) {
+    auto walk = [&] {
       for (int64_t i = i0; i < i1; ++i) iteration(i);
+    };
+    if (i0 == 0) {
+      walk();
       continue;
     }
     // dG of walk steps [0, i0] is complete: the chunk before goes to the
     // other thread while this one walks [i0, i1).
-    at::parallel_for(0, 2, 1, [&](int64_t q0, int64_t q1) {
-      for (int64_t q = q0; q < q1; ++q) {
-        if (q == 0) {
-          for (int64_t i = i0; i < i1; ++i) iteration(i);
-        } else {
-          SerialBlasGuard serial(true);  // this task is one of the two threads
-          done->run(i0 - cs, i0);
-        }
-      }
-    });
+    beside(walk, [&] { done->run(i0 - cs, i0); });
     handed = i0;
   }
   return handed;
