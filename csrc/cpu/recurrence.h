@@ -259,13 +259,10 @@ T* forward_layer(const Cell& cell, const RnnShape& s, const StepSchedule& sched,
     const int64_t t = reverse ? T_ - 1 - i : i;
     const int64_t b = sched.batch[t];
     const int64_t row0 = sched.offset[t];
-    if (p.ws_steps > 0 && i % p.ws_steps == 0) {
-      // The next chunk's steps hold one contiguous run of rows in either walk.
-      const int64_t i_end = std::min(T_, i + p.ws_steps) - 1;
-      const int64_t t_end = reverse ? T_ - 1 - i_end : i_end;
-      const int64_t first = std::min(t, t_end), last = std::max(t, t_end);
-      ws_row0 = sched.offset[first];
-      input_gemm(ws_row0, sched.offset[last] + sched.batch[last] - ws_row0, 0);
+    if (p.ws_steps > 0 && i % p.ws_steps == 0) {  // the next chunk's A into ws
+      const auto [row, rows] = step_rows(i, std::min(T_, i + p.ws_steps));
+      ws_row0 = row;
+      input_gemm(row, rows, 0);
     }
     T* ws = p.ws + (row0 - ws_row0) * p.ld_ws;
     // Where the recurrent GEMM of gate g lands, and its leading dimension.
