@@ -90,17 +90,20 @@ __attribute__((always_inline)) inline void tail(const T* __restrict X, const T* 
 }
 
 // Rows [0, m) of one panel of NV vector columns over k: blocks of MR rows
-// (their accumulators in registers), then blocks of the 1..MR-1 rows left.
-// Every block re-reads the panel of B (k x NV vectors) from L1.
+// (their accumulators in registers), then blocks of the 1..MR-1 rows left
+// (6 at a time, then 4, 3, 2 or 1; 5 as 3 + 2). Every block re-reads the
+// panel of B (k x NV vectors) from L1.
 template <typename T, int Bytes, int MR, int NV>
 __attribute__((always_inline)) inline void panel(const T* X, const T* B, T* Y, const Ld& ld,
                                                  int64_t m, int64_t k, bool accumulate) {
-  static_assert(MR == 3 || MR == 6, "panel: leftover rows are split for MR 3 or 6");
   int64_t i = 0;
   for (; i + MR <= m; i += MR) block<T, Bytes, MR, NV>(X + i * ld.x, B, Y + i * ld.y, ld, k, accumulate);
   int64_t left = m - i;
   X += i * ld.x;
   Y += i * ld.y;
+  if constexpr (MR > 6)
+    for (; left >= 6; left -= 6, X += 6 * ld.x, Y += 6 * ld.y)
+      block<T, Bytes, 6, NV>(X, B, Y, ld, k, accumulate);
   if (left == 5) {
     block<T, Bytes, 3, NV>(X, B, Y, ld, k, accumulate);
     X += 3 * ld.x;
@@ -135,28 +138,48 @@ __attribute__((always_inline)) inline void panels(const T* X, const T* B, T* Y, 
   for (; i < m; ++i) tail<T, 1>(X + i * ld.x, B, Y + i * ld.y, ld, k, n, j, accumulate);
 }
 
+// k in slices whose panel of B (kc x NV vectors, KiB kibibytes) stays in L1
+// for all the row blocks of a panel.
+template <typename T, int Bytes, int MR, int NV, int KiB>
+__attribute__((always_inline)) inline void sliced_panels(const T* X, const T* B, T* Y,
+                                                         const Ld& ld, int64_t m, int64_t k,
+                                                         int64_t n, bool accumulate) {
+  constexpr int64_t kc_max = KiB * 1024 / (NV * Bytes);
+  for (int64_t p = 0; p < k; p += kc_max) {
+    const int64_t kc = std::min(kc_max, k - p);
+    panels<T, Bytes, MR, NV>(X + p, B + p * ld.b, Y, ld, m, kc, n, accumulate || p > 0);
+  }
+}
+
 template <typename T, int Bytes>
 __attribute__((always_inline)) inline void small_gemm_impl(const T* X, const T* B, T* Y,
                                                            const Ld& ld, int64_t m, int64_t k,
                                                            int64_t n, bool accumulate) {
-  // Under 6 rows: blocks of 3 rows x 4 vectors (8-12 accumulators, enough
-  // to cover the FMA latency), and at most two of them reuse a panel.
+  // 4 rows: one block of 4 rows x 4 vectors (AVX-512's 32 registers) or x 3
+  // (AVX2's 16); as 3 + 1 rows the single row ran at half the speed.
+  // Measured standalone on an Intel Xeon (AVX-512), 1 thread, 4x128x512:
+  // 49 -> 108 GFLOP/s (AVX-512), 56 -> 89 (AVX2).
+  if (m == 4) return panels<T, Bytes, 4, Bytes == 64 ? 4 : 3>(X, B, Y, ld, m, k, n, accumulate);
+  // Other rows under 6: blocks of 3 rows x 4 vectors (8-12 accumulators,
+  // enough to cover the FMA latency), and at most two of them reuse a panel.
   if (m < 6) return panels<T, Bytes, 3, 4>(X, B, Y, ld, m, k, n, accumulate);
-  // Else 6 rows x 2 vectors, the shape of BLIS's AVX2 kernels: 12
-  // accumulators + 2 vectors of B + the broadcast fit the 16 ymm registers
-  // (half of AVX-512's 32), and a panel row is one 64-byte line (two for
-  // AVX-512). Columns outer, rows inner, and k in slices whose panel of B
-  // (kc x 2 vectors, 12 KiB) stays in L1 for all the row blocks: walking
-  // every column for one row block re-streamed all of B from L2 per row
-  // block once B outgrew L1, as a cell's W_hh^T (rows 3H or 4H wide) does.
-  // Measured standalone, 1 thread, GFLOP/s (3x4 rows outer -> this, table in
-  // benchmarks/OPTIMISATIONS.md): 16x256x384 (B rows 768 wide) 36 -> 53,
-  // 16x128x512 45 -> 58, 16x512x64 55 -> 63; 64x64x64, 16x128x128 unchanged.
-  constexpr int64_t kc_max = 12 * 1024 / (2 * Bytes);
-  for (int64_t p = 0; p < k; p += kc_max) {
-    const int64_t kc = std::min(kc_max, k - p);
-    panels<T, Bytes, 6, 2>(X + p, B + p * ld.b, Y, ld, m, kc, n, accumulate || p > 0);
-  }
+  // From 6 rows, columns outer, rows inner, and k in slices whose panel of
+  // B stays in L1 for all the row blocks: walking every column for one row
+  // block re-streamed all of B from L2 per row block once B outgrew L1, as
+  // a cell's W_hh^T (rows 3H or 4H wide) does. The block fills the
+  // registers: AVX2 (16 ymm) 6 rows x 2 vectors, the shape of BLIS's AVX2
+  // kernels (12 accumulators + 2 vectors of B + the broadcast), a panel row
+  // one 64-byte line, slices of 12 KiB; AVX-512 (32 zmm) 8 rows x 3 vectors
+  // (24 + 3 + 1), a panel row three lines, slices of 24 KiB (L1 is 32-48
+  // KiB on AVX-512 cores). Measured standalone, 1 thread, GFLOP/s
+  // (benchmarks/OPTIMISATIONS.md): AMD EPYC (AVX2), 3x4 rows outer -> 6x2
+  // panels: 16x256x384 (B rows 768 wide) 36 -> 53, 16x128x512 45 -> 58,
+  // 16x512x64 55 -> 63; Intel Xeon (AVX-512), 6x2 -> 8x3: 16x128x512
+  // 106 -> 144, 16x128x128 117 -> 145, 8x128x512 72 -> 150.
+  if constexpr (Bytes == 64)
+    sliced_panels<T, Bytes, 8, 3, 24>(X, B, Y, ld, m, k, n, accumulate);
+  else
+    sliced_panels<T, Bytes, 6, 2, 12>(X, B, Y, ld, m, k, n, accumulate);
 }
 
 // Horizontal sums of L vectors at once: lane c of the result is the sum of

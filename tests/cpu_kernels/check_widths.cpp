@@ -33,9 +33,9 @@ void check_gemm(bool nt) {
   std::mt19937 gen(7);
   std::uniform_real_distribution<double> u(-1, 1);
   const double tol = sizeof(T) == 4 ? 2e-5 : 1e-12;
-  for (int m : {1, 2, 3, 4, 5, 6, 7, 8, 11, 13, 16})
+  for (int m : {1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15, 16})
     for (int kk : {1, 3, 8, 17, 64, 100, 193, 260})
-      for (int n : {1, 5, 8, 15, 16, 17, 31, 33, 64, 100, 130})
+      for (int n : {1, 5, 8, 15, 16, 17, 31, 33, 48, 64, 80, 100, 130})
         for (int acc = 0; acc < 2; ++acc) {
           const Ld ld{kk + 3, nt ? kk + 5 : n + 5, n + 2};
           std::vector<T> X(m * ld.x), B(nt ? n * ld.b : kk * ld.b), Y(m * ld.y);
