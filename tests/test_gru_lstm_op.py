@@ -115,14 +115,9 @@ BIG_H = 259
 BIG_LENGTHS = [4, 3, 3, 3, 2, 2, 2, 2, 1, 1, 1, 1]
 
 
-@pytest.mark.parametrize("cell", ["gru", "lstm"])
-@pytest.mark.parametrize("threads", [1, 2, 3])
-@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
-@pytest.mark.parametrize("reverse", [False, True])
-@pytest.mark.parametrize("packed", [False, True])
-def test_step_paths_and_thread_splits(packed, reverse, dtype, threads, cell):
-    lengths = BIG_LENGTHS if packed else None
-    args = make_case(cell, 4, len(BIG_LENGTHS), 7, BIG_H, lengths=lengths)
+def check_on_threads(cell, args, reverse, threads, dtype):
+    """The op's outputs and grads on `threads` threads in `dtype` against the
+    reference in float64."""
     ours = [a.detach().to(dtype).requires_grad_() if a is not None and a.is_floating_point() else a
             for a in args]
     prev = torch.get_num_threads()
@@ -140,6 +135,38 @@ def test_step_paths_and_thread_splits(packed, reverse, dtype, threads, cell):
         torch.testing.assert_close(o.double(), r, **tol)
     for a, b in zip(g, rg):
         torch.testing.assert_close(a.double(), b, **tol)
+
+
+@pytest.mark.parametrize("cell", ["gru", "lstm"])
+@pytest.mark.parametrize("threads", [1, 2, 3])
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+@pytest.mark.parametrize("reverse", [False, True])
+@pytest.mark.parametrize("packed", [False, True])
+def test_step_paths_and_thread_splits(packed, reverse, dtype, threads, cell):
+    lengths = BIG_LENGTHS if packed else None
+    args = make_case(cell, 4, len(BIG_LENGTHS), 7, BIG_H, lengths=lengths)
+    check_on_threads(cell, args, reverse, threads, dtype)
+
+
+# Small steps of at least 2^19 multiply-adds split their units across the
+# threads (recurrence.h, small_parts), and a run of them is walked in one
+# parallel region with a barrier between steps (unit_parts.h,
+# walk_unit_parts). At H = 200 these shapes make every step such a step
+# when padded (7 in a row, forward and backward); packed, the batch falls
+# 12, 10, 9, 7, 5, 3, 2 rows: a run of 5 split steps whose rows end within
+# the run, then single-threaded ones (reversed: the other way round). On 2
+# and 3 threads (3 slices of the units).
+SPLIT_LENGTHS = [7, 7, 6, 5, 5, 4, 4, 3, 3, 2, 1, 1]
+
+
+@pytest.mark.parametrize("cell", ["gru", "lstm"])
+@pytest.mark.parametrize("threads", [2, 3])
+@pytest.mark.parametrize("reverse", [False, True])
+@pytest.mark.parametrize("packed", [False, True])
+def test_runs_of_split_small_steps(packed, reverse, threads, cell):
+    lengths = SPLIT_LENGTHS if packed else None
+    args = make_case(cell, 7, 12, 5, 200, lengths=lengths)
+    check_on_threads(cell, args, reverse, threads, torch.float64)
 
 
 # Where the steps are single-threaded small steps and the input GEMM is >=

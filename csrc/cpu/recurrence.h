@@ -38,6 +38,7 @@
 #include "cells.h"
 #include "recurrent_gemm.h"
 #include "small_gemm.h"
+#include "unit_parts.h"
 
 namespace rnnattn::cpu {
 
@@ -119,20 +120,6 @@ template <typename Cell>
 int small_parts(int64_t work, int64_t H) {
   if (Cell::kGates == 1 || work < kSmallParallelWork || at::in_parallel_region()) return 1;
   return static_cast<int>(std::max<int64_t>(1, std::min<int64_t>(at::get_num_threads(), H / 32)));
-}
-
-// Runs f(c0, c1) on `parts` slices of the H units, one task each; slice
-// edges are multiples of 16 units (a 64-byte line of floats).
-template <typename F>
-void for_unit_parts(int parts, int64_t H, const F& f) {
-  if (parts <= 1) return f(int64_t(0), H);
-  const int64_t chunk = ((H + parts - 1) / parts + 15) / 16 * 16;
-  at::parallel_for(0, parts, 1, [&](int64_t p0, int64_t p1) {
-    for (int64_t q = p0; q < p1; ++q) {
-      const int64_t c0 = q * chunk, c1 = std::min(H, c0 + chunk);
-      if (c0 < c1) f(c0, c1);
-    }
-  });
 }
 
 // The row count for which the recurrent GEMMs pack W_hh once per call (0:
@@ -253,93 +240,144 @@ T* forward_layer(const Cell& cell, const RnnShape& s, const StepSchedule& sched,
   }
   T* cur = state;
   T* nxt = spare;
-  int64_t b_prev = s.batch;
-  // One step of the walk.
-  auto step = [&](int64_t i) {
-    const int64_t t = reverse ? T_ - 1 - i : i;
-    const int64_t b = sched.batch[t];
-    const int64_t row0 = sched.offset[t];
-    if (p.ws_steps > 0 && i % p.ws_steps == 0) {  // the next chunk's A into ws
+  // Where step i's rows are.
+  struct At {
+    int64_t t, b, row0;
+    T* ws;
+    T* rest;  // R of the gates kept apart
+    int64_t ld_rest;
+  };
+  auto at = [&](int64_t i) {
+    At a;
+    a.t = reverse ? T_ - 1 - i : i;
+    a.b = sched.batch[a.t];
+    a.row0 = sched.offset[a.t];
+    a.ws = p.ws + (a.row0 - ws_row0) * p.ld_ws;
+    a.rest = train ? a.ws + L.rest_at() : p.rest;
+    a.ld_rest = train ? p.ld_ws : L.rest_cols();
+    return a;
+  };
+  // Where the recurrent GEMM of gate g lands, and its leading dimension.
+  auto gate_out = [&](const At& a, int g) {
+    return g < Cell::kSumGates ? a.ws + g * H : a.rest + (g - Cell::kSumGates) * H;
+  };
+  auto gate_ld = [&](const At& a, int g) { return g < Cell::kSumGates ? p.ld_ws : a.ld_rest; };
+  // At a chunk's first step (inference of a long sequence), its A into ws.
+  auto load_chunk = [&](int64_t i) {
+    if (p.ws_steps > 0 && i % p.ws_steps == 0) {
       const auto [row, rows] = step_rows(i, std::min(T_, i + p.ws_steps));
       ws_row0 = row;
       input_gemm(row, rows, 0);
     }
-    T* ws = p.ws + (row0 - ws_row0) * p.ld_ws;
-    // Where the recurrent GEMM of gate g lands, and its leading dimension.
-    T* rest = train ? ws + L.rest_at() : p.rest;
-    const int64_t ld_rest = train ? p.ld_ws : L.rest_cols();
-    auto gate_out = [&](int g) { return g < Cell::kSumGates ? ws + g * H : rest + (g - Cell::kSumGates) * H; };
-    auto gate_ld = [&](int g) { return g < Cell::kSumGates ? p.ld_ws : ld_rest; };
-    // Rows whose sequence ended at the previous step hold their final state
-    // in cur only; copy them so both buffers agree on every row not updated
-    // from here on (rows not yet started hold hx in both).
-    if (b < b_prev) std::copy(cur + b * Hs, cur + b_prev * Hs, nxt + b * Hs);
-    b_prev = b;
-    auto pointwise = [&](int64_t c0, int64_t c1) {
-      for (int64_t r = 0; r < b; ++r) {
-        CellRow<T> row;
-        row.ws = ws + r * p.ld_ws;
-        row.rest = rest + r * ld_rest;
-        row.h_prev = cur + r * Hs;
-        row.h_out = proj ? m + r * H : p.out + (row0 + r) * p.ld_out;
-        row.h_next = proj ? nullptr : nxt + r * Hs;
-        row.c = Cell::kHasCell ? c + r * H : nullptr;
-        row.c_keep = Cell::kHasCell && train ? row.ws + L.gates() : nullptr;
-        cell.forward(row, p.bias, H, c0, c1);
-      }
-    };
+  };
+  // Rows whose sequence ended at the step before i hold their final state
+  // in cur only; copy their units [c0, c1) so both buffers agree on every
+  // row not updated from here on (rows not yet started hold hx in both).
+  auto carry_ended = [&](const At& a, int64_t i, const T* cur, T* nxt, int64_t c0, int64_t c1) {
+    const int64_t b_prev = i == 0 ? s.batch : sched.batch[reverse ? a.t + 1 : a.t - 1];
+    for (int64_t r = a.b; r < b_prev; ++r)
+      std::copy(cur + r * Hs + c0, cur + r * Hs + c1, nxt + r * Hs + c0);
+  };
+  auto pointwise = [&](const At& a, const T* cur, T* nxt, int64_t c0, int64_t c1) {
+    for (int64_t r = 0; r < a.b; ++r) {
+      CellRow<T> row;
+      row.ws = a.ws + r * p.ld_ws;
+      row.rest = a.rest + r * a.ld_rest;
+      row.h_prev = cur + r * Hs;
+      row.h_out = proj ? m + r * H : p.out + (a.row0 + r) * p.ld_out;
+      row.h_next = proj ? nullptr : nxt + r * Hs;
+      row.c = Cell::kHasCell ? c + r * H : nullptr;
+      row.c_keep = Cell::kHasCell && train ? row.ws + L.gates() : nullptr;
+      cell.forward(row, p.bias, H, c0, c1);
+    }
+  };
+  // How many unit parts step i's small step splits into across threads
+  // (small_parts; 1: the step runs on this thread, or is not small).
+  auto step_parts = [&](int64_t i) {
+    const int64_t b = sched.batch[reverse ? T_ - 1 - i : i];
+    if (proj || !p.w_hh_t || !small_step<Cell>(b, Hs, G)) return 1;
+    return small_parts<Cell>(b * Hs * G, H);
+  };
+  // Units [c0, c1) of a small step split across threads: their columns of
+  // every gate's GEMM, then their pointwise step while they are in cache.
+  auto part_step = [&](int64_t i, const T* cur, T* nxt, int64_t c0, int64_t c1) {
+    const At a = at(i);
+    carry_ended(a, i, cur, nxt, c0, c1);
+    for (int gi = 0; gi < Cell::kGates; ++gi)
+      small_gemm(cur, p.w_hh_t + gi * H + c0, gate_out(a, gi) + c0, a.b, Hs, c1 - c0,
+                 gi < Cell::kSumGates, Ld{Hs, G, gate_ld(a, gi)});
+    pointwise(a, cur, nxt, c0, c1);
+  };
+  // One step of the walk that is not split into unit parts.
+  auto step = [&](int64_t i) {
+    const At a = at(i);
+    const int64_t b = a.b;
+    T* ws = a.ws;
+    carry_ended(a, i, cur, nxt, 0, Hs);
     if (small_step<Cell>(b, Hs, G)) {
       // Single-threaded, no BLAS call: the step's data is in L1/L2. W_hh^T
       // where the layer op made it (the last step, with the fewest rows, is
       // small too), else W_hh as stored (see kTransposeMinRows).
-      const int parts = proj || !p.w_hh_t ? 1 : small_parts<Cell>(b * Hs * G, H);
-      if (parts > 1) {
-        for_unit_parts(parts, H, [&](int64_t c0, int64_t c1) {
-          for (int gi = 0; gi < Cell::kGates; ++gi)
-            small_gemm(cur, p.w_hh_t + gi * H + c0, gate_out(gi) + c0, b, Hs, c1 - c0,
-                       gi < Cell::kSumGates, Ld{Hs, G, gate_ld(gi)});
-          pointwise(c0, c1);
-        });
-        std::swap(cur, nxt);
-        return;
-      }
       if (p.w_hh_t) {
         small_gemm(cur, p.w_hh_t, ws, b, Hs, L.sum_cols(), true, Ld{Hs, G, p.ld_ws});
         if (L.rest_cols() > 0)
-          small_gemm(cur, p.w_hh_t + L.sum_cols(), rest, b, Hs, L.rest_cols(), false,
-                     Ld{Hs, G, ld_rest});
+          small_gemm(cur, p.w_hh_t + L.sum_cols(), a.rest, b, Hs, L.rest_cols(), false,
+                     Ld{Hs, G, a.ld_rest});
       } else {
         small_gemm_nt(cur, p.w_hh, ws, b, Hs, L.sum_cols(), true, Ld{Hs, Hs, p.ld_ws});
         if (L.rest_cols() > 0)
-          small_gemm_nt(cur, p.w_hh + L.sum_cols() * Hs, rest, b, Hs, L.rest_cols(), false,
-                        Ld{Hs, Hs, ld_rest});
+          small_gemm_nt(cur, p.w_hh + L.sum_cols() * Hs, a.rest, b, Hs, L.rest_cols(), false,
+                        Ld{Hs, Hs, a.ld_rest});
       }
-      pointwise(0, H);
+      pointwise(a, cur, nxt, 0, H);
     } else if (!proj) {
       rec[0].for_each_part(
           b,
           [&](int part) {
             for (int g = 0; g < Cell::kGates; ++g)
-              rec[g].compute(part, cur, b, g < Cell::kSumGates ? T(1) : T(0), gate_out(g), Hs,
-                             gate_ld(g));
-            pointwise(rec[0].begin(part), rec[0].end(part));
+              rec[g].compute(part, cur, b, g < Cell::kSumGates ? T(1) : T(0), gate_out(a, g), Hs,
+                             gate_ld(a, g));
+            pointwise(a, cur, nxt, rec[0].begin(part), rec[0].end(part));
           },
           Cell::kGates);
     } else {
       for (int g = 0; g < Cell::kGates; ++g)
         gemm<T>(false, true, b, H, Hs, T(1), cur, Hs, p.w_hh + g * H * Hs, Hs,
-                g < Cell::kSumGates ? T(1) : T(0), gate_out(g), gate_ld(g));
-      pointwise(0, H);
+                g < Cell::kSumGates ? T(1) : T(0), gate_out(a, g), gate_ld(a, g));
+      pointwise(a, cur, nxt, 0, H);
     }
     if (proj) {
-      T* o = p.out + row0 * p.ld_out;
+      T* o = p.out + a.row0 * p.ld_out;
       gemm<T>(false, true, b, Hs, H, T(1), m, H, p.w_hr, H, T(0), o, p.ld_out);
       for (int64_t r = 0; r < b; ++r) std::copy(o + r * p.ld_out, o + r * p.ld_out + Hs, nxt + r * Hs);
     }
     std::swap(cur, nxt);
   };
+  // Walk steps [i0, i1): runs of small steps split into the same number of
+  // unit parts (within one chunk of A) in one parallel region each, with a
+  // barrier between steps (walk_unit_parts), the other steps one by one.
+  auto walk_steps = [&](int64_t i0, int64_t i1) {
+    for (int64_t i = i0; i < i1;) {
+      load_chunk(i);
+      const int parts = step_parts(i);
+      if (parts == 1) {
+        step(i++);
+        continue;
+      }
+      int64_t j = i + 1;
+      while (j < i1 && step_parts(j) == parts && !(p.ws_steps > 0 && j % p.ws_steps == 0)) ++j;
+      T* even = cur;  // the state entering steps i, i + 2, ...
+      T* odd = nxt;
+      walk_unit_parts(parts, H, i, j, [&](int64_t k, int64_t c0, int64_t c1) {
+        const bool e = (k - i) % 2 == 0;
+        part_step(k, e ? even : odd, e ? odd : even, c0, c1);
+      });
+      if ((j - i) % 2 == 1) std::swap(cur, nxt);
+      i = j;
+    }
+  };
   if (overlap == 0) {
-    for (int64_t i = 0; i < T_; ++i) step(i);
+    walk_steps(0, T_);
     return cur;
   }
   // The single-threaded small steps of chunk c run while another thread
@@ -351,9 +389,7 @@ T* forward_layer(const Cell& cell, const RnnShape& s, const StepSchedule& sched,
   chunk_gemm(0);
   for (int64_t i0 = 0; i0 < T_; i0 += overlap) {
     const int64_t i1 = std::min(T_, i0 + overlap);
-    auto walk = [&] {
-      for (int64_t i = i0; i < i1; ++i) step(i);
-    };
+    auto walk = [&] { walk_steps(i0, i1); };
     if (i1 == T_)
       walk();
     else
@@ -455,24 +491,29 @@ int64_t backward_recurrence(const Cell& cell, const RnnShape& s, const StepSched
   // Each iteration: g[:b] = [g z +] dG_t W_hh (the grad of the state
   // entering step t), then the next step's dG, which needs only the same
   // units of g, so each part does both while they are in cache.
+  auto iteration_parts = [&](int64_t i) {
+    const int64_t b = sched.batch[step_at(i)];
+    return proj || !small_step<Cell>(b, Hs, G) ? 1 : small_parts<Cell>(b * Hs * G, H);
+  };
+  // Units [c0, c1) of a small iteration split across threads.
+  auto part_iteration = [&](int64_t i, int64_t c0, int64_t c1) {
+    const int64_t t = step_at(i);
+    const int64_t b = sched.batch[t];
+    const T* d = dg + sched.offset[t] * ld_dg;
+    small_gemm(d, p.w_hh + c0, g + c0, b, L.sum_cols(), c1 - c0, Cell::kDirectGrad,
+               Ld{ld_dg, Hs, Hs});
+    if (L.rest_cols() > 0)
+      small_gemm(d + L.rest_at(), p.w_hh + L.sum_cols() * Hs + c0, g + c0, b, L.rest_cols(),
+                 c1 - c0, true, Ld{ld_dg, Hs, Hs});
+    if (i + 1 < T_) step_grad(step_at(i + 1), c0, c1);
+  };
+  // An iteration that is not split into unit parts.
   auto iteration = [&](int64_t i) {
     const int64_t t = step_at(i);
     const int64_t b = sched.batch[t];
     const T* d = dg + sched.offset[t] * ld_dg;
     const bool has_next = i + 1 < T_;
     const int64_t t_next = has_next ? step_at(i + 1) : 0;
-    const int parts = proj ? 1 : small_parts<Cell>(b * Hs * G, H);
-    if (small_step<Cell>(b, Hs, G) && parts > 1) {
-      for_unit_parts(parts, Hs, [&](int64_t c0, int64_t c1) {
-        small_gemm(d, p.w_hh + c0, g + c0, b, L.sum_cols(), c1 - c0, Cell::kDirectGrad,
-                   Ld{ld_dg, Hs, Hs});
-        if (L.rest_cols() > 0)
-          small_gemm(d + L.rest_at(), p.w_hh + L.sum_cols() * Hs + c0, g + c0, b, L.rest_cols(),
-                     c1 - c0, true, Ld{ld_dg, Hs, Hs});
-        if (has_next) step_grad(t_next, c0, c1);
-      });
-      return;
-    }
     if (small_step<Cell>(b, Hs, G) || proj) {
       if (small_step<Cell>(b, Hs, G)) {
         small_gemm(d, p.w_hh, g, b, L.sum_cols(), Hs, Cell::kDirectGrad, Ld{ld_dg, Hs, Hs});
@@ -500,17 +541,31 @@ int64_t backward_recurrence(const Cell& cell, const RnnShape& s, const StepSched
         },
         static_cast<int>(rec.size()));
   };
+  // Iterations [i0, i1): runs split into the same number of unit parts in
+  // one parallel region each, with a barrier between iterations (the next
+  // one's GEMM reads every unit's dG: walk_unit_parts).
+  auto walk_iterations = [&](int64_t i0, int64_t i1) {
+    for (int64_t i = i0; i < i1;) {
+      const int parts = iteration_parts(i);
+      if (parts == 1) {
+        iteration(i++);
+        continue;
+      }
+      int64_t j = i + 1;
+      while (j < i1 && iteration_parts(j) == parts) ++j;
+      walk_unit_parts(parts, Hs, i, j, part_iteration);
+      i = j;
+    }
+  };
   const int64_t cs = done != nullptr ? done->steps : 0;
   if (cs <= 0 || cs >= T_) {
-    for (int64_t i = 0; i < T_; ++i) iteration(i);
+    walk_iterations(0, T_);
     return 0;
   }
   int64_t handed = 0;
   for (int64_t i0 = 0; i0 < T_; i0 += cs) {
     const int64_t i1 = std::min(T_, i0 + cs);
-    auto walk = [&] {
-      for (int64_t i = i0; i < i1; ++i) iteration(i);
-    };
+    auto walk = [&] { walk_iterations(i0, i1); };
     if (i0 == 0) {
       walk();
       continue;
