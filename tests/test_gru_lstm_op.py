@@ -151,7 +151,9 @@ def test_step_paths_and_thread_splits(packed, reverse, dtype, threads, cell):
 # Small steps of at least 2^19 multiply-adds split their units across the
 # threads (recurrence.h, small_parts), and a run of them is walked in one
 # parallel region with a barrier between steps (unit_parts.h,
-# walk_unit_parts). At H = 200 these shapes make every step such a step
+# walk_unit_parts; not in the AVX-512 build, so on an AVX-512 CPU
+# test_every_isa_build_matches_reference runs these cases in the others).
+# At H = 200 these shapes make every step such a step
 # when padded (7 in a row, forward and backward); packed, the batch falls
 # 12, 10, 9, 7, 5, 3, 2 rows: a run of 5 split steps whose rows end within
 # the run, then single-threaded ones (reversed: the other way round). On 2
@@ -508,6 +510,14 @@ for cell in ("gru", "lstm"):
             for reverse in (False, True):
                 args = make_case(cell, T, B, 4, H, dtype)
                 check_against_reference(cell, args, reverse, dtype)
+# Runs of small steps split across threads (the AVX-512 build keeps small
+# steps on one thread, so on such a CPU the other builds cover the split).
+from test_gru_lstm_op import test_runs_of_split_small_steps
+for cell in ("gru", "lstm"):
+    for threads in (2, 3):
+        for reverse in (False, True):
+            for packed in (False, True):
+                test_runs_of_split_small_steps(packed, reverse, threads, cell)
 print("checked")
 """
 

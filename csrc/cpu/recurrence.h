@@ -36,6 +36,7 @@
 #include "../rnn_common.h"
 #include "blas.h"
 #include "cells.h"
+#include "isa.h"
 #include "recurrent_gemm.h"
 #include "small_gemm.h"
 #include "unit_parts.h"
@@ -110,15 +111,28 @@ bool small_step(int64_t rows, int64_t k, int64_t n) {
 // several times an Elman step's work at the same (B, H): from this many
 // multiply-adds a step they split their hidden units across the threads
 // like the large steps (each part: its units' columns of every gate, then
-// their pointwise step), with one fork/join a step. The Elman RNN keeps its
+// their pointwise step), a run of such steps in one parallel region with a
+// barrier between steps (walk_unit_parts). The Elman RNN keeps its
 // single-threaded small steps (measured).
+//
+// Not with the AVX-512 build: at twice the multiply-adds a cycle, a small
+// step takes half the time there, and splitting it no longer repays its
+// fixed costs (the barrier, each core reading the half of the state the
+// other wrote). Measured on a 2-core Intel Xeon (AVX-512), 2 threads,
+// single-threaded steps (with the input GEMMs on the other core,
+// overlap_steps) against split ones: LSTM (16,100,64,128) fwd 2.78 -> 2.54
+// ms, fwd+bwd 7.37 -> 6.19; LSTM (32,100,64,128) (2^21 multiply-adds a
+// step, the most a small step has) fwd 5.0 ms both, fwd+bwd 13.6 -> 12.2;
+// GRU (16,100,64,128) fwd+bwd 6.85 -> 5.75.
 constexpr int64_t kSmallParallelWork = int64_t(1) << 19;
 
 // How many unit parts a small step of `work` multiply-adds over H units
 // takes (1: the single small_gemm call).
 template <typename Cell>
 int small_parts(int64_t work, int64_t H) {
-  if (Cell::kGates == 1 || work < kSmallParallelWork || at::in_parallel_region()) return 1;
+  if (Cell::kGates == 1 || work < kSmallParallelWork || cpu_isa() == Isa::kAvx512 ||
+      at::in_parallel_region())
+    return 1;
   return static_cast<int>(std::max<int64_t>(1, std::min<int64_t>(at::get_num_threads(), H / 32)));
 }
 
