@@ -7,7 +7,10 @@
 // of kInputChunkSteps steps into a chunk-sized buffer); then, step by step,
 // the recurrent GEMM h_{t-1} W_hh^T over all gates and the cell's pointwise
 // step. Small steps
-// run on one thread with a register-blocked GEMM (small_gemm.h); larger ones
+// run with a register-blocked GEMM (small_gemm.h): from 16 rows with the
+// batch rows dealt among the threads, each walking every step on its own
+// rows (row_parts); else on one thread (a cell's larger small steps split by
+// units on AVX2, small_parts). Larger steps
 // split the hidden units across threads, each part doing the GEMM of its
 // units' columns in every gate and then their pointwise step while they are
 // in cache (recurrent_gemm.h), one fork/join per step. The running state is
@@ -136,6 +139,26 @@ int small_parts(int64_t work, int64_t H) {
   return static_cast<int>(std::max<int64_t>(1, std::min<int64_t>(at::get_num_threads(), H / 32)));
 }
 
+// How many threads walk a layer's small steps with the batch rows dealt
+// round-robin among them (1: none). The rows of a batch are independent
+// through time, so each thread walks every step on its own rows, one
+// parallel region a call and nothing shared between threads during the walk
+// (W_hh^T is only read). Splitting the units of a step instead makes every
+// thread read the state the others wrote, each step, and wait for them: on
+// a 2-core Intel Xeon that cost as much as it saved (LSTM (16,100,64,128),
+// 16 x 128 x 512 a step: 20.6 us a step on one thread, 22.5 on two by
+// units, 11.1 on two by rows; benchmarks/OPTIMISATIONS.md). From
+// kRowBlockMin rows a thread (a full register block of small_gemm on
+// AVX-512), where the step is a small step, without a projection (whose
+// serial GEMM would need all rows).
+constexpr int64_t kRowBlockMin = 8;
+template <typename Cell>
+int row_parts(int64_t B0, int64_t Hs, int64_t G, bool proj) {
+  if (proj || B0 < 2 * kRowBlockMin || !small_step<Cell>(B0, Hs, G) || at::in_parallel_region())
+    return 1;
+  return static_cast<int>(std::min<int64_t>(at::get_num_threads(), B0 / kRowBlockMin));
+}
+
 // The row count for which the recurrent GEMMs pack W_hh once per call (0:
 // never). A packed operand saves the re-pack of W_hh's slice that every
 // sgemm call does (measured for the Elman RNN: 1.18 -> 0.87 ms per step at
@@ -186,6 +209,7 @@ int64_t overlap_steps(const RnnShape& s, const StepSchedule& sched, int64_t G, b
   if (s.input > (backward ? 1 : 2) * s.state) return 0;
   const int64_t B0 = sched.batch[0], H = s.hidden, Hs = s.state;
   if (!small_step<Cell>(B0, Hs, G) || small_parts<Cell>(B0 * Hs * G, H) > 1) return 0;
+  if (row_parts<Cell>(B0, Hs, G, proj) > 1) return 0;
   const int64_t steps = std::max<int64_t>((T_ + 15) / 16, (64 + B0 - 1) / B0);
   return steps < T_ ? steps : 0;
 }
@@ -292,8 +316,10 @@ T* forward_layer(const Cell& cell, const RnnShape& s, const StepSchedule& sched,
     for (int64_t r = a.b; r < b_prev; ++r)
       std::copy(cur + r * Hs + c0, cur + r * Hs + c1, nxt + r * Hs + c0);
   };
-  auto pointwise = [&](const At& a, const T* cur, T* nxt, int64_t c0, int64_t c1) {
-    for (int64_t r = 0; r < a.b; ++r) {
+  // Units [c0, c1) of rows r0, r0 + stride, ... below a.b.
+  auto pointwise = [&](const At& a, const T* cur, T* nxt, int64_t c0, int64_t c1,
+                       int64_t r0 = 0, int64_t stride = 1) {
+    for (int64_t r = r0; r < a.b; r += stride) {
       CellRow<T> row;
       row.ws = a.ws + r * p.ld_ws;
       row.rest = a.rest + r * a.ld_rest;
@@ -370,9 +396,45 @@ T* forward_layer(const Cell& cell, const RnnShape& s, const StepSchedule& sched,
   // Walk steps [i0, i1): runs of small steps split into the same number of
   // unit parts (within one chunk of A) in one parallel region each, with a
   // barrier between steps (walk_unit_parts), the other steps one by one.
+  // Step i on the rows q, q + P, ... (row_parts): their own carried rows,
+  // one small_gemm over all gates with rows P apart, their pointwise step.
+  auto row_step = [&](int64_t i, int64_t q, int64_t P, const T* cur, T* nxt) {
+    const At a = at(i);
+    const int64_t b_prev = i == 0 ? s.batch : sched.batch[reverse ? a.t + 1 : a.t - 1];
+    for (int64_t r = a.b + ((q - a.b) % P + P) % P; r < b_prev; r += P)
+      std::copy(cur + r * Hs, cur + (r + 1) * Hs, nxt + r * Hs);
+    if (a.b <= q) return;
+    const int64_t n = (a.b - q + P - 1) / P;
+    small_gemm(cur + q * Hs, p.w_hh_t, a.ws + q * p.ld_ws, n, Hs, L.sum_cols(), true,
+               Ld{P * Hs, G, P * p.ld_ws});
+    if (L.rest_cols() > 0)
+      small_gemm(cur + q * Hs, p.w_hh_t + L.sum_cols(), a.rest + q * a.ld_rest, n, Hs,
+                 L.rest_cols(), false, Ld{P * Hs, G, P * a.ld_rest});
+    pointwise(a, cur, nxt, 0, H, q, P);
+  };
+  // Walk steps [i0, i1) on P threads, each on its rows (row_parts).
+  auto rows_walk = [&](int64_t i0, int64_t i1, int P) {
+    T* even = cur;  // the state entering steps i0, i0 + 2, ...
+    T* odd = nxt;
+    at::parallel_for(0, P, 1, [&](int64_t q0, int64_t q1) {
+      for (int64_t q = q0; q < q1; ++q)
+        for (int64_t i = i0; i < i1; ++i) {
+          const bool e = (i - i0) % 2 == 0;
+          row_step(i, q, P, e ? even : odd, e ? odd : even);
+        }
+    });
+    if ((i1 - i0) % 2 == 1) std::swap(cur, nxt);
+  };
+  const int P = p.w_hh_t ? row_parts<Cell>(B0, Hs, G, proj) : 1;
   auto walk_steps = [&](int64_t i0, int64_t i1) {
     for (int64_t i = i0; i < i1;) {
       load_chunk(i);
+      if (P > 1) {  // up to the next chunk of A
+        const int64_t j = p.ws_steps > 0 ? std::min(i1, (i / p.ws_steps + 1) * p.ws_steps) : i1;
+        rows_walk(i, j, P);
+        i = j;
+        continue;
+      }
       const int parts = step_parts(i);
       if (parts == 1) {
         step(i++);
@@ -469,8 +531,9 @@ int64_t backward_recurrence(const Cell& cell, const RnnShape& s, const StepSched
   const T beta_direct = Cell::kDirectGrad ? T(1) : T(0);
   auto step_at = [&](int64_t i) { return reverse ? i : T_ - 1 - i; };
   // dG of step t over units [c0, c1); g (or dm) holds the grad of h_t.
-  auto step_grad = [&](int64_t t, int64_t c0, int64_t c1) {
-    for (int64_t r = 0; r < sched.batch[t]; ++r) {
+  // (Rows r0, r0 + stride, ... only: the row split, row_parts.)
+  auto step_grad = [&](int64_t t, int64_t c0, int64_t c1, int64_t r0 = 0, int64_t stride = 1) {
+    for (int64_t r = r0; r < sched.batch[t]; r += stride) {
       const int64_t row = sched.offset[t] + r;
       const int64_t pr = prev.row(t, r);
       CellRow<T> cr;
@@ -558,7 +621,31 @@ int64_t backward_recurrence(const Cell& cell, const RnnShape& s, const StepSched
   // Iterations [i0, i1): runs split into the same number of unit parts in
   // one parallel region each, with a barrier between iterations (the next
   // one's GEMM reads every unit's dG: walk_unit_parts).
+  // With the batch rows dealt among P threads (row_parts, as the forward):
+  // each walks every iteration on its rows q, q + P, ...
+  const int P = row_parts<Cell>(B0, Hs, G, proj);
+  auto row_iteration = [&](int64_t i, int64_t q) {
+    const int64_t t = step_at(i);
+    const int64_t b = sched.batch[t];
+    if (b > q) {
+      const int64_t n = (b - q + P - 1) / P;
+      const T* d = dg + (sched.offset[t] + q) * ld_dg;
+      small_gemm(d, p.w_hh, g + q * Hs, n, L.sum_cols(), Hs, Cell::kDirectGrad,
+                 Ld{P * ld_dg, Hs, P * Hs});
+      if (L.rest_cols() > 0)
+        small_gemm(d + L.rest_at(), p.w_hh + L.sum_cols() * Hs, g + q * Hs, n, L.rest_cols(), Hs,
+                   true, Ld{P * ld_dg, Hs, P * Hs});
+    }
+    if (i + 1 < T_) step_grad(step_at(i + 1), 0, H, q, P);
+  };
   auto walk_iterations = [&](int64_t i0, int64_t i1) {
+    if (P > 1) {
+      at::parallel_for(0, P, 1, [&](int64_t q0, int64_t q1) {
+        for (int64_t q = q0; q < q1; ++q)
+          for (int64_t i = i0; i < i1; ++i) row_iteration(i, q);
+      });
+      return;
+    }
     for (int64_t i = i0; i < i1;) {
       const int parts = iteration_parts(i);
       if (parts == 1) {
