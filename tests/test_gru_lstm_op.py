@@ -180,71 +180,18 @@ def test_runs_of_split_small_steps(packed, reverse, threads, cell):
 # (GRU/LSTM inference overlaps up to 32 steps; beyond, A is made per 32-step
 # chunk instead), against torch's modules in float64.
 OVERLAP_IH = {"RNN": (128, 128), "GRU": (128, 128), "LSTM": (96, 96)}  # (I, H)
-@pytest.mark.parametrize("cell", ["RNN", "GRU", "LSTM"])
-@pytest.mark.parametrize("T", [30, 41])
-@pytest.mark.parametrize("packed", [False, True])
-@pytest.mark.parametrize("grad", [False, True])
-def test_input_gemm_overlapped_with_the_walk(grad, packed, T, cell):
+def module_matches_torch_on_threads(cell, I, H, x, lengths, packed, grad, threads):
+    """rnnattn's bidirectional module `cell` (RNN/GRU/LSTM) against torch's
+    with the same weights, in float64 at 1e-10: outputs, final states and,
+    with grad, the grads of the input and every weight. rnnattn's forward and
+    backward run on `threads` threads; the batch is packed (unsorted, these
+    lengths) or padded."""
     import rnnattn
     from torch.nn.utils.rnn import pack_padded_sequence
 
-    torch.manual_seed(0)
-    B, (I, H) = 8, OVERLAP_IH[cell]
     ours = getattr(rnnattn, cell)(I, H, bidirectional=True).double()
     ref = getattr(torch.nn, cell)(I, H, bidirectional=True).double()
     ref.load_state_dict(ours.state_dict())
-    x = torch.randn(T, B, I, dtype=torch.float64)
-    lengths = torch.tensor([T, T - 3, T, 5, T - 1, 1, T - 7, 9])
-
-    def call(module, xin):
-        inp = pack_padded_sequence(xin, lengths, enforce_sorted=False) if packed else xin
-        out, state = module(inp)
-        out = out.data if packed else out
-        return [out] + (list(state) if isinstance(state, tuple) else [state])
-
-    prev = torch.get_num_threads()
-    torch.set_num_threads(2)
-    try:
-        xo = x.clone().requires_grad_(grad)
-        with torch.set_grad_enabled(grad):
-            outs = call(ours, xo)
-    finally:
-        torch.set_num_threads(prev)
-    xr = x.clone().requires_grad_(grad)
-    with torch.set_grad_enabled(grad):
-        routs = call(ref, xr)
-    for o, r in zip(outs, routs):
-        torch.testing.assert_close(o, r, rtol=1e-10, atol=1e-10)
-    if grad:
-        ws = [torch.randn_like(r) for r in routs]
-        g = torch.autograd.grad(sum((o * w).sum() for o, w in zip(outs, ws)), [xo, *ours.parameters()])
-        rg = torch.autograd.grad(sum((r * w).sum() for r, w in zip(routs, ws)), [xr, *ref.parameters()])
-        for a, b in zip(g, rg):
-            torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-10)
-
-
-# From 16 rows a step, small steps are walked with the batch rows dealt
-# round-robin among the threads, each thread walking every step on its own
-# rows (recurrence.h, row_parts), forward and backward. Batches of 20 and
-# 24 rows on 2 and 3 threads (2 or 3 row sets), padded and packed (unsorted,
-# sequences ending at different steps in every row set), both directions,
-# T past one 32-step chunk of A (inference), with and without grad, against
-# torch's modules in float64; H not a multiple of the vector width.
-@pytest.mark.parametrize("cell", ["RNN", "GRU", "LSTM"])
-@pytest.mark.parametrize("B,threads", [(20, 2), (24, 3)])
-@pytest.mark.parametrize("packed", [False, True])
-@pytest.mark.parametrize("grad", [False, True])
-def test_batch_rows_walked_on_separate_threads(grad, packed, B, threads, cell):
-    import rnnattn
-    from torch.nn.utils.rnn import pack_padded_sequence
-
-    torch.manual_seed(0)
-    T, I, H = 37, 6, {"RNN": 70, "GRU": 45, "LSTM": 37}[cell]
-    ours = getattr(rnnattn, cell)(I, H, bidirectional=True).double()
-    ref = getattr(torch.nn, cell)(I, H, bidirectional=True).double()
-    ref.load_state_dict(ours.state_dict())
-    x = torch.randn(T, B, I, dtype=torch.float64)
-    lengths = torch.tensor([T - (5 * k) % 23 for k in range(B)])
 
     def call(module, xin):
         inp = pack_padded_sequence(xin, lengths, enforce_sorted=False) if packed else xin
@@ -273,6 +220,37 @@ def test_batch_rows_walked_on_separate_threads(grad, packed, B, threads, cell):
         rg = torch.autograd.grad(sum((r * w).sum() for r, w in zip(routs, ws)), [xr, *ref.parameters()])
         for a, b in zip(g, rg):
             torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-10)
+
+
+@pytest.mark.parametrize("cell", ["RNN", "GRU", "LSTM"])
+@pytest.mark.parametrize("T", [30, 41])
+@pytest.mark.parametrize("packed", [False, True])
+@pytest.mark.parametrize("grad", [False, True])
+def test_input_gemm_overlapped_with_the_walk(grad, packed, T, cell):
+    torch.manual_seed(0)
+    B, (I, H) = 8, OVERLAP_IH[cell]
+    x = torch.randn(T, B, I, dtype=torch.float64)
+    lengths = torch.tensor([T, T - 3, T, 5, T - 1, 1, T - 7, 9])
+    module_matches_torch_on_threads(cell, I, H, x, lengths, packed, grad, threads=2)
+
+
+# From 16 rows a step, small steps are walked with the batch rows dealt
+# round-robin among the threads, each thread walking every step on its own
+# rows (recurrence.h, row_parts), forward and backward. Batches of 20 and
+# 24 rows on 2 and 3 threads (2 or 3 row sets), padded and packed (unsorted,
+# sequences ending at different steps in every row set), both directions,
+# T past one 32-step chunk of A (inference), with and without grad, against
+# torch's modules in float64; H not a multiple of the vector width.
+@pytest.mark.parametrize("cell", ["RNN", "GRU", "LSTM"])
+@pytest.mark.parametrize("B,threads", [(20, 2), (24, 3)])
+@pytest.mark.parametrize("packed", [False, True])
+@pytest.mark.parametrize("grad", [False, True])
+def test_batch_rows_walked_on_separate_threads(grad, packed, B, threads, cell):
+    torch.manual_seed(0)
+    T, I, H = 37, 6, {"RNN": 70, "GRU": 45, "LSTM": 37}[cell]
+    x = torch.randn(T, B, I, dtype=torch.float64)
+    lengths = torch.tensor([T - (5 * k) % 23 for k in range(B)])
+    module_matches_torch_on_threads(cell, I, H, x, lengths, packed, grad, threads)
 
 
 def test_packed_final_states_are_each_sequence_end():
