@@ -20,7 +20,7 @@
 //
 // Backward: only dh (and the LSTM's dc) are sequential: the cell turns dh
 // into the step's gate grads dG, and dh_{t-1} = [dh z +] dR W_hh, split by
-// hidden units like the forward. dX, dW_ih, dW_hh and the bias grads are one
+// batch rows or hidden units like the forward. dX, dW_ih, dW_hh and the bias grads are one
 // GEMM / reduction each over all N rows afterwards. Nothing is allocated
 // inside the time loop.
 //
@@ -311,9 +311,11 @@ T* forward_layer(const Cell& cell, const RnnShape& s, const StepSchedule& sched,
   // Rows whose sequence ended at the step before i hold their final state
   // in cur only; copy their units [c0, c1) so both buffers agree on every
   // row not updated from here on (rows not yet started hold hx in both).
-  auto carry_ended = [&](const At& a, int64_t i, const T* cur, T* nxt, int64_t c0, int64_t c1) {
+  // (Rows q, q + P, ... only: the row split, row_parts.)
+  auto carry_ended = [&](const At& a, int64_t i, const T* cur, T* nxt, int64_t c0, int64_t c1,
+                         int64_t q = 0, int64_t P = 1) {
     const int64_t b_prev = i == 0 ? s.batch : sched.batch[reverse ? a.t + 1 : a.t - 1];
-    for (int64_t r = a.b; r < b_prev; ++r)
+    for (int64_t r = a.b + ((q - a.b) % P + P) % P; r < b_prev; r += P)
       std::copy(cur + r * Hs + c0, cur + r * Hs + c1, nxt + r * Hs + c0);
   };
   // Units [c0, c1) of rows r0, r0 + stride, ... below a.b.
@@ -393,16 +395,11 @@ T* forward_layer(const Cell& cell, const RnnShape& s, const StepSchedule& sched,
     }
     std::swap(cur, nxt);
   };
-  // Walk steps [i0, i1): runs of small steps split into the same number of
-  // unit parts (within one chunk of A) in one parallel region each, with a
-  // barrier between steps (walk_unit_parts), the other steps one by one.
   // Step i on the rows q, q + P, ... (row_parts): their own carried rows,
   // one small_gemm over all gates with rows P apart, their pointwise step.
   auto row_step = [&](int64_t i, int64_t q, int64_t P, const T* cur, T* nxt) {
     const At a = at(i);
-    const int64_t b_prev = i == 0 ? s.batch : sched.batch[reverse ? a.t + 1 : a.t - 1];
-    for (int64_t r = a.b + ((q - a.b) % P + P) % P; r < b_prev; r += P)
-      std::copy(cur + r * Hs, cur + (r + 1) * Hs, nxt + r * Hs);
+    carry_ended(a, i, cur, nxt, 0, Hs, q, P);
     if (a.b <= q) return;
     const int64_t n = (a.b - q + P - 1) / P;
     small_gemm(cur + q * Hs, p.w_hh_t, a.ws + q * p.ld_ws, n, Hs, L.sum_cols(), true,
@@ -425,6 +422,11 @@ T* forward_layer(const Cell& cell, const RnnShape& s, const StepSchedule& sched,
     });
     if ((i1 - i0) % 2 == 1) std::swap(cur, nxt);
   };
+  // Walk steps [i0, i1): with the rows split (row_parts), every chunk of A
+  // in one parallel region; else runs of small steps split into the same
+  // number of unit parts (within one chunk of A) in one parallel region
+  // each, with a barrier between steps (walk_unit_parts), the other steps
+  // one by one.
   const int P = p.w_hh_t ? row_parts<Cell>(B0, Hs, G, proj) : 1;
   auto walk_steps = [&](int64_t i0, int64_t i1) {
     for (int64_t i = i0; i < i1;) {

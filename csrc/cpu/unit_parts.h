@@ -1,6 +1,6 @@
-// Splitting a step's hidden units across threads (recurrence.h): one step
-// at a time (for_unit_parts, a fork/join each), or a run of steps in one
-// parallel region with a barrier between steps (walk_unit_parts).
+// Splitting a run of steps' hidden units across threads (recurrence.h): one
+// parallel region for the run, with a barrier between steps
+// (walk_unit_parts).
 #pragma once
 
 #include <ATen/Parallel.h>
@@ -16,19 +16,6 @@ namespace rnnattn::cpu {
 // 64-byte line of floats). Slice q is [q * width, min(H, (q + 1) * width)).
 inline int64_t unit_slice_width(int parts, int64_t H) {
   return ((H + parts - 1) / parts + 15) / 16 * 16;
-}
-
-// Runs f(c0, c1) on `parts` slices of the H units, one task each.
-template <typename F>
-void for_unit_parts(int parts, int64_t H, const F& f) {
-  if (parts <= 1) return f(int64_t(0), H);
-  const int64_t width = unit_slice_width(parts, H);
-  at::parallel_for(0, parts, 1, [&](int64_t p0, int64_t p1) {
-    for (int64_t q = p0; q < p1; ++q) {
-      const int64_t c0 = q * width, c1 = std::min(H, c0 + width);
-      if (c0 < c1) f(c0, c1);
-    }
-  });
 }
 
 // A barrier for the threads of one at::parallel_for over `total` tasks:
@@ -65,7 +52,7 @@ class StepBarrier {
 };
 
 // Runs f(i, c0, c1) for the steps i of [i0, i1) in order, each on the
-// `parts` unit slices of for_unit_parts, with one parallel region for all
+// `parts` unit slices (unit_slice_width), with one parallel region for all
 // the steps instead of one a step: each task walks every step on its slice
 // and waits at a barrier before the next (which reads what every slice of
 // this one wrote). Measured on a 2-core Intel Xeon, LSTM (16,100,64,128),
