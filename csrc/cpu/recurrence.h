@@ -122,7 +122,8 @@ bool small_step(int64_t rows, int64_t k, int64_t n) {
 // step takes half the time there, and splitting it no longer repays its
 // fixed costs (the barrier, each core reading the half of the state the
 // other wrote). Measured on a 2-core Intel Xeon (AVX-512), 2 threads,
-// single-threaded steps (with the input GEMMs on the other core,
+// before the row split (row_parts, which now takes batches of 16 rows and
+// more), single-threaded steps (with the input GEMMs on the other core,
 // overlap_steps) against split ones: LSTM (16,100,64,128) fwd 2.78 -> 2.54
 // ms, fwd+bwd 7.37 -> 6.19; LSTM (32,100,64,128) (2^21 multiply-adds a
 // step, the most a small step has) fwd 5.0 ms both, fwd+bwd 13.6 -> 12.2;
