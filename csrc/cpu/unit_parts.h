@@ -59,7 +59,8 @@ class StepBarrier {
 // see benchmarks/OPTIMISATIONS.md. The barrier needs every thread of the
 // region running at once, which OpenMP's teams guarantee; other parallel
 // backends take a fork/join a step. f must not throw: a task that left
-// would leave the others waiting.
+// would leave the others waiting. parts >= 2 (callers run a single part
+// themselves).
 template <typename F>
 void walk_unit_parts(int parts, int64_t H, int64_t i0, int64_t i1, const F& f) {
   const int64_t width = unit_slice_width(parts, H);
@@ -70,24 +71,17 @@ void walk_unit_parts(int parts, int64_t H, int64_t i0, int64_t i1, const F& f) {
     }
   };
 #if AT_PARALLEL_OPENMP
-  if (parts > 1) {
-    StepBarrier barrier(parts);
-    at::parallel_for(0, parts, 1, [&](int64_t p0, int64_t p1) {
-      for (int64_t i = i0; i < i1; ++i) {
-        slices(i, p0, p1);
-        if (i + 1 < i1) barrier.arrive_and_wait(p1 - p0);
-      }
-    });
-    return;
-  }
-#endif
-  for (int64_t i = i0; i < i1; ++i) {
-    if (parts <= 1) {
-      f(i, int64_t(0), H);
-    } else {
-      at::parallel_for(0, parts, 1, [&](int64_t p0, int64_t p1) { slices(i, p0, p1); });
+  StepBarrier barrier(parts);
+  at::parallel_for(0, parts, 1, [&](int64_t p0, int64_t p1) {
+    for (int64_t i = i0; i < i1; ++i) {
+      slices(i, p0, p1);
+      if (i + 1 < i1) barrier.arrive_and_wait(p1 - p0);
     }
-  }
+  });
+#else
+  for (int64_t i = i0; i < i1; ++i)
+    at::parallel_for(0, parts, 1, [&](int64_t p0, int64_t p1) { slices(i, p0, p1); });
+#endif
 }
 
 }  // namespace rnnattn::cpu
