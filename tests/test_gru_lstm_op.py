@@ -148,6 +148,21 @@ def test_step_paths_and_thread_splits(packed, reverse, dtype, threads, cell):
     check_on_threads(cell, args, reverse, threads, dtype)
 
 
+# A cell's large steps pack W_hh with MKL (float32 only) where the packed
+# operands fit the call's budget (recurrence.h, packed_rows). On one thread
+# at H = 259 a forward packs 3 (GRU) or 4 (LSTM) operands of about 9 MiB
+# each; its budget, the reserve, is 4H or 5H values a row: these 7700-8200
+# rows hold 32-42 MB. Packed input: the later steps have fewer rows than the
+# packed operand's and call sgemm instead.
+@pytest.mark.parametrize("cell", ["gru", "lstm"])
+@pytest.mark.parametrize("reverse", [False, True])
+@pytest.mark.parametrize("packed", [False, True])
+def test_large_steps_with_w_hh_packed(packed, reverse, cell):
+    lengths = [64] * 100 + list(range(60, 32, -1)) if packed else None
+    args = make_case(cell, 64, 128, 7, BIG_H, lengths=lengths)
+    check_on_threads(cell, args, reverse, 1, torch.float32)
+
+
 # Small steps of at least 2^19 multiply-adds split their units across the
 # threads (recurrence.h, small_parts), and a run of them is walked in one
 # parallel region with a barrier between steps (unit_parts.h,
@@ -535,7 +550,9 @@ torch.manual_seed(0)
 torch.set_num_threads(2)  # the small steps' unit split (B=8, H=128) runs in parts
 for cell in ("gru", "lstm"):
     # (T, B): the small-step path; under 4 rows in all, W_hh read as stored (small_gemm_nt)
-    for (T, B, H) in [(5, 3, 7), (5, 3, 64), (5, 3, 65), (1, 1, 37), (1, 3, 20), (4, 8, 128)]:
+    # (4, 12, 259): large steps, split by units (BLAS calls, then the build's pointwise)
+    for (T, B, H) in [(5, 3, 7), (5, 3, 64), (5, 3, 65), (1, 1, 37), (1, 3, 20), (4, 8, 128),
+                      (4, 12, 259)]:
         for dtype in (torch.float64, torch.float32):
             for reverse in (False, True):
                 args = make_case(cell, T, B, 4, H, dtype)

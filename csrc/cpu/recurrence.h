@@ -160,26 +160,32 @@ int row_parts(int64_t B0, int64_t Hs, int64_t G, bool proj) {
   return static_cast<int>(std::min<int64_t>(at::get_num_threads(), B0 / kRowBlockMin));
 }
 
-// The row count for which the recurrent GEMMs pack W_hh once per call (0:
-// never). A packed operand saves the re-pack of W_hh's slice that every
-// sgemm call does (measured for the Elman RNN: 1.18 -> 0.87 ms per step at
-// (B, H) = (64, 1024), 2 threads), but MKL's packed operand costs about
-// 5 MiB beyond the weights it holds, whatever their size, and the engine
-// packs one per gate block (or block of gate grads) and thread. So a cell of
-// several gate blocks packs only when that stays within half of the
-// activations the call keeps anyway (act_bytes); small layers then call
-// sgemm, which packs into MKL's own reused buffer. (The Elman RNN keeps its
-// measured choice: always.)
+// The row count for which the large steps' recurrent GEMMs pack W_hh once
+// per call into MKL's packed operand (0: never; each sgemm call then
+// re-packs its slice of W_hh). The Elman RNN always packs (measured: 1.18 ->
+// 0.87 ms a step at (B, H) = (64, 1024), 2 threads). But MKL's operand costs
+// 9-27 MiB whatever the slice's size (a 2 MiB slice: 11 MiB), and a cell
+// packs one per gate block (or block of gate grads) and thread: 88 MiB for
+// an LSTM at H = 1024 on 2 threads. So a cell packs only within a budget of
+// bytes: in the forward, the reserve a training call keeps (s.rows rows of
+// kWsBlocks * H), training or not; in the backward, half of the gate grads
+// it holds, since its peak is the call's. And only from kPackMinSteps steps,
+// where a pack (about a step's time) is repaid. Measured on an Intel Xeon
+// (AVX-512), 2 threads, (64,100,512,1024), from a budget of half the
+// activations in both directions: LSTM fwd 353 -> 302 ms (nn.LSTM 297-302),
+// peak 58 -> 147 MiB (nn.LSTM 153); GRU fwd 248 -> 223, fwd+bwd 749 -> 740.
+constexpr int64_t kPackMinSteps = 4;
 template <typename T, typename Cell>
-int64_t packed_rows(int64_t full_rows, int64_t n, int64_t k, int blocks, int parts,
-                    int64_t act_bytes) {
+int64_t packed_rows(int64_t steps, int64_t full_rows, int64_t n, int64_t k, int blocks,
+                    int parts, int64_t budget) {
   if (Cell::kGates == 1) return full_rows;
   if constexpr (std::is_same_v<T, float>) {
-    if (cblas_sgemm_pack_get_size == nullptr || full_rows > INT32_MAX) return 0;
+    if (steps < kPackMinSteps || cblas_sgemm_pack_get_size == nullptr || full_rows > INT32_MAX)
+      return 0;
     const int64_t slice = (n + parts - 1) / parts;
     const int64_t bytes = static_cast<int64_t>(
         cblas_sgemm_pack_get_size(162 /* B matrix */, int(full_rows), int(slice), int(k)));
-    return int64_t(blocks) * parts * bytes <= act_bytes / 2 ? full_rows : 0;
+    return int64_t(blocks) * parts * bytes <= budget ? full_rows : 0;
   }
   return 0;  // only float has a packed GEMM
 }
@@ -271,9 +277,9 @@ T* forward_layer(const Cell& cell, const RnnShape& s, const StepSchedule& sched,
   if (!proj && !small_step<Cell>(B0, Hs, G)) {
     const int parts = recurrent_parts(B0 * Hs * G, H);
     rec.reserve(Cell::kGates);
-    const int64_t act_bytes = s.rows * p.ld_ws * int64_t(sizeof(T));
+    const int64_t reserve_bytes = s.rows * Cell::kWsBlocks * H * int64_t(sizeof(T));
     const int64_t pack =
-        p.pack ? packed_rows<T, Cell>(B0, H, Hs, Cell::kGates, parts, act_bytes) : 0;
+        p.pack ? packed_rows<T, Cell>(T_, B0, H, Hs, Cell::kGates, parts, reserve_bytes) : 0;
     for (int g = 0; g < Cell::kGates; ++g)
       rec.emplace_back(p.w_hh + g * H * Hs, /*trans=*/true, pack, H, Hs, parts);
   }
@@ -523,10 +529,12 @@ int64_t backward_recurrence(const Cell& cell, const RnnShape& s, const StepSched
   std::vector<RecurrentGemm<T>> rec;
   if (!proj && !small_step<Cell>(B0, Hs, G)) {
     const int parts = recurrent_parts(B0 * Hs * G, H);
-    const int64_t act_bytes = s.rows * ld_dg * int64_t(sizeof(T));
     const int blocks = L.rest_cols() > 0 ? 2 : 1;
+    const int64_t grad_bytes = s.rows * ld_dg * int64_t(sizeof(T));
     const int64_t pack =
-        p.pack ? packed_rows<T, Cell>(B0, Hs, L.sum_cols(), blocks, parts, act_bytes) : 0;
+        p.pack ? packed_rows<T, Cell>(T_, B0, Hs, L.sum_cols(), blocks, parts, grad_bytes / 2)
+               : 0;
+    rec.reserve(2);
     rec.emplace_back(p.w_hh, /*trans=*/false, pack, Hs, L.sum_cols(), parts);
     if (L.rest_cols() > 0)
       rec.emplace_back(p.w_hh + L.sum_cols() * Hs, /*trans=*/false, pack, Hs, L.rest_cols(), parts);
