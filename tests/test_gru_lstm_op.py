@@ -575,3 +575,18 @@ def test_every_isa_build_matches_reference(isa):
     sigmoid/tanh; RNNATTN_CPU_ISA forces one): the GRU and LSTM must agree
     with the reference there."""
     run_under_isa(isa, BASELINE_ISA_CHECK, "checked")
+
+
+# On 2 threads, where dW_hh's multiply-adds are within 1.5x of dX's and
+# dW_ih's together (Hs against 2I a row), the backward runs dW_hh on one
+# thread and dX, dW_ih and the bias grads on the other (recurrence.h,
+# side_by_side): here 2I = 38 against H = 37, padded and packed (unsorted),
+# against torch's modules in float64, every grad.
+@pytest.mark.parametrize("cell", ["RNN", "GRU", "LSTM"])
+@pytest.mark.parametrize("packed", [False, True])
+def test_weight_grads_side_by_side_on_two_threads(packed, cell):
+    torch.manual_seed(0)
+    T, B, I, H = 9, 5, 19, 37
+    x = torch.randn(T, B, I, dtype=torch.float64)
+    lengths = torch.tensor([7, 9, 2, 9, 5])
+    module_matches_torch_on_threads(cell, I, H, x, lengths, packed, True, threads=2)
