@@ -171,9 +171,11 @@ int row_parts(int64_t B0, int64_t Hs, int64_t G, bool proj) {
 // kWsBlocks * H), training or not; in the backward, half of the gate grads
 // it holds, since its peak is the call's. And only from kPackMinSteps steps,
 // where a pack (about a step's time) is repaid. Measured on an Intel Xeon
-// (AVX-512), 2 threads, (64,100,512,1024), from a budget of half the
-// activations in both directions: LSTM fwd 353 -> 302 ms (nn.LSTM 297-302),
-// peak 58 -> 147 MiB (nn.LSTM 153); GRU fwd 248 -> 223, fwd+bwd 749 -> 740.
+// (AVX-512), 2 threads, (64,100,512,1024), against the forward's earlier
+// budget (half the activations the call holds, which inference's chunked
+// reserve never met): LSTM fwd 353-362 -> 302 ms in alternating processes;
+// in the benchmark LSTM fwd 334 -> 290 ms (nn.LSTM 288), peak 58 -> 147 MiB
+// (nn.LSTM 153), GRU fwd 248 -> 223 ms, fwd+bwd 749 -> 740.
 constexpr int64_t kPackMinSteps = 4;
 template <typename T, typename Cell>
 int64_t packed_rows(int64_t steps, int64_t full_rows, int64_t n, int64_t k, int blocks,
