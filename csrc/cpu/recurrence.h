@@ -757,15 +757,17 @@ void input_grads(const RnnShape& s, const LayerPtrs<T>& p, const T* dg, int64_t 
 }
 
 // Whether the backward's weight grad GEMMs after the walk run as two
-// single-threaded halves side by side (beside): dW_hh on one thread, dX,
-// dW_ih and the bias grads on the other, instead of each GEMM split across
+// single-threaded halves side by side (beside): dW_hh and the bias grads on
+// one thread, dX and dW_ih on the other, instead of each GEMM split across
 // both threads. On two threads, where the halves' multiply-adds (per row of
 // dG: Hs for dW_hh, `input_work` = 2I for dX and dW_ih) are within 1.5x of
 // each other: a GEMM of a few hundred rows gains only 1.4-1.8x from a second
 // thread. Measured on an Intel Xeon (AVX-512), LSTM (16,100,64,128): torch
 // matmul on 2 threads, dX 0.50 ms, dW_ih 0.51, dW_hh 0.79; on 1 thread 0.68,
-// 0.80, 1.44; the layer's GEMM phase 2.4-2.6 -> 2.1-2.2 ms. (With more
-// threads each half would leave the others idle.)
+// 0.80, 1.44. In the layer, side by side: dW_hh 1.7 ms, dX and dW_ih 1.9,
+// the bias grads 0.16 (on the dW_hh side, which is shorter); the GEMM phase
+// 2.4-2.6 -> about 1.9-2.2 ms. (With more threads each half would leave the
+// others idle.)
 inline bool side_by_side(int64_t input_work, int64_t Hs) {
   if (at::get_num_threads() != 2 || at::in_parallel_region() || input_work == 0) return false;
   return 2 * std::max(input_work, Hs) <= 3 * std::min(input_work, Hs);
@@ -785,32 +787,31 @@ void backward_gemms(const RnnShape& s, const StepSchedule& sched, const LayerPtr
                     bool reverse, bool accumulate, bool input_done = false) {
   const CellLayout<Cell> L{s.hidden};
   const int64_t G = L.gates(), N = s.rows, Hs = s.state;
+  auto input = [&] {
+    if (!input_done) input_grads<T, Cell>(s, p, dg, ld_dg, dx, dw_ih, 0, N, accumulate);
+  };
+  if (dw_ih == nullptr) return input();
   auto recurrent = [&] {
     recurrent_weight_grad(s, sched, p.hx, p.out, p.ld_out, dg, ld_dg, L.sum_cols(), dw_hh, reverse,
                           accumulate);
     if (L.rest_cols() > 0)
       recurrent_weight_grad(s, sched, p.hx, p.out, p.ld_out, dg + L.rest_at(), ld_dg,
                             L.rest_cols(), dw_hh + L.sum_cols() * Hs, reverse, accumulate);
-  };
-  auto rest = [&] {
-    if (!input_done) input_grads<T, Cell>(s, p, dg, ld_dg, dx, dw_ih, 0, N, accumulate);
-    if (dw_ih == nullptr) return;
     column_sums(dg, ld_dg, N, G, db_ih, accumulate);
     if (db_hh != nullptr) {
       std::copy(db_ih, db_ih + L.sum_cols(), db_hh);  // equal in the summed gates
       column_sums(dg + L.rest_at(), ld_dg, N, L.rest_cols(), db_hh + L.sum_cols(), accumulate);
     }
   };
-  if (dw_ih == nullptr) return rest();
   if (side_by_side(input_done ? 0 : 2 * s.input, Hs)) {
     beside(
         [&] {
           SerialBlasGuard serial(true);
           recurrent();
         },
-        rest);
+        input);
   } else {
-    rest();
+    input();
     recurrent();
   }
 }
