@@ -195,22 +195,27 @@ def test_runs_of_split_small_steps(packed, reverse, threads, cell):
 # (GRU/LSTM inference overlaps up to 32 steps; beyond, A is made per 32-step
 # chunk instead), against torch's modules in float64.
 OVERLAP_IH = {"RNN": (128, 128), "GRU": (128, 128), "LSTM": (96, 96)}  # (I, H)
-def module_matches_torch_on_threads(cell, I, H, x, lengths, packed, grad, threads):
+def module_matches_torch_on_threads(cell, I, H, x, lengths, packed, grad, threads, h0=False):
     """rnnattn's bidirectional module `cell` (RNN/GRU/LSTM) against torch's
     with the same weights, in float64 at 1e-10: outputs, final states and,
     with grad, the grads of the input and every weight. rnnattn's forward and
     backward run on `threads` threads; the batch is packed (unsorted, these
-    lengths) or padded."""
+    lengths) or padded; the initial state random (h0) or zero."""
     import rnnattn
     from torch.nn.utils.rnn import pack_padded_sequence
 
     ours = getattr(rnnattn, cell)(I, H, bidirectional=True).double()
     ref = getattr(torch.nn, cell)(I, H, bidirectional=True).double()
     ref.load_state_dict(ours.state_dict())
+    state0 = None
+    if h0:
+        state0 = torch.randn(2, x.shape[1], H, dtype=x.dtype)
+        if cell == "LSTM":
+            state0 = (state0, torch.randn(2, x.shape[1], H, dtype=x.dtype))
 
     def call(module, xin):
         inp = pack_padded_sequence(xin, lengths, enforce_sorted=False) if packed else xin
-        out, state = module(inp)
+        out, state = module(inp, state0)
         out = out.data if packed else out
         return [out] + (list(state) if isinstance(state, tuple) else [state])
 
@@ -254,18 +259,20 @@ def test_input_gemm_overlapped_with_the_walk(grad, packed, T, cell):
 # rows (recurrence.h, row_parts), forward and backward. Batches of 20 and
 # 24 rows on 2 and 3 threads (2 or 3 row sets), padded and packed (unsorted,
 # sequences ending at different steps in every row set), both directions,
-# T past one 32-step chunk of A (inference), with and without grad, against
-# torch's modules in float64; H not a multiple of the vector width.
+# T past one 32-step chunk of A (inference), with and without grad, h0 zero
+# or given, against torch's modules in float64; H not a multiple of the
+# vector width.
 @pytest.mark.parametrize("cell", ["RNN", "GRU", "LSTM"])
 @pytest.mark.parametrize("B,threads", [(20, 2), (24, 3)])
 @pytest.mark.parametrize("packed", [False, True])
 @pytest.mark.parametrize("grad", [False, True])
-def test_batch_rows_walked_on_separate_threads(grad, packed, B, threads, cell):
+@pytest.mark.parametrize("h0", [False, True])
+def test_batch_rows_walked_on_separate_threads(h0, grad, packed, B, threads, cell):
     torch.manual_seed(0)
     T, I, H = 37, 6, {"RNN": 70, "GRU": 45, "LSTM": 37}[cell]
     x = torch.randn(T, B, I, dtype=torch.float64)
     lengths = torch.tensor([T - (5 * k) % 23 for k in range(B)])
-    module_matches_torch_on_threads(cell, I, H, x, lengths, packed, grad, threads)
+    module_matches_torch_on_threads(cell, I, H, x, lengths, packed, grad, threads, h0)
 
 
 def test_packed_final_states_are_each_sequence_end():
