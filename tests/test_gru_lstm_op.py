@@ -585,8 +585,8 @@ def test_every_isa_build_matches_reference(isa):
 
 
 # On 2 threads, where dW_hh's multiply-adds are within 1.5x of dX's and
-# dW_ih's together (Hs against 2I a row), the backward runs dW_hh on one
-# thread and dX, dW_ih and the bias grads on the other (recurrence.h,
+# dW_ih's together (Hs against 2I a row), the backward runs dW_hh and the
+# bias grads on one thread and dX and dW_ih on the other (recurrence.h,
 # side_by_side): here 2I = 38 against H = 37, padded and packed (unsorted),
 # against torch's modules in float64, every grad.
 @pytest.mark.parametrize("cell", ["RNN", "GRU", "LSTM"])

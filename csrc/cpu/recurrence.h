@@ -766,10 +766,17 @@ void input_grads(const RnnShape& s, const LayerPtrs<T>& p, const T* dg, int64_t 
 // matmul on 2 threads, dX 0.50 ms, dW_ih 0.51, dW_hh 0.79; on 1 thread 0.68,
 // 0.80, 1.44. In the layer, side by side: dW_hh 1.7 ms, dX and dW_ih 1.9,
 // the bias grads 0.16 (on the dW_hh side, which is shorter); the GEMM phase
-// 2.4-2.6 -> about 1.9-2.2 ms. (With more threads each half would leave the
-// others idle.)
-inline bool side_by_side(int64_t input_work, int64_t Hs) {
-  if (at::get_num_threads() != 2 || at::in_parallel_region() || input_work == 0) return false;
+// 2.4-2.6 -> about 1.9-2.2 ms; the call, alternating both ways in one
+// process, 6.30 -> 5.71 ms. Large GEMMs gain nearly 2x from a second
+// thread, and there the halves' imbalance costs more: GRU (64,100,512,1024)
+// fwd+bwd 780 -> 808 ms. So only up to kSideBySideMaxWork multiply-adds for
+// dW_hh (1.0e8 above, 2.0e10 there). (With more threads each half would
+// leave the others idle.)
+constexpr int64_t kSideBySideMaxWork = int64_t(1) << 28;
+inline bool side_by_side(int64_t rows, int64_t gates, int64_t input_work, int64_t Hs) {
+  if (at::get_num_threads() != 2 || at::in_parallel_region() || input_work == 0 ||
+      rows * gates * Hs > kSideBySideMaxWork)
+    return false;
   return 2 * std::max(input_work, Hs) <= 3 * std::min(input_work, Hs);
 }
 
@@ -803,7 +810,7 @@ void backward_gemms(const RnnShape& s, const StepSchedule& sched, const LayerPtr
       column_sums(dg + L.rest_at(), ld_dg, N, L.rest_cols(), db_hh + L.sum_cols(), accumulate);
     }
   };
-  if (side_by_side(input_done ? 0 : 2 * s.input, Hs)) {
+  if (side_by_side(N, G, input_done ? 0 : 2 * s.input, Hs)) {
     beside(
         [&] {
           SerialBlasGuard serial(true);
