@@ -21,8 +21,9 @@
 // Backward: only dh (and the LSTM's dc) are sequential: the cell turns dh
 // into the step's gate grads dG, and dh_{t-1} = [dh z +] dR W_hh, split by
 // batch rows or hidden units like the forward. dX, dW_ih, dW_hh and the bias grads are one
-// GEMM / reduction each over all N rows afterwards. Nothing is allocated
-// inside the time loop.
+// GEMM / reduction each over all N rows afterwards (small ones on two
+// threads side by side, side_by_side). Nothing is allocated inside the time
+// loop.
 //
 // With an LSTM projection (proj_size P > 0) the state is h = m W_hr^T
 // (P wide) and each step has a second, serial GEMM; those steps run the
