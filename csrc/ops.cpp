@@ -9,6 +9,7 @@
 
 #include "cell_ops.h"
 #include "module_call.h"
+#include "cpu/blas.h"
 #include "cpu/isa.h"
 #include "stack.h"
 
@@ -129,6 +130,11 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def(
       "cpu_isa", [] { return std::string(rnnattn::cpu::isa_name(rnnattn::cpu::cpu_isa())); },
       "the build of the CPU kernels that runs here: 'avx512', 'avx2' or 'base' (csrc/cpu/isa.h)");
+  m.def(
+      "cpu_gemm",
+      [] { return std::string(rnnattn::cpu::gemm_lib_name(rnnattn::cpu::float_gemm_lib())); },
+      "the library of the CPU kernels' large float32 GEMMs: 'blas' (MKL) or 'onednn' "
+      "(csrc/cpu/blas.h)");
 #ifdef RNNATTN_WITH_CUDA
   m.attr("with_cuda") = true;
 #else

@@ -1,4 +1,6 @@
-// Row-major GEMM on raw pointers, straight into the BLAS that torch ships.
+// Row-major GEMM on raw pointers, straight into the BLAS that torch ships,
+// or, for large float32 products on CPUs that MKL does not serve well, into
+// oneDNN (float_gemm_lib below).
 //
 // Why not at::mm: the recurrence issues one small GEMM per time step, and the
 // dispatcher costs several microseconds per call, more than the GEMM itself
@@ -10,7 +12,11 @@
 #include <ATen/ATen.h>
 #include <algorithm>
 #include <cstdint>
+#include <cstdlib>
+#include <cstring>
 #include <type_traits>
+
+#include "isa.h"
 
 extern "C" {
 void sgemm_(const char* ta, const char* tb, const int* m, const int* n, const int* k,
@@ -24,6 +30,14 @@ void dgemm_(const char* ta, const char* tb, const int* m, const int* n, const in
 // MKL's per-thread override of its thread count (0 restores the global one).
 // (The lowercase name is the Fortran entry point, which takes a pointer.)
 int MKL_Set_Num_Threads_Local(int nt) __attribute__((weak));
+}
+
+// ATen's oneDNN GEMM (C = beta C + alpha A B on strided 2-D tensors; its
+// header is not installed). Weakly bound: a torch without it falls back to
+// the BLAS.
+namespace at::native {
+TORCH_API void mkldnn_matmul(const Tensor& mat1, const Tensor& mat2, const Tensor& result,
+                             float beta, float alpha) __attribute__((weak));
 }
 
 namespace rnnattn::cpu {
@@ -53,6 +67,52 @@ class SerialBlasGuard {
   int prev_;
 };
 
+// Which library runs the large float32 GEMMs (float64 always runs in the
+// BLAS). MKL, which torch's x86 wheels ship as their BLAS, runs its generic
+// kernels on CPUs other than Intel's: on a 2-core AMD EPYC (Zen 4, AVX-512)
+// perf shows mkl_blas_def_sgemm_kernel_0_zen, and float32 products ran at
+// 88-136 GFLOP/s on 2 threads where oneDNN (which picks its kernels by the
+// CPU's features, not its vendor: AVX-512 there) ran 154-195 (64 x 1024 x
+// 4096: 6.1 -> 3.5 ms; 6400 x 512 x 4096: 232 -> 148 ms). So on x86 CPUs
+// not made by Intel the products of at least kOnednnMinWork multiply-adds go
+// to oneDNN (through ATen, which shares torch's threads and primitive
+// cache); below that its per-call cost (~15 us) outweighs it.
+// RNNATTN_CPU_GEMM=blas|onednn forces one (tests run both); oneDNN is taken
+// only where this torch's oneDNN GEMM accepts float32 (a probe call).
+enum class GemmLib { kBlas, kOnednn };
+constexpr int64_t kOnednnMinWork = int64_t(1) << 23;
+
+inline bool onednn_float_gemm_works() {
+  if (at::native::mkldnn_matmul == nullptr) return false;
+  try {
+    float a = 3.f, b = 2.f, c = 0.f;
+    auto f32 = at::TensorOptions().dtype(at::kFloat);
+    at::native::mkldnn_matmul(at::from_blob(&a, {1, 1}, f32), at::from_blob(&b, {1, 1}, f32),
+                              at::from_blob(&c, {1, 1}, f32), 0.f, 1.f);
+    return c == 6.f;
+  } catch (const std::exception&) {
+    return false;
+  }
+}
+
+inline GemmLib float_gemm_lib() {
+  static const GemmLib lib = [] {
+    const char* v = std::getenv("RNNATTN_CPU_GEMM");
+    bool onednn = false;
+    if (v != nullptr && std::strcmp(v, "onednn") == 0) {
+      onednn = true;
+    } else if (v == nullptr || std::strcmp(v, "blas") != 0) {
+#if RNNATTN_X86_DISPATCH
+      onednn = !__builtin_cpu_is("intel");
+#endif
+    }
+    return onednn && onednn_float_gemm_works() ? GemmLib::kOnednn : GemmLib::kBlas;
+  }();
+  return lib;
+}
+
+inline const char* gemm_lib_name(GemmLib lib) { return lib == GemmLib::kOnednn ? "onednn" : "blas"; }
+
 // Fallback through ATen: wraps the pointers without copying.
 template <typename T>
 void gemm_aten(bool ta, bool tb, int64_t m, int64_t n, int64_t k, T alpha,
@@ -71,6 +131,21 @@ void gemm_aten(bool ta, bool tb, int64_t m, int64_t n, int64_t k, T alpha,
   }
 }
 
+// The same product through oneDNN, on views of the pointers. mkldnn_matmul
+// writes a strided C in place, but copies an operand whose rows are further
+// apart than their width (lda > k): callers that repeat a product keep
+// such an operand compact themselves (RecurrentGemm).
+inline void gemm_onednn(bool ta, bool tb, int64_t m, int64_t n, int64_t k, float alpha,
+                        const float* a, int64_t lda, const float* b, int64_t ldb, float beta,
+                        float* c, int64_t ldc) {
+  auto f32 = at::TensorOptions().dtype(at::kFloat);
+  auto A = ta ? at::from_blob(const_cast<float*>(a), {k, m}, {lda, 1}, f32).t()
+              : at::from_blob(const_cast<float*>(a), {m, k}, {lda, 1}, f32);
+  auto B = tb ? at::from_blob(const_cast<float*>(b), {n, k}, {ldb, 1}, f32).t()
+              : at::from_blob(const_cast<float*>(b), {k, n}, {ldb, 1}, f32);
+  at::native::mkldnn_matmul(A, B, at::from_blob(c, {m, n}, {ldc, 1}, f32), beta, alpha);
+}
+
 // C[m,n] = alpha * op(A)[m,k] @ op(B)[k,n] + beta * C, all row-major.
 // op(A) = A (m x k, leading dim lda) or, with ta, A^T where A is k x m.
 // beta == 0 overwrites C (NaN in C does not leak, as in BLAS).
@@ -83,6 +158,14 @@ void gemm(bool ta, bool tb, int64_t m, int64_t n, int64_t k, T alpha, const T* a
       for (int64_t j = 0; j < n; ++j)
         c[i * ldc + j] = beta == T(0) ? T(0) : beta * c[i * ldc + j];
     return;
+  }
+  if constexpr (std::is_same_v<T, float>) {
+    // mkldnn_matmul reads beta only as "add C or not".
+    if (m * n * k >= kOnednnMinWork && (beta == 0.f || beta == 1.f) &&
+        float_gemm_lib() == GemmLib::kOnednn) {
+      gemm_onednn(ta, tb, m, n, k, alpha, a, lda, b, ldb, beta, c, ldc);
+      return;
+    }
   }
   TORCH_CHECK(m <= INT32_MAX && n <= INT32_MAX && k <= INT32_MAX,
               "rnnattn: GEMM dimension exceeds the BLAS 32-bit index range");

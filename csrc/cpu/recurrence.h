@@ -163,7 +163,8 @@ int row_parts(int64_t B0, int64_t Hs, int64_t G, bool proj) {
 
 // The row count for which the large steps' recurrent GEMMs pack W_hh once
 // per call into MKL's packed operand (0: never; each sgemm call then
-// re-packs its slice of W_hh). The Elman RNN always packs (measured: 1.18 ->
+// re-packs its slice of W_hh; and never where oneDNN runs the large float32
+// GEMMs, blas.h, which multiplies by W_hh as stored). The Elman RNN always packs (measured: 1.18 ->
 // 0.87 ms a step at (B, H) = (64, 1024), 2 threads). But MKL's operand costs
 // 9-27 MiB whatever the slice's size (a 2 MiB slice: 11 MiB), and a cell
 // packs one per gate block (or block of gate grads) and thread: 88 MiB for
@@ -181,8 +182,9 @@ constexpr int64_t kPackMinSteps = 4;
 template <typename T, typename Cell>
 int64_t packed_rows(int64_t steps, int64_t full_rows, int64_t n, int64_t k, int blocks,
                     int parts, int64_t budget) {
-  if (Cell::kGates == 1) return full_rows;
   if constexpr (std::is_same_v<T, float>) {
+    if (float_gemm_lib() == GemmLib::kOnednn) return 0;  // MKL's packs only (blas.h)
+    if (Cell::kGates == 1) return full_rows;
     if (steps < kPackMinSteps || cblas_sgemm_pack_get_size == nullptr || full_rows > INT32_MAX)
       return 0;
     const int64_t slice = (n + parts - 1) / parts;

@@ -95,6 +95,11 @@ class RecurrentGemm {
         return;
       }
     }
+    if (!compact_.empty()) {
+      gemm<T>(false, false, rows, cols, k_, T(1), a, lda, compact_[p].data_ptr<T>(), cols, beta,
+              c + c0, ldc);
+      return;
+    }
     gemm<T>(false, trans_, rows, cols, k_, T(1), a, lda, slice(p), trans_ ? k_ : n_, beta, c + c0,
             ldc);
   }
@@ -105,7 +110,24 @@ class RecurrentGemm {
 
   void pack() {
     if constexpr (std::is_same_v<T, float>) {
-      if (full_rows_ <= 0 || cblas_sgemm_pack_get_size == nullptr ||
+      // oneDNN would copy a column slice of an untransposed W (its rows are
+      // n apart, not cols) at every call: each part keeps its slice compact
+      // instead, W's size in all, copied once per call.
+      if (float_gemm_lib() == GemmLib::kOnednn) {
+        if (trans_ || parts() == 1) return;
+        compact_.resize(parts());
+        for (int p = 0; p < parts(); ++p) {
+          const int64_t cols = end(p) - begin(p);
+          compact_[p] = at::empty({k_, cols}, at::kFloat);
+          float* dst = compact_[p].data_ptr<float>();
+          for (int64_t i = 0; i < k_; ++i)
+            std::copy(w_ + i * n_ + begin(p), w_ + i * n_ + end(p), dst + i * cols);
+        }
+        return;
+      }
+      // oneDNN (blas.h) multiplies by W_hh as stored.
+      if (full_rows_ <= 0 || float_gemm_lib() == GemmLib::kOnednn ||
+          cblas_sgemm_pack_get_size == nullptr ||
           cblas_sgemm_pack == nullptr || cblas_sgemm_compute == nullptr)
         return;
       constexpr int kRowMajor = 101, kNoTrans = 111, kTrans = 112, kBMatrix = 162;
@@ -132,6 +154,7 @@ class RecurrentGemm {
   int64_t full_rows_, n_, k_;
   std::vector<int64_t> bounds_;
   std::vector<at::Tensor> packed_;
+  std::vector<at::Tensor> compact_;  // oneDNN: each part's slice of an untransposed W
 };
 
 // How many column parts a step of `work` multiply-adds over H hidden units
