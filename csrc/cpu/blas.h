@@ -81,6 +81,7 @@ class SerialBlasGuard {
 // only where this torch's oneDNN GEMM accepts float32 (a probe call).
 enum class GemmLib { kBlas, kOnednn };
 constexpr int64_t kOnednnMinWork = int64_t(1) << 23;
+constexpr int64_t kOnednnMaxCopy = int64_t(1) << 18;  // floats: 1 MiB
 
 inline bool onednn_float_gemm_works() {
   if (at::native::mkldnn_matmul == nullptr) return false;
@@ -160,8 +161,15 @@ void gemm(bool ta, bool tb, int64_t m, int64_t n, int64_t k, T alpha, const T* a
     return;
   }
   if constexpr (std::is_same_v<T, float>) {
-    // mkldnn_matmul reads beta only as "add C or not".
+    // mkldnn_matmul reads beta only as "add C or not", and copies an
+    // operand whose rows are further apart than their width: only where
+    // that copy is small (a step's rows), never a whole-sequence operand
+    // (the backward's dG blocks: tens of MiB beyond the call's peak).
+    auto small_copy = [&](bool t, int64_t rows, int64_t cols, int64_t ld) {
+      return ld == (t ? rows : cols) || rows * cols <= kOnednnMaxCopy;
+    };
     if (m * n * k >= kOnednnMinWork && (beta == 0.f || beta == 1.f) &&
+        small_copy(ta, m, k, lda) && small_copy(tb, k, n, ldb) &&
         float_gemm_lib() == GemmLib::kOnednn) {
       gemm_onednn(ta, tb, m, n, k, alpha, a, lda, b, ldb, beta, c, ldc);
       return;
