@@ -395,6 +395,8 @@ def test_table_header_names_the_cpu_isa_path():
     meta = machine.describe(torch.device("cpu"), torch.float32)
     assert meta["cpu_isa_path"] == rnnattn._C.cpu_isa() in ("avx512", "avx2", "base")
     assert f"CPU kernels: {meta['cpu_isa_path']} path" in report.table([], meta)
+    assert meta["cpu_gemm_library"] == rnnattn._C.cpu_gemm() in ("blas", "onednn")
+    assert f"large float32 GEMMs: {meta['cpu_gemm_library']}" in report.table([], meta)
 
 
 def _cpu_isa_with(value):

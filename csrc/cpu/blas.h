@@ -78,7 +78,10 @@ class SerialBlasGuard {
 // to oneDNN (through ATen, which shares torch's threads and primitive
 // cache); below that its per-call cost (~15 us) outweighs it.
 // RNNATTN_CPU_GEMM=blas|onednn forces one (tests run both); oneDNN is taken
-// only where this torch's oneDNN GEMM accepts float32 (a probe call).
+// only where this torch's oneDNN GEMM accepts float32 (a probe call), and
+// not while the user has turned it off (torch.backends.mkldnn.flags). Like
+// torch's own oneDNN matmuls, it follows torch.backends.mkldnn's float32
+// precision setting (strict IEEE float32 unless the user allows bf16/tf32).
 enum class GemmLib { kBlas, kOnednn };
 constexpr int64_t kOnednnMinWork = int64_t(1) << 23;
 constexpr int64_t kOnednnMaxCopy = int64_t(1) << 18;  // floats: 1 MiB
@@ -170,7 +173,7 @@ void gemm(bool ta, bool tb, int64_t m, int64_t n, int64_t k, T alpha, const T* a
     };
     if (m * n * k >= kOnednnMinWork && (beta == 0.f || beta == 1.f) &&
         small_copy(ta, m, k, lda) && small_copy(tb, k, n, ldb) &&
-        float_gemm_lib() == GemmLib::kOnednn) {
+        float_gemm_lib() == GemmLib::kOnednn && at::globalContext().userEnabledMkldnn()) {
       gemm_onednn(ta, tb, m, n, k, alpha, a, lda, b, ldb, beta, c, ldc);
       return;
     }

@@ -28,6 +28,15 @@ def cpu_isa_path() -> str:
     return _C.cpu_isa()
 
 
+def cpu_gemm_library() -> str:
+    """The library of the CPU kernels' large float32 GEMMs in this process:
+    "blas" (MKL) or "onednn" (csrc/cpu/blas.h: oneDNN on x86 CPUs not made
+    by Intel, where MKL runs generic kernels; RNNATTN_CPU_GEMM forces one)."""
+    from rnnattn import _C
+
+    return _C.cpu_gemm()
+
+
 def _usable_cpus() -> int:
     try:
         return len(os.sched_getaffinity(0))
@@ -72,6 +81,7 @@ def describe(device: torch.device, dtype: torch.dtype) -> Dict[str, object]:
         "dtype": str(dtype).replace("torch.", ""),
         "cpu": _cpu_model(),
         "cpu_isa_path": cpu_isa_path(),
+        "cpu_gemm_library": cpu_gemm_library(),
         "cpus_usable": _usable_cpus(),
         "cpus_logical": os.cpu_count(),
         "torch_threads": torch.get_num_threads(),
