@@ -164,8 +164,8 @@ int row_parts(int64_t B0, int64_t Hs, int64_t G, bool proj) {
 // The row count for which the large steps' recurrent GEMMs pack W_hh once
 // per call into MKL's packed operand (0: never; each sgemm call then
 // re-packs its slice of W_hh; and never where oneDNN runs the large float32
-// GEMMs, blas.h, which multiplies by W_hh as stored). The Elman RNN always packs (measured: 1.18 ->
-// 0.87 ms a step at (B, H) = (64, 1024), 2 threads). But MKL's operand costs
+// GEMMs, blas.h). The Elman RNN always packs (measured: 1.18 -> 0.87 ms a
+// step at (B, H) = (64, 1024), 2 threads). But MKL's operand costs
 // 9-27 MiB whatever the slice's size (a 2 MiB slice: 11 MiB), and a cell
 // packs one per gate block (or block of gate grads) and thread: 88 MiB for
 // an LSTM at H = 1024 on 2 threads. So a cell packs only within a budget of

@@ -9,7 +9,9 @@
 // call into MKL's layout (float) and re-read from its own cache each step;
 // the step's pointwise work on those columns runs in the same task, while the
 // slice is hot, with one fork/join per step in all. Measured on the 2-core
-// dev VM: 1.18 ms (MKL, 2 threads, packed) -> 0.87 ms per step.
+// dev VM: 1.18 ms (MKL, 2 threads, packed) -> 0.87 ms per step. Where
+// oneDNN runs the large float32 GEMMs instead (blas.h), nothing is packed;
+// a column slice of an untransposed W is kept compact per part.
 #pragma once
 
 #include <ATen/ATen.h>
@@ -125,9 +127,7 @@ class RecurrentGemm {
         }
         return;
       }
-      // oneDNN (blas.h) multiplies by W_hh as stored.
-      if (full_rows_ <= 0 || float_gemm_lib() == GemmLib::kOnednn ||
-          cblas_sgemm_pack_get_size == nullptr ||
+      if (full_rows_ <= 0 || cblas_sgemm_pack_get_size == nullptr ||
           cblas_sgemm_pack == nullptr || cblas_sgemm_compute == nullptr)
         return;
       constexpr int kRowMajor = 101, kNoTrans = 111, kTrans = 112, kBMatrix = 162;
