@@ -84,7 +84,6 @@ class SerialBlasGuard {
 // precision setting (strict IEEE float32 unless the user allows bf16/tf32).
 enum class GemmLib { kBlas, kOnednn };
 constexpr int64_t kOnednnMinWork = int64_t(1) << 23;
-constexpr int64_t kOnednnMaxCopy = int64_t(1) << 18;  // floats: 1 MiB
 
 inline bool onednn_float_gemm_works() {
   if (at::native::mkldnn_matmul == nullptr) return false;
@@ -115,6 +114,13 @@ inline GemmLib float_gemm_lib() {
   return lib;
 }
 
+// Whether a float32 product of `work` multiply-adds goes to oneDNN
+// (mkldnn_matmul reads beta only as "add C or not").
+inline bool use_onednn(int64_t work, float beta) {
+  return work >= kOnednnMinWork && (beta == 0.f || beta == 1.f) &&
+         float_gemm_lib() == GemmLib::kOnednn && at::globalContext().userEnabledMkldnn();
+}
+
 inline const char* gemm_lib_name(GemmLib lib) { return lib == GemmLib::kOnednn ? "onednn" : "blas"; }
 
 // Fallback through ATen: wraps the pointers without copying.
@@ -137,8 +143,7 @@ void gemm_aten(bool ta, bool tb, int64_t m, int64_t n, int64_t k, T alpha,
 
 // The same product through oneDNN, on views of the pointers. mkldnn_matmul
 // writes a strided C in place, but copies an operand whose rows are further
-// apart than their width (lda > k): callers that repeat a product keep
-// such an operand compact themselves (RecurrentGemm).
+// apart than their width (lda > k) at every call.
 inline void gemm_onednn(bool ta, bool tb, int64_t m, int64_t n, int64_t k, float alpha,
                         const float* a, int64_t lda, const float* b, int64_t ldb, float beta,
                         float* c, int64_t ldc) {
@@ -164,16 +169,15 @@ void gemm(bool ta, bool tb, int64_t m, int64_t n, int64_t k, T alpha, const T* a
     return;
   }
   if constexpr (std::is_same_v<T, float>) {
-    // mkldnn_matmul reads beta only as "add C or not", and copies an
-    // operand whose rows are further apart than their width: only where
-    // that copy is small (a step's rows), never a whole-sequence operand
-    // (the backward's dG blocks: tens of MiB beyond the call's peak).
-    auto small_copy = [&](bool t, int64_t rows, int64_t cols, int64_t ld) {
-      return ld == (t ? rows : cols) || rows * cols <= kOnednnMaxCopy;
+    // Only with both operands compact: mkldnn_matmul would copy a strided
+    // one, and the whole-sequence operands here (the backward's dG blocks)
+    // are megabytes beyond the call's peak (the GRU's at (16,100,64,128):
+    // +0.8 MiB, over nn.GRU's). The recurrent steps allow their small
+    // copies themselves (RecurrentGemm::compute).
+    auto compact = [](bool t, int64_t rows, int64_t cols, int64_t ld) {
+      return ld == (t ? rows : cols);
     };
-    if (m * n * k >= kOnednnMinWork && (beta == 0.f || beta == 1.f) &&
-        small_copy(ta, m, k, lda) && small_copy(tb, k, n, ldb) &&
-        float_gemm_lib() == GemmLib::kOnednn && at::globalContext().userEnabledMkldnn()) {
+    if (use_onednn(m * n * k, beta) && compact(ta, m, k, lda) && compact(tb, k, n, ldb)) {
       gemm_onednn(ta, tb, m, n, k, alpha, a, lda, b, ldb, beta, c, ldc);
       return;
     }

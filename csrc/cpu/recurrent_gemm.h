@@ -97,13 +97,21 @@ class RecurrentGemm {
         return;
       }
     }
-    if (!compact_.empty()) {
-      gemm<T>(false, false, rows, cols, k_, T(1), a, lda, compact_[p].data_ptr<T>(), cols, beta,
-              c + c0, ldc);
-      return;
+    // W's slice: compact_ (oneDNN, several parts of an untransposed W), else
+    // as stored.
+    const T* w = compact_.empty() ? slice(p) : compact_[p].data_ptr<T>();
+    const int64_t ldw = !compact_.empty() ? cols : trans_ ? k_ : n_;
+    if constexpr (std::is_same_v<T, float>) {
+      // The slice is compact for oneDNN (rows of a transposed W, all of an
+      // untransposed one, or compact_). A step's rows of A may be strided
+      // (the GRU's backward reads blocks of dG): oneDNN copies them, one
+      // step's rows x k, which gemm() would not allow.
+      if (use_onednn(rows * cols * k_, beta)) {
+        gemm_onednn(false, trans_, rows, cols, k_, 1.f, a, lda, w, ldw, beta, c + c0, ldc);
+        return;
+      }
     }
-    gemm<T>(false, trans_, rows, cols, k_, T(1), a, lda, slice(p), trans_ ? k_ : n_, beta, c + c0,
-            ldc);
+    gemm<T>(false, trans_, rows, cols, k_, T(1), a, lda, w, ldw, beta, c + c0, ldc);
   }
 
  private:
