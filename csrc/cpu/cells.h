@@ -1,8 +1,10 @@
 // The three recurrent cells as policies of the one recurrence engine
 // (recurrence.h): each says how many gate blocks its weights have, how its
 // rows are laid out, and does the pointwise forward and backward of one
-// batch row over a range [c0, c1) of hidden units. Everything sequential,
-// every GEMM and every thread split is the engine's. The math and the gate
+// batch row over a range [c0, c1) of hidden units (float rows in one
+// vectorized pass, cell_kernels.h; double in the plain loops below, the
+// precision the tests check). Everything sequential, every GEMM and every
+// thread split is the engine's. The math and the gate
 // order are torch's (../shared/DESIGN.md section 3).
 //
 // Row layouts, in blocks of H columns:
@@ -20,36 +22,13 @@
 
 #include <algorithm>
 #include <cstdint>
+#include <type_traits>
 
 #include "activation.h"
+#include "cell_pointwise.h"
+#include "cell_row.h"
 
 namespace rnnattn::cpu {
-
-// One batch row's pointers for a cell's pointwise step. Forward: ws holds
-// the pre-activations (without bias) and receives the gate activations;
-// rest holds R of the gates whose A and R do not simply add (the GRU's
-// R_n: in the reserve row when training, else step scratch); h_prev is the
-// state entering the step; h_out the output row (the projection's input with
-// proj_size); h_next the next state row (null with proj_size); c the cell
-// state, updated in place, and c_keep where c_t is kept for the backward
-// (null in inference). Backward: dh is the grad of h_t (gout is added to it)
-// and receives the part of the grad of h_{t-1} that does not go through
-// W_hh; c holds dc, updated in place; dg receives the gate grads.
-template <typename T>
-struct CellRow {
-  T* ws = nullptr;
-  T* rest = nullptr;
-  T* h_out = nullptr;
-  const T* h_prev = nullptr;
-  T* h_next = nullptr;
-  T* c = nullptr;
-  T* c_keep = nullptr;
-  const T* c_prev = nullptr;
-  const T* gout = nullptr;
-  T* dh = nullptr;
-  T* dg = nullptr;
-  T* tmp = nullptr;  // H scratch values
-};
 
 // Elman RNN: h = act(A + R + b_ih + b_hh).
 struct RnnCell {
@@ -83,6 +62,7 @@ struct GruCell {
 
   template <typename T>
   void forward(const CellRow<T>& r, const T* bias, int64_t H, int64_t c0, int64_t c1) const {
+    if constexpr (std::is_same_v<T, float>) return gru_forward_f32(r, bias, H, c0, c1);
     T* rg = r.ws;
     T* zg = r.ws + H;
     T* ng = r.ws + 2 * H;
@@ -107,6 +87,7 @@ struct GruCell {
 
   template <typename T>
   void backward(const CellRow<T>& r, int64_t H, int64_t c0, int64_t c1) const {
+    if constexpr (std::is_same_v<T, float>) return gru_backward_f32(r, H, c0, c1);
     const T* rg = r.ws;
     const T* zg = r.ws + H;
     const T* ng = r.ws + 2 * H;
@@ -136,6 +117,7 @@ struct LstmCell {
 
   template <typename T>
   void forward(const CellRow<T>& r, const T* bias, int64_t H, int64_t c0, int64_t c1) const {
+    if constexpr (std::is_same_v<T, float>) return lstm_forward_f32(r, bias, H, c0, c1);
     T* ig = r.ws;
     T* fg = r.ws + H;
     T* gg = r.ws + 2 * H;
@@ -164,6 +146,7 @@ struct LstmCell {
 
   template <typename T>
   void backward(const CellRow<T>& r, int64_t H, int64_t c0, int64_t c1) const {
+    if constexpr (std::is_same_v<T, float>) return lstm_backward_f32(r, H, c0, c1);
     const T* ig = r.ws;
     const T* fg = r.ws + H;
     const T* gg = r.ws + 2 * H;

@@ -13,9 +13,11 @@
 #include <vector>
 
 #include "activation_kernels.h"
+#include "cell_kernels.h"
 #include "small_gemm_kernels.h"
 
 using rnnattn::cpu::Act;
+using rnnattn::cpu::CellRow;
 using rnnattn::cpu::Ld;
 namespace k = rnnattn::cpu::kernels;
 
@@ -115,6 +117,120 @@ void check_activations() {
   }
 }
 
+// The GRU and LSTM pointwise steps (cell_kernels.h) at N lanes on units
+// [c0, c1) of rows of H units, against the same math in double from the
+// same float inputs; every value outside [c0, c1) of every block stays as
+// it was (no access past the range, ragged tails included).
+static double sig(double z) { return 1 / (1 + std::exp(-z)); }
+
+template <int N>
+void check_cells() {
+  std::mt19937 gen(11);
+  std::uniform_real_distribution<float> u(-3, 3);
+  const double tol = 4e-6;
+  auto close = [&](const char* what, int H, int c0, int j, float got, double want) {
+    if (!(std::fabs(got - want) <= tol * (1 + std::fabs(want)))) fail(what, H, c0, j, N, got, want);
+  };
+  for (int H : {1, 7, 8, 9, 16, 17, 33, 100})
+    for (int c0 : {0, 3})
+      for (int c1 : {H - 5, H})
+        for (int keep = 0; keep < 2; ++keep) {
+          if (c0 >= c1 || c1 <= 0) continue;
+          auto fill = [&](int n) {
+            std::vector<float> v(n);
+            for (auto& x : v) x = u(gen);
+            return v;
+          };
+          // LSTM forward: ws [i f g o c], bias 4H, c, c_keep, h_out, h_next.
+          std::vector<float> ws = fill(5 * H), bias = fill(4 * H), c = fill(H), ck = fill(H),
+                             ho = fill(H), hn = fill(H);
+          const auto ws0 = ws, c_in = c, ck0 = ck, ho0 = ho, hn0 = hn;
+          CellRow<float> r;
+          r.ws = ws.data(), r.c = c.data(), r.c_keep = keep ? ck.data() : nullptr;
+          r.h_out = ho.data(), r.h_next = keep ? hn.data() : nullptr;
+          k::lstm_forward_lanes<N>(r, bias.data(), H, c0, c1);
+          for (int j = 0; j < H; ++j) {
+            const bool in = j >= c0 && j < c1;
+            double gate[4];
+            for (int g = 0; g < 4; ++g) {
+              const double z = double(ws0[g * H + j]) + double(bias[g * H + j]);
+              gate[g] = g == 2 ? std::tanh(z) : sig(z);
+              if (in) close("lstm fwd gate", H, c0, j, ws[g * H + j], gate[g]);
+              else if (ws[g * H + j] != ws0[g * H + j]) fail("lstm fwd ws outside", H, c0, j, N, ws[g * H + j], ws0[g * H + j]);
+            }
+            const double cn = gate[1] * c_in[j] + gate[0] * gate[2], h = gate[3] * std::tanh(cn);
+            if (in) {
+              close("lstm fwd c", H, c0, j, c[j], cn);
+              close("lstm fwd h_out", H, c0, j, ho[j], h);
+              if (keep) close("lstm fwd c_keep", H, c0, j, ck[j], cn), close("lstm fwd h_next", H, c0, j, hn[j], h);
+            }
+            if ((!in && (c[j] != c_in[j] || ho[j] != ho0[j])) || ((!in || !keep) && (ck[j] != ck0[j] || hn[j] != hn0[j])))
+              fail("lstm fwd outside", H, c0, j, N, 0, 0);
+          }
+          // LSTM backward from the gates just computed (c_t kept in block 4).
+          for (int j = 0; j < H; ++j) ws[4 * H + j] = u(gen);
+          std::vector<float> gout = fill(H), dh = fill(H), dc = fill(H), cp = fill(H), dg = fill(4 * H);
+          const auto dc0 = dc, dg0 = dg;
+          CellRow<float> b;
+          b.ws = ws.data(), b.gout = gout.data(), b.dh = dh.data(), b.c = dc.data(), b.c_prev = cp.data(), b.dg = dg.data();
+          k::lstm_backward_lanes<N>(b, H, c0, c1);
+          for (int j = 0; j < H; ++j) {
+            const bool in = j >= c0 && j < c1;
+            const double d = double(gout[j]) + dh[j], iv = ws[j], fv = ws[H + j], gv = ws[2 * H + j],
+                         ov = ws[3 * H + j], t = std::tanh(double(ws[4 * H + j]));
+            const double dcv = dc0[j] + d * ov * (1 - t * t);
+            const double want[4] = {dcv * gv * iv * (1 - iv), dcv * cp[j] * fv * (1 - fv), dcv * iv * (1 - gv * gv),
+                                    d * t * ov * (1 - ov)};
+            for (int g = 0; g < 4; ++g) {
+              if (in) close("lstm bwd dg", H, c0, j, dg[g * H + j], want[g]);
+              else if (dg[g * H + j] != dg0[g * H + j]) fail("lstm bwd dg outside", H, c0, j, N, dg[g * H + j], dg0[g * H + j]);
+            }
+            if (in) close("lstm bwd dc", H, c0, j, dc[j], dcv * fv);
+            else if (dc[j] != dc0[j]) fail("lstm bwd dc outside", H, c0, j, N, dc[j], dc0[j]);
+          }
+          // GRU forward: ws [r z n], rest R_n, bias [r z n hn].
+          std::vector<float> gw = fill(3 * H), rn = fill(H), gb = fill(4 * H), hp = fill(H), go = fill(H), gn = fill(H);
+          const auto gw0 = gw, rn0 = rn, go0 = go, gn0 = gn;
+          CellRow<float> f;
+          f.ws = gw.data(), f.rest = rn.data(), f.h_prev = hp.data(), f.h_out = go.data(), f.h_next = gn.data();
+          k::gru_forward_lanes<N>(f, gb.data(), H, c0, c1);
+          for (int j = 0; j < H; ++j) {
+            const bool in = j >= c0 && j < c1;
+            const double rv = sig(double(gw0[j]) + gb[j]), zv = sig(double(gw0[H + j]) + gb[H + j]);
+            const double rnv = double(rn0[j]) + gb[3 * H + j];
+            const double nv = std::tanh(double(gw0[2 * H + j]) + gb[2 * H + j] + rv * rnv);
+            const double h = nv + zv * (hp[j] - nv);
+            if (in) {
+              close("gru fwd r", H, c0, j, gw[j], rv), close("gru fwd z", H, c0, j, gw[H + j], zv);
+              close("gru fwd n", H, c0, j, gw[2 * H + j], nv), close("gru fwd rn", H, c0, j, rn[j], rnv);
+              close("gru fwd h_out", H, c0, j, go[j], h), close("gru fwd h_next", H, c0, j, gn[j], h);
+            } else if (gw[j] != gw0[j] || gw[H + j] != gw0[H + j] || gw[2 * H + j] != gw0[2 * H + j] ||
+                       rn[j] != rn0[j] || go[j] != go0[j] || gn[j] != gn0[j]) {
+              fail("gru fwd outside", H, c0, j, N, 0, 0);
+            }
+          }
+          // GRU backward from the gates just computed.
+          std::vector<float> ggout = fill(H), gdh = fill(H), gdg = fill(4 * H);
+          const auto gdh0 = gdh, gdg0 = gdg;
+          CellRow<float> gbk;
+          gbk.ws = gw.data(), gbk.rest = rn.data(), gbk.gout = ggout.data(), gbk.h_prev = hp.data();
+          gbk.dh = gdh.data(), gbk.dg = gdg.data();
+          k::gru_backward_lanes<N>(gbk, H, c0, c1);
+          for (int j = 0; j < H; ++j) {
+            const bool in = j >= c0 && j < c1;
+            const double d = double(ggout[j]) + gdh0[j], rv = gw[j], zv = gw[H + j], nv = gw[2 * H + j];
+            const double da_n = d * (1 - zv) * (1 - nv * nv);
+            const double want[4] = {da_n * rn[j] * rv * (1 - rv), d * (hp[j] - nv) * zv * (1 - zv), da_n, da_n * rv};
+            for (int g = 0; g < 4; ++g) {
+              if (in) close("gru bwd dg", H, c0, j, gdg[g * H + j], want[g]);
+              else if (gdg[g * H + j] != gdg0[g * H + j]) fail("gru bwd dg outside", H, c0, j, N, 0, 0);
+            }
+            if (in) close("gru bwd dh", H, c0, j, gdh[j], d * zv);
+            else if (gdh[j] != gdh0[j]) fail("gru bwd dh outside", H, c0, j, N, gdh[j], gdh0[j]);
+          }
+        }
+}
+
 int main() {
   for (bool nt : {false, true}) {
     check_gemm<float, 32>(nt);
@@ -124,6 +240,8 @@ int main() {
   }
   check_activations<8>();
   check_activations<16>();
+  check_cells<8>();
+  check_cells<16>();
   if (failures == 0) std::printf("all passed\n");
   return failures == 0 ? 0 : 1;
 }

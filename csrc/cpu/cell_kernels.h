@@ -1,0 +1,180 @@
+// The GRU and LSTM cells' pointwise steps for float rows (cells.h) as
+// templates over the lane count N, for cell_pointwise.cpp to instantiate
+// once per ISA build (isa.h) and for tests/cpu_kernels to check at both
+// widths. One pass over a row's units does a cell's whole step: every gate's
+// activation (activation_kernels.h), the state update and the stores.
+//
+// Why: written as plain loops in cells.h, the step made one call per gate
+// activation and ran its other loops at the baseline build's SSE width (the
+// extension is compiled without -march), and went over the row once per
+// gate and once more per loop. On a 2-core AMD EPYC (Zen 4, AVX-512), LSTM
+// (16,100,64,128) forward, that pointwise part took about as long as the
+// step's GEMM (benchmarks/OPTIMISATIONS.md).
+//
+// The math, the gate order and the order of operations are those of the
+// plain loops (torch's: ../shared/DESIGN.md section 3), so results differ
+// from the double path only by float rounding.
+#pragma once
+
+#include <cstdint>
+#include <cstring>
+
+#include "activation_kernels.h"
+#include "cell_row.h"
+
+#pragma GCC diagnostic push
+#pragma GCC diagnostic ignored "-Wpsabi"
+
+namespace rnnattn::cpu::kernels {
+
+// Runs body(j, m) over [0, n) in vectors of N lanes (m = N), then once on
+// the ragged tail (m = n - j < N), whose loads zero-pad the missing lanes
+// (LaneIo) and whose stores write only m values: nothing outside the row is
+// read or written. body must be an always_inline lambda: an out-of-line
+// lambda would be compiled without the caller's ISA target, its vectors
+// lowered to baseline SSE and its loads to memcpy calls.
+template <int N, typename F>
+__attribute__((always_inline)) inline void for_lanes(int64_t n, const F& body) {
+  int64_t j = 0;
+  for (; j + N <= n; j += N) body(j, N);
+  if (j < n) body(j, static_cast<int>(n - j));
+}
+
+// Loads and stores of m <= N floats (m == N compiles to a plain vector move
+// in the main loop, where m is the constant N).
+template <int N>
+struct LaneIo {
+  using V = typename Lanes<N>::f;
+  int m;
+  __attribute__((always_inline)) V load(const float* p) const {
+    V v{};
+    std::memcpy(&v, p, m * sizeof(float));
+    return v;
+  }
+  __attribute__((always_inline)) void store(float* p, const V& v) const {
+    std::memcpy(p, &v, m * sizeof(float));
+  }
+};
+
+// LSTM forward over units [c0, c1) of one row (cells.h LstmCell::forward):
+// gates i, f, g, o = sigmoid, sigmoid, tanh, sigmoid of (ws + bias), stored
+// back into ws; c = f c + i g (and into c_keep unless null); h = o tanh(c)
+// into h_out, and h_next unless null.
+template <int N>
+__attribute__((always_inline)) inline void lstm_forward_lanes(const CellRow<float>& r,
+                                                              const float* bias, int64_t H,
+                                                              int64_t c0, int64_t c1) {
+  using V = typename Lanes<N>::f;
+  float* ws = r.ws + c0;
+  const float* b = bias + c0;
+  float* c = r.c + c0;
+  float* c_keep = r.c_keep ? r.c_keep + c0 : nullptr;
+  float* h_out = r.h_out + c0;
+  float* h_next = r.h_next ? r.h_next + c0 : nullptr;
+  for_lanes<N>(c1 - c0, [&](int64_t j, int m) __attribute__((always_inline)) {
+    const LaneIo<N> io{m};
+    const V i = sigmoid_lanes<N>(io.load(ws + j) + io.load(b + j));
+    const V f = sigmoid_lanes<N>(io.load(ws + H + j) + io.load(b + H + j));
+    const V g = tanh_lanes<N>(io.load(ws + 2 * H + j) + io.load(b + 2 * H + j));
+    const V o = sigmoid_lanes<N>(io.load(ws + 3 * H + j) + io.load(b + 3 * H + j));
+    io.store(ws + j, i);
+    io.store(ws + H + j, f);
+    io.store(ws + 2 * H + j, g);
+    io.store(ws + 3 * H + j, o);
+    const V cn = f * io.load(c + j) + i * g;
+    io.store(c + j, cn);
+    if (c_keep) io.store(c_keep + j, cn);
+    const V h = o * tanh_lanes<N>(cn);
+    io.store(h_out + j, h);
+    if (h_next) io.store(h_next + j, h);
+  });
+}
+
+// LSTM backward over units [c0, c1) of one row (LstmCell::backward): from
+// the kept gates and c_t (ws) and dh = gout + dh, the gate grads into dg and
+// dc_{t-1} = dc f into c (which holds dc_t on entry).
+template <int N>
+__attribute__((always_inline)) inline void lstm_backward_lanes(const CellRow<float>& r, int64_t H,
+                                                               int64_t c0, int64_t c1) {
+  using V = typename Lanes<N>::f;
+  const float* ws = r.ws + c0;
+  const float* gout = r.gout + c0;
+  const float* dhp = r.dh + c0;
+  const float* c_prev = r.c_prev + c0;
+  float* c = r.c + c0;
+  float* dg = r.dg + c0;
+  for_lanes<N>(c1 - c0, [&](int64_t j, int m) __attribute__((always_inline)) {
+    const LaneIo<N> io{m};
+    const V dh = io.load(gout + j) + io.load(dhp + j);
+    const V iv = io.load(ws + j), fv = io.load(ws + H + j), gv = io.load(ws + 2 * H + j);
+    const V ov = io.load(ws + 3 * H + j);
+    const V t = tanh_lanes<N>(io.load(ws + 4 * H + j));
+    const V dc = io.load(c + j) + dh * ov * (1.f - t * t);
+    io.store(dg + j, dc * gv * iv * (1.f - iv));
+    io.store(dg + H + j, dc * io.load(c_prev + j) * fv * (1.f - fv));
+    io.store(dg + 2 * H + j, dc * iv * (1.f - gv * gv));
+    io.store(dg + 3 * H + j, dh * t * ov * (1.f - ov));
+    io.store(c + j, dc * fv);
+  });
+}
+
+// GRU forward over units [c0, c1) of one row (GruCell::forward): r, z =
+// sigmoid(ws + bias); R_n += b_hn (kept in rest); n = tanh(A_n + b_in +
+// r R_n); h = n + z (h_prev - n) into h_out and h_next; r, z, n into ws.
+template <int N>
+__attribute__((always_inline)) inline void gru_forward_lanes(const CellRow<float>& r,
+                                                             const float* bias, int64_t H,
+                                                             int64_t c0, int64_t c1) {
+  using V = typename Lanes<N>::f;
+  float* ws = r.ws + c0;
+  float* rn = r.rest + c0;
+  const float* b = bias + c0;
+  const float* h_prev = r.h_prev + c0;
+  float* h_out = r.h_out + c0;
+  float* h_next = r.h_next + c0;
+  for_lanes<N>(c1 - c0, [&](int64_t j, int m) __attribute__((always_inline)) {
+    const LaneIo<N> io{m};
+    const V rv = sigmoid_lanes<N>(io.load(ws + j) + io.load(b + j));
+    const V zv = sigmoid_lanes<N>(io.load(ws + H + j) + io.load(b + H + j));
+    const V rnv = io.load(rn + j) + io.load(b + 3 * H + j);
+    const V nv = tanh_lanes<N>(io.load(ws + 2 * H + j) + (io.load(b + 2 * H + j) + rv * rnv));
+    io.store(ws + j, rv);
+    io.store(ws + H + j, zv);
+    io.store(ws + 2 * H + j, nv);
+    io.store(rn + j, rnv);
+    // torch's form of (1 - z) n + z h.
+    const V h = nv + zv * (io.load(h_prev + j) - nv);
+    io.store(h_out + j, h);
+    io.store(h_next + j, h);
+  });
+}
+
+// GRU backward over units [c0, c1) of one row (GruCell::backward): the gate
+// grads [dA_r, dA_z, dA_n, dR_n] into dg and the direct part of dh_{t-1},
+// dh z, into dh.
+template <int N>
+__attribute__((always_inline)) inline void gru_backward_lanes(const CellRow<float>& r, int64_t H,
+                                                              int64_t c0, int64_t c1) {
+  using V = typename Lanes<N>::f;
+  const float* ws = r.ws + c0;
+  const float* rn = r.rest + c0;
+  const float* gout = r.gout + c0;
+  const float* h_prev = r.h_prev + c0;
+  float* dhp = r.dh + c0;
+  float* dg = r.dg + c0;
+  for_lanes<N>(c1 - c0, [&](int64_t j, int m) __attribute__((always_inline)) {
+    const LaneIo<N> io{m};
+    const V dh = io.load(gout + j) + io.load(dhp + j);
+    const V rv = io.load(ws + j), zv = io.load(ws + H + j), nv = io.load(ws + 2 * H + j);
+    const V da_n = dh * (1.f - zv) * (1.f - nv * nv);
+    io.store(dg + j, da_n * io.load(rn + j) * rv * (1.f - rv));
+    io.store(dg + H + j, dh * (io.load(h_prev + j) - nv) * zv * (1.f - zv));
+    io.store(dg + 2 * H + j, da_n);
+    io.store(dg + 3 * H + j, da_n * rv);
+    io.store(dhp + j, dh * zv);
+  });
+}
+
+}  // namespace rnnattn::cpu::kernels
+
+#pragma GCC diagnostic pop

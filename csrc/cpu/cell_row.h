@@ -1,0 +1,37 @@
+// One batch row of a recurrent cell's pointwise step (cells.h): the
+// pointers the engine (recurrence.h) hands a cell, apart so that the
+// vectorized float kernels (cell_kernels.h) can take them without the
+// engine's headers.
+#pragma once
+
+#include <cstdint>
+
+namespace rnnattn::cpu {
+
+// One batch row's pointers for a cell's pointwise step. Forward: ws holds
+// the pre-activations (without bias) and receives the gate activations;
+// rest holds R of the gates whose A and R do not simply add (the GRU's
+// R_n: in the reserve row when training, else step scratch); h_prev is the
+// state entering the step; h_out the output row (the projection's input with
+// proj_size); h_next the next state row (null with proj_size); c the cell
+// state, updated in place, and c_keep where c_t is kept for the backward
+// (null in inference). Backward: dh is the grad of h_t (gout is added to it)
+// and receives the part of the grad of h_{t-1} that does not go through
+// W_hh; c holds dc, updated in place; dg receives the gate grads.
+template <typename T>
+struct CellRow {
+  T* ws = nullptr;
+  T* rest = nullptr;
+  T* h_out = nullptr;
+  const T* h_prev = nullptr;
+  T* h_next = nullptr;
+  T* c = nullptr;
+  T* c_keep = nullptr;
+  const T* c_prev = nullptr;
+  const T* gout = nullptr;
+  T* dh = nullptr;
+  T* dg = nullptr;
+  T* tmp = nullptr;  // H scratch values (the LSTM backward in double)
+};
+
+}  // namespace rnnattn::cpu
