@@ -233,7 +233,10 @@ LayerGrads backward_layer_op(const Cell& cell, const RnnShape& s, const StepSche
   r.dhx = grad_hn.contiguous().clone();  // g: grad_hn -> grad_hx
   if (Cell::kHasCell) r.dcx = grad_cn->contiguous().clone();
   at::Tensor dg = at::empty({N, ld_dg}, opts);
-  at::Tensor tmp = Cell::kHasCell ? at::empty({B, H}, opts) : at::Tensor();
+  // The LSTM's double backward keeps tanh(c_t) in tmp; float does it in
+  // registers (cell_kernels.h).
+  at::Tensor tmp =
+      Cell::kHasCell && x.scalar_type() != at::kFloat ? at::empty({B, H}, opts) : at::Tensor();
   at::Tensor gh = proj ? at::empty({N, Hs}, opts) : at::Tensor();
   at::Tensor dm = proj ? at::empty({B, H}, opts) : at::Tensor();
   at::Tensor zeros = proj ? at::zeros({H}, opts) : at::Tensor();

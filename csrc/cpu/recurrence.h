@@ -505,7 +505,8 @@ struct PrevState {
 // The sequential part of the backward: the gate grads dG of every step
 // (ld_dg apart), walking time opposite to the forward. g: (B, Hs) holding
 // grad_hn on entry, grad_hx on exit; dc: (B, H) grad_cn -> grad_cx (LSTM).
-// gout: grad of the output, rows ld_gout apart. tmp: (B, H) scratch. With a
+// gout: grad of the output, rows ld_gout apart. tmp: (B, H) scratch (the
+// LSTM in double; null for float). With a
 // projection, gh (N, Hs) receives the total grad of every h_t (for dW_hr)
 // and dm (B, H) is scratch.
 //
@@ -563,7 +564,7 @@ int64_t backward_recurrence(const Cell& cell, const RnnShape& s, const StepSched
       cr.gout = proj ? zeros : gout + row * ld_gout;
       cr.dh = proj ? dm + r * H : g + r * Hs;
       cr.dg = dg + row * ld_dg;
-      cr.tmp = tmp + r * H;
+      cr.tmp = tmp != nullptr ? tmp + r * H : nullptr;
       cell.backward(cr, H, c0, c1);
     }
   };
