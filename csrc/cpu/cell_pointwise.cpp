@@ -15,73 +15,65 @@ namespace {
 
 namespace k = kernels;
 
-RNNATTN_TARGET_AVX2 void lstm_forward_avx2(const CellRow<float>& r, const float* bias, int64_t H,
-                                           int64_t c0, int64_t c1) {
-  k::lstm_forward_lanes<8>(r, bias, H, c0, c1);
+// Each kernel as a type whose run<N> the builds below instantiate.
+struct LstmForward {
+  template <int N, typename... A>
+  __attribute__((always_inline)) static void run(const A&... a) { k::lstm_forward_lanes<N>(a...); }
+};
+struct LstmBackward {
+  template <int N, typename... A>
+  __attribute__((always_inline)) static void run(const A&... a) { k::lstm_backward_lanes<N>(a...); }
+};
+struct GruForward {
+  template <int N, typename... A>
+  __attribute__((always_inline)) static void run(const A&... a) { k::gru_forward_lanes<N>(a...); }
+};
+struct GruBackward {
+  template <int N, typename... A>
+  __attribute__((always_inline)) static void run(const A&... a) { k::gru_backward_lanes<N>(a...); }
+};
+
+// One function per ISA level and kernel, compiled with that level's target
+// (the kernel is inlined into it), and the run-time choice between them.
+template <typename K, typename... A>
+RNNATTN_TARGET_AVX512 void run_avx512(const A&... a) {
+  K::template run<16>(a...);
 }
-RNNATTN_TARGET_AVX512 void lstm_forward_avx512(const CellRow<float>& r, const float* bias,
-                                               int64_t H, int64_t c0, int64_t c1) {
-  k::lstm_forward_lanes<16>(r, bias, H, c0, c1);
+template <typename K, typename... A>
+RNNATTN_TARGET_AVX2 void run_avx2(const A&... a) {
+  K::template run<8>(a...);
 }
-RNNATTN_TARGET_AVX2 void lstm_backward_avx2(const CellRow<float>& r, int64_t H, int64_t c0,
-                                            int64_t c1) {
-  k::lstm_backward_lanes<8>(r, H, c0, c1);
+template <typename K, typename... A>
+void run_base(const A&... a) {
+  K::template run<8>(a...);
 }
-RNNATTN_TARGET_AVX512 void lstm_backward_avx512(const CellRow<float>& r, int64_t H, int64_t c0,
-                                                int64_t c1) {
-  k::lstm_backward_lanes<16>(r, H, c0, c1);
-}
-RNNATTN_TARGET_AVX2 void gru_forward_avx2(const CellRow<float>& r, const float* bias, int64_t H,
-                                          int64_t c0, int64_t c1) {
-  k::gru_forward_lanes<8>(r, bias, H, c0, c1);
-}
-RNNATTN_TARGET_AVX512 void gru_forward_avx512(const CellRow<float>& r, const float* bias,
-                                              int64_t H, int64_t c0, int64_t c1) {
-  k::gru_forward_lanes<16>(r, bias, H, c0, c1);
-}
-RNNATTN_TARGET_AVX2 void gru_backward_avx2(const CellRow<float>& r, int64_t H, int64_t c0,
-                                           int64_t c1) {
-  k::gru_backward_lanes<8>(r, H, c0, c1);
-}
-RNNATTN_TARGET_AVX512 void gru_backward_avx512(const CellRow<float>& r, int64_t H, int64_t c0,
-                                               int64_t c1) {
-  k::gru_backward_lanes<16>(r, H, c0, c1);
+template <typename K, typename... A>
+void dispatch(const A&... a) {
+  switch (cpu_isa()) {
+    case Isa::kAvx512: return run_avx512<K>(a...);
+    case Isa::kAvx2: return run_avx2<K>(a...);
+    default: return run_base<K>(a...);
+  }
 }
 
 }  // namespace
 
 void lstm_forward_f32(const CellRow<float>& r, const float* bias, int64_t H, int64_t c0,
                       int64_t c1) {
-  switch (cpu_isa()) {
-    case Isa::kAvx512: return lstm_forward_avx512(r, bias, H, c0, c1);
-    case Isa::kAvx2: return lstm_forward_avx2(r, bias, H, c0, c1);
-    default: return k::lstm_forward_lanes<8>(r, bias, H, c0, c1);
-  }
+  dispatch<LstmForward>(r, bias, H, c0, c1);
 }
 
 void lstm_backward_f32(const CellRow<float>& r, int64_t H, int64_t c0, int64_t c1) {
-  switch (cpu_isa()) {
-    case Isa::kAvx512: return lstm_backward_avx512(r, H, c0, c1);
-    case Isa::kAvx2: return lstm_backward_avx2(r, H, c0, c1);
-    default: return k::lstm_backward_lanes<8>(r, H, c0, c1);
-  }
+  dispatch<LstmBackward>(r, H, c0, c1);
 }
 
 void gru_forward_f32(const CellRow<float>& r, const float* bias, int64_t H, int64_t c0,
                      int64_t c1) {
-  switch (cpu_isa()) {
-    case Isa::kAvx512: return gru_forward_avx512(r, bias, H, c0, c1);
-    case Isa::kAvx2: return gru_forward_avx2(r, bias, H, c0, c1);
-    default: return k::gru_forward_lanes<8>(r, bias, H, c0, c1);
-  }
+  dispatch<GruForward>(r, bias, H, c0, c1);
 }
 
 void gru_backward_f32(const CellRow<float>& r, int64_t H, int64_t c0, int64_t c1) {
-  switch (cpu_isa()) {
-    case Isa::kAvx512: return gru_backward_avx512(r, H, c0, c1);
-    case Isa::kAvx2: return gru_backward_avx2(r, H, c0, c1);
-    default: return k::gru_backward_lanes<8>(r, H, c0, c1);
-  }
+  dispatch<GruBackward>(r, H, c0, c1);
 }
 
 }  // namespace rnnattn::cpu
