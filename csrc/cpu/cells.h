@@ -4,8 +4,8 @@
 // batch row over a range [c0, c1) of hidden units (float rows in one
 // vectorized pass, cell_kernels.h; double in the plain loops below, the
 // precision the tests check). Everything sequential, every GEMM and every
-// thread split is the engine's. The math and the gate
-// order are torch's (../shared/DESIGN.md section 3).
+// thread split is the engine's. The math and the gate order are torch's
+// (../shared/DESIGN.md section 3).
 //
 // Row layouts, in blocks of H columns:
 //   reserve ("ws", what the backward reads; the input projection A = x W_ih^T
