@@ -541,9 +541,10 @@ int64_t backward_recurrence(const Cell& cell, const RnnShape& s, const StepSched
         p.pack ? packed_rows<T, Cell>(T_, B0, Hs, L.sum_cols(), blocks, parts, grad_bytes / 2)
                : 0;
     rec.reserve(2);
-    rec.emplace_back(p.w_hh, /*trans=*/false, pack, Hs, L.sum_cols(), parts);
+    rec.emplace_back(p.w_hh, /*trans=*/false, pack, Hs, L.sum_cols(), parts, B0);
     if (L.rest_cols() > 0)
-      rec.emplace_back(p.w_hh + L.sum_cols() * Hs, /*trans=*/false, pack, Hs, L.rest_cols(), parts);
+      rec.emplace_back(p.w_hh + L.sum_cols() * Hs, /*trans=*/false, pack, Hs, L.rest_cols(), parts,
+                       B0);
   }
   const T beta_direct = Cell::kDirectGrad ? T(1) : T(0);
   auto step_at = [&](int64_t i) { return reverse ? i : T_ - 1 - i; };

@@ -41,9 +41,12 @@ class RecurrentGemm {
  public:
   // op(W) is k x n: W is (n x k) row-major when trans (op(W) = W^T), else
   // (k x n). full_rows is the row count of the steps that may use the packed
-  // operand (0: never pack). parts: how many column slices (>= 1).
-  RecurrentGemm(const T* w, bool trans, int64_t full_rows, int64_t n, int64_t k, int parts)
-      : w_(w), trans_(trans), full_rows_(full_rows), n_(n), k_(k) {
+  // operand (0: never pack). parts: how many column slices (>= 1). max_rows:
+  // the most rows a step has (0: not known), which says whether any step's
+  // product is large enough for oneDNN (blas.h) and so needs compact_.
+  RecurrentGemm(const T* w, bool trans, int64_t full_rows, int64_t n, int64_t k, int parts,
+                int64_t max_rows = 0)
+      : w_(w), trans_(trans), full_rows_(full_rows), n_(n), k_(k), max_rows_(max_rows) {
     TORCH_CHECK(n > 0 && k > 0 && n <= INT32_MAX && k <= INT32_MAX && full_rows <= INT32_MAX,
                 "rnnattn: recurrent GEMM size out of the BLAS 32-bit index range");
     // Slice boundaries are multiples of a 64-byte line of columns, so slices
@@ -125,6 +128,10 @@ class RecurrentGemm {
       // instead, W's size in all, copied once per call.
       if (float_gemm_lib() == GemmLib::kOnednn) {
         if (trans_ || parts() == 1) return;
+        // No step reaches oneDNN's size (the BLAS reads the slice in place).
+        int64_t widest = 0;
+        for (int p = 0; p < parts(); ++p) widest = std::max(widest, end(p) - begin(p));
+        if (max_rows_ > 0 && !use_onednn(max_rows_ * widest * k_, 1.f)) return;
         compact_.resize(parts());
         for (int p = 0; p < parts(); ++p) {
           const int64_t cols = end(p) - begin(p);
@@ -159,7 +166,7 @@ class RecurrentGemm {
 
   const T* w_;
   bool trans_;
-  int64_t full_rows_, n_, k_;
+  int64_t full_rows_, n_, k_, max_rows_;
   std::vector<int64_t> bounds_;
   std::vector<at::Tensor> packed_;
   std::vector<at::Tensor> compact_;  // oneDNN: each part's slice of an untransposed W
