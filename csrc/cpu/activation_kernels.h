@@ -85,28 +85,44 @@ __attribute__((always_inline)) inline V sigmoid_lanes(const V& z) {
   return (z == z) ? sg : z;
 }
 
+// Runs body(j, m) over [0, n) in vectors of N lanes (m = N), then once on
+// the ragged tail (m = n - j < N), whose loads zero-pad the missing lanes
+// (LaneIo) and whose stores write only m values: nothing outside the row is
+// read or written. body must be an always_inline lambda: an out-of-line
+// lambda would be compiled without the caller's ISA target, its vectors
+// lowered to baseline SSE and its loads to memcpy calls.
+template <int N, typename F>
+__attribute__((always_inline)) inline void for_lanes(int64_t n, const F& body) {
+  int64_t j = 0;
+  for (; j + N <= n; j += N) body(j, N);
+  if (j < n) body(j, static_cast<int>(n - j));
+}
+
+// Loads and stores of m <= N floats (m == N compiles to a plain vector move
+// in the main loop, where m is the constant N).
+template <int N>
+struct LaneIo {
+  using V = typename Lanes<N>::f;
+  int m;
+  __attribute__((always_inline)) V load(const float* p) const {
+    V v{};
+    std::memcpy(&v, p, m * sizeof(float));
+    return v;
+  }
+  __attribute__((always_inline)) void store(float* p, const V& v) const {
+    std::memcpy(p, &v, m * sizeof(float));
+  }
+};
+
 template <int N>
 __attribute__((always_inline)) inline void tanh_row_impl(float* __restrict o, float* __restrict state,
                                                          const float* __restrict bias, int64_t H) {
-  using V = typename Lanes<N>::f;
-  int64_t j = 0;
-  for (; j + N <= H; j += N) {
-    V z, b;
-    std::memcpy(&z, o + j, sizeof z);
-    std::memcpy(&b, bias + j, sizeof b);
-    const V t = tanh_lanes<N>(z + b);
-    std::memcpy(o + j, &t, sizeof t);
-    std::memcpy(state + j, &t, sizeof t);
-  }
-  if (j < H) {  // ragged tail through a zero-padded vector
-    const int64_t m = H - j;
-    V z{}, b{};
-    std::memcpy(&z, o + j, m * sizeof(float));
-    std::memcpy(&b, bias + j, m * sizeof(float));
-    const V t = tanh_lanes<N>(z + b);
-    std::memcpy(o + j, &t, m * sizeof(float));
-    std::memcpy(state + j, &t, m * sizeof(float));
-  }
+  for_lanes<N>(H, [&](int64_t j, int m) __attribute__((always_inline)) {
+    const LaneIo<N> io{m};
+    const auto t = tanh_lanes<N>(io.load(o + j) + io.load(bias + j));
+    io.store(o + j, t);
+    io.store(state + j, t);
+  });
 }
 
 // x = act(x + bias) in place (bias may be null).
@@ -123,22 +139,11 @@ template <Act A, int N>
 __attribute__((always_inline)) inline void act_impl(float* __restrict x, const float* __restrict bias,
                                                     int64_t n) {
   using V = typename Lanes<N>::f;
-  int64_t j = 0;
-  for (; j + N <= n; j += N) {
-    V z, b{};
-    std::memcpy(&z, x + j, sizeof z);
-    if (bias != nullptr) std::memcpy(&b, bias + j, sizeof b);
-    const V t = act_lanes<A, N>(z + b);
-    std::memcpy(x + j, &t, sizeof t);
-  }
-  if (j < n) {  // ragged tail through a zero-padded vector
-    const int64_t m = n - j;
-    V z{}, b{};
-    std::memcpy(&z, x + j, m * sizeof(float));
-    if (bias != nullptr) std::memcpy(&b, bias + j, m * sizeof(float));
-    const V t = act_lanes<A, N>(z + b);
-    std::memcpy(x + j, &t, m * sizeof(float));
-  }
+  for_lanes<N>(n, [&](int64_t j, int m) __attribute__((always_inline)) {
+    const LaneIo<N> io{m};
+    const V b = bias != nullptr ? io.load(bias + j) : V{};
+    io.store(x + j, act_lanes<A, N>(io.load(x + j) + b));
+  });
 }
 
 }  // namespace rnnattn::cpu::kernels

@@ -2,7 +2,8 @@
 // templates over the lane count N, for cell_pointwise.cpp to instantiate
 // once per ISA build (isa.h) and for tests/cpu_kernels to check at both
 // widths. One pass over a row's units does a cell's whole step: every gate's
-// activation (activation_kernels.h), the state update and the stores.
+// activation (activation_kernels.h, whose for_lanes / LaneIo walk the row),
+// the state update and the stores.
 //
 // Why: written as plain loops in cells.h, the step made one call per gate
 // activation and ran its other loops at the baseline build's SSE width (the
@@ -17,7 +18,6 @@
 #pragma once
 
 #include <cstdint>
-#include <cstring>
 
 #include "activation_kernels.h"
 #include "cell_row.h"
@@ -26,35 +26,6 @@
 #pragma GCC diagnostic ignored "-Wpsabi"
 
 namespace rnnattn::cpu::kernels {
-
-// Runs body(j, m) over [0, n) in vectors of N lanes (m = N), then once on
-// the ragged tail (m = n - j < N), whose loads zero-pad the missing lanes
-// (LaneIo) and whose stores write only m values: nothing outside the row is
-// read or written. body must be an always_inline lambda: an out-of-line
-// lambda would be compiled without the caller's ISA target, its vectors
-// lowered to baseline SSE and its loads to memcpy calls.
-template <int N, typename F>
-__attribute__((always_inline)) inline void for_lanes(int64_t n, const F& body) {
-  int64_t j = 0;
-  for (; j + N <= n; j += N) body(j, N);
-  if (j < n) body(j, static_cast<int>(n - j));
-}
-
-// Loads and stores of m <= N floats (m == N compiles to a plain vector move
-// in the main loop, where m is the constant N).
-template <int N>
-struct LaneIo {
-  using V = typename Lanes<N>::f;
-  int m;
-  __attribute__((always_inline)) V load(const float* p) const {
-    V v{};
-    std::memcpy(&v, p, m * sizeof(float));
-    return v;
-  }
-  __attribute__((always_inline)) void store(float* p, const V& v) const {
-    std::memcpy(p, &v, m * sizeof(float));
-  }
-};
 
 // LSTM forward over units [c0, c1) of one row (cells.h LstmCell::forward):
 // gates i, f, g, o = sigmoid, sigmoid, tanh, sigmoid of (ws + bias), stored

@@ -128,10 +128,9 @@ class RecurrentGemm {
       // instead, W's size in all, copied once per call.
       if (float_gemm_lib() == GemmLib::kOnednn) {
         if (trans_ || parts() == 1) return;
-        // No step reaches oneDNN's size (the BLAS reads the slice in place).
-        int64_t widest = 0;
-        for (int p = 0; p < parts(); ++p) widest = std::max(widest, end(p) - begin(p));
-        if (max_rows_ > 0 && !use_onednn(max_rows_ * widest * k_, 1.f)) return;
+        // No step reaches oneDNN's size (the BLAS reads the slice in place);
+        // part 0 is the widest (only the last is cut short).
+        if (max_rows_ > 0 && !use_onednn(max_rows_ * (end(0) - begin(0)) * k_, 1.f)) return;
         compact_.resize(parts());
         for (int p = 0; p < parts(); ++p) {
           const int64_t cols = end(p) - begin(p);
