@@ -21,3 +21,19 @@ def test_both_vector_widths_match_plain_loops(tmp_path):
     assert build.returncode == 0, build.stderr[-3000:]
     r = subprocess.run([str(exe)], capture_output=True, text=True, timeout=300)
     assert r.returncode == 0 and "all passed" in r.stdout, r.stdout[-3000:]
+
+
+@pytest.mark.skipif(shutil.which("g++") is None, reason="needs g++ (the compiler that builds the extension)")
+def test_bf16_small_gemm_matches_double(tmp_path):
+    """The bfloat16 small-step GEMM (VDPBF16PS) against double arithmetic on
+    the rounded operands, by compiling and running check_bf16_gemm.cpp; it
+    needs a CPU with AVX512-BF16 and skips elsewhere."""
+    exe = tmp_path / "check_bf16_gemm"
+    cmd = ["g++", "-std=c++17", "-O2", "-Wall", "-Wno-psabi", f"-I{ROOT / 'csrc' / 'cpu'}",
+           str(ROOT / "tests" / "cpu_kernels" / "check_bf16_gemm.cpp"), "-o", str(exe)]
+    build = subprocess.run(cmd, capture_output=True, text=True)
+    assert build.returncode == 0, build.stderr[-3000:]
+    r = subprocess.run([str(exe)], capture_output=True, text=True, timeout=300)
+    if r.returncode == 0 and r.stdout.startswith("skipped"):
+        pytest.skip(r.stdout.strip())
+    assert r.returncode == 0 and "all passed" in r.stdout, r.stdout[-3000:]

@@ -24,8 +24,11 @@ from rnnattn import ops, reference
 HALF = [torch.bfloat16, torch.float16]
 # Outputs: one rounding to the dtype (2^-8 relative for bfloat16, 2^-11 for
 # float16). Grads: the backward also reads the saved output and gates rounded
-# to the dtype, over several steps.
-OUT_TOL = {torch.bfloat16: dict(rtol=8e-3, atol=8e-3), torch.float16: dict(rtol=1e-3, atol=1e-3)}
+# to the dtype, over several steps. bfloat16 on a CPU with AVX512-BF16 also
+# rounds h_{t-1} to bfloat16 in each step's recurrent product (as torch's
+# bfloat16 modules do; csrc/cpu/small_gemm_bf16.h): up to two units in the
+# last place after many steps.
+OUT_TOL = {torch.bfloat16: dict(rtol=1.6e-2, atol=1.6e-2), torch.float16: dict(rtol=1e-3, atol=1e-3)}
 GRAD_TOL = {torch.bfloat16: dict(rtol=4e-2, atol=4e-2), torch.float16: dict(rtol=6e-3, atol=6e-3)}
 GATES = {"rnn": 1, "gru": 3, "lstm": 4}
 
@@ -118,6 +121,13 @@ CHUNKED = [  # several chunks of steps each (csrc/cpu/half_layer.h: >= 128 rows 
     # dW_ih summed over the chunks
     ("rnn", (64, 4, 64, 256), None, 0),
     ("lstm", (64, 8, 96, 96), None, 0),
+    # steps past small_gemm's size: in a bfloat16 call on a CPU with
+    # AVX512-BF16 they still take small_gemm_bf16 (recurrence.h), the rows
+    # split across threads from 16 rows (a batch that shrinks, too), else
+    # the units
+    ("gru", (12, 16, 8, 256), None, 0),
+    ("lstm", (None, None, 6, 192), [12, 12, 11, 9, 9, 9, 9, 9, 9, 9, 9, 9, 9, 9, 9, 9, 9, 2], 0),
+    ("rnn", (40, 4, 8, 1024), None, 0),
 ]
 
 
@@ -167,7 +177,12 @@ def test_half_layer_in_chunks_matches_one_float32_call(cell, shape, lengths, pro
         grads32 = op("backward")(*_up(bargs), need_input, need_weight)
         for g, r in zip(grads, grads32):
             assert g.dtype == dtype and g.shape == r.shape
-            torch.testing.assert_close(g.float(), r.to(dtype).float(), **grad_tol)
+            tol = dict(grad_tol)
+            if library and dtype == torch.bfloat16 and g.numel() > 0:
+                # The dh steps in bfloat16 round dG_t too: grads near zero
+                # beside large ones are off by a small share of the largest.
+                tol["atol"] = max(tol["atol"], 1e-2 * r.abs().max().item())
+            torch.testing.assert_close(g.float(), r.to(dtype).float(), **tol)
 
 
 @pytest.mark.parametrize("dtype", HALF)

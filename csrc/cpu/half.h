@@ -13,7 +13,15 @@
 // half-precision GEMM is several times slower than float32's (measured on
 // the AVX2 dev VM: a bf16 (6400 x 512) @ (512 x 1024) product 7.9x the
 // float32 one). RNNATTN_CPU_HALF_GEMM=library|float32 forces one (tests run
-// both). The half-precision path has not been timed: no such CPU here.
+// both).
+//
+// bfloat16 where that GEMM runs in bfloat16 on a CPU with AVX512-BF16
+// (bf16_steps below) goes further: every recurrent step multiplies in
+// bfloat16 (small_gemm_bf16.h: h_{t-1} or dG_t rounded to bfloat16, float32
+// sums), and the backward's GEMMs after the walk (dX, dW_ih, dW_hh) run in
+// bfloat16 through ATen once over all the rows (half_layer.h). On an AMD EPYC
+// (Zen 4), 2 threads, these made the float32 steps' 2x over torch's
+// bfloat16 modules at H = 1024 a win (benchmarks/OPTIMISATIONS.md).
 #pragma once
 
 #include <ATen/ATen.h>
@@ -24,6 +32,7 @@
 #include <utility>
 
 #include "isa.h"
+#include "small_gemm_bf16.h"
 
 namespace rnnattn::cpu::half {
 
@@ -61,6 +70,15 @@ inline bool library_half_gemm(at::ScalarType dtype) {
 #else
   return false;
 #endif
+}
+
+// Whether a half-precision call's small steps multiply in its dtype: a
+// bfloat16 call that runs its input GEMM in bfloat16, on a CPU with
+// AVX512-BF16 (small_gemm_bf16.h; RNNATTN_CPU_ISA below avx512 turns it
+// off). The recurrent product then rounds h_{t-1} to bfloat16 (float32
+// accumulation), as torch's bfloat16 modules do.
+inline bool bf16_steps(at::ScalarType dtype) {
+  return dtype == at::kBFloat16 && library_half_gemm(dtype) && bf16_small_gemm_available();
 }
 
 // A = X W_ih^T, (rows, gates), in the input's dtype where library_half_gemm;

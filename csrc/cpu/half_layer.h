@@ -15,11 +15,18 @@
 // reads the state entering a chunk from the kept output (as the whole call
 // does: the backward only has the output in the half dtype) and sums the
 // weight grads of the chunks in float32.
+//
+// With bfloat16 steps (half.h bf16_steps) the steps read W_hh^T (forward)
+// and W_hh (backward) as bfloat16 pairs made once per call, and the
+// backward keeps every chunk's gate grads in bfloat16 for the GEMMs after
+// the walk, run once over all the rows in bfloat16 (float32 sums inside):
+// results within bfloat16 rounding of the float32 call's, not equal to it.
 #pragma once
 
 #include <ATen/ATen.h>
 
 #include <algorithm>
+#include <cstring>
 #include <vector>
 
 #include "../rnn_common.h"
@@ -66,6 +73,28 @@ inline std::vector<StepChunk> step_chunks(const StepSchedule& sched, int64_t bat
   return chunks;
 }
 
+// The state entering each row's step, (rows, Hs) in out's dtype: the
+// output row of the walk's step before (PrevState), or hx's row where the
+// row starts at its step.
+inline at::Tensor states_entering(const StepSchedule& sched, bool reverse, const at::Tensor& out,
+                                  const at::Tensor& hx) {
+  const at::Tensor o = out.stride(1) == 1 ? out : out.contiguous();
+  const at::Tensor h0 = hx.contiguous();
+  const int64_t Hs = o.size(1), es = o.element_size();
+  at::Tensor hp = at::empty(o.sizes(), o.options());
+  const PrevState prev{sched, reverse};
+  const char* src_out = static_cast<const char*>(o.data_ptr());
+  const char* src_h0 = static_cast<const char*>(h0.data_ptr());
+  char* dst = static_cast<char*>(hp.data_ptr());
+  for (int64_t t = 0; t < sched.steps(); ++t)
+    for (int64_t r = 0; r < sched.batch[t]; ++r) {
+      const int64_t pr = prev.row(t, r);
+      const char* src = pr >= 0 ? src_out + pr * o.stride(0) * es : src_h0 + r * Hs * es;
+      std::memcpy(dst + (sched.offset[t] + r) * Hs * es, src, Hs * es);
+    }
+  return hp;
+}
+
 inline c10::optional<at::Tensor> opt(const at::Tensor& t) {
   return t.defined() ? c10::optional<at::Tensor>(t) : c10::nullopt;
 }
@@ -92,11 +121,22 @@ LayerForward forward_layer_half(const Cell& cell, const RnnShape& s, const StepS
     r.reserve =
         train ? at::empty({s.rows, Cell::kWsBlocks * s.hidden}, opts) : at::empty({0}, opts);
   at::Tensor h = up(hx), c = Cell::kHasCell ? up(*cx) : at::Tensor();
-  // W_hh^T for the small steps (layer.h), made once for all the chunks.
+  // W_hh^T for the steps (layer.h), made once for all the chunks: in
+  // bfloat16 pairs where the steps multiply in bfloat16 (half.h; then every
+  // step without a projection reads it), else in float32 for the small
+  // steps.
   const CellLayout<Cell> L{s.hidden};
   const bool small = sched.steps() > 0 && small_step<Cell>(sched.batch.back(), s.state, L.gates());
-  const at::Tensor wt = small ? at::empty({s.state, L.gates()}, wh.options()) : at::Tensor();
-  if (small) transpose(wh.data_ptr<float>(), L.gates(), s.state, wt.data_ptr<float>());
+  at::Tensor wt;
+  if (sched.steps() > 0 && half::bf16_steps(input.scalar_type())) {
+    const at::Tensor w = w_hh.contiguous();
+    wt = at::empty({(s.state + 1) / 2, L.gates()}, opts.dtype(at::kInt));
+    pack_bf16_pairs(reinterpret_cast<const uint16_t*>(w.data_ptr<at::BFloat16>()), s.state,
+                    L.gates(), 1, s.state, reinterpret_cast<uint32_t*>(wt.data_ptr<int32_t>()));
+  } else if (small) {
+    wt = at::empty({s.state, L.gates()}, wh.options());
+    transpose(wh.data_ptr<float>(), L.gates(), s.state, wt.data_ptr<float>());
+  }
   for (const StepChunk& ch : step_chunks(sched, s.batch, reverse)) {
     RnnShape sc = s;
     sc.rows = ch.rows;
@@ -139,13 +179,40 @@ LayerGrads backward_layer_half(const Cell& cell, const RnnShape& s, const StepSc
   LayerGrads r, sum;  // sum: the weight grads, in float32, summed over the chunks
   r.dx = need_input_grad ? at::empty(input.sizes(), opts) : at::empty({0}, opts);
   const at::Tensor dx = need_input_grad ? r.dx.view({-1, s.input}) : at::Tensor();
-  if (need_weight_grad) {
+  // Where the steps multiply in bfloat16 (half.h), so do the GEMMs after
+  // the walk (dX, dW_ih, dW_hh), once over all the rows, from the gate
+  // grads kept in bfloat16 (dg16; the GRU's dR apart in dr16); not with a
+  // projection, whose steps run in float32. Else the float32 op makes them
+  // chunk by chunk.
+  const bool has_proj = w_hr.has_value() && w_hr->defined();
+  const bool gemms16 =
+      half::bf16_steps(dtype) && !has_proj && (need_input_grad || need_weight_grad);
+  at::Tensor dg16, dr16;
+  if (gemms16) {
+    dg16 = at::empty({s.rows, L.gates()}, opts);
+    if (L.rest_cols() > 0) dr16 = at::empty({s.rows, L.rest_cols()}, opts);
+  }
+  if (need_weight_grad && gemms16) {
+    const auto f32 = opts.dtype(at::kFloat);
+    sum.db_ih = at::zeros({L.gates()}, f32);
+    if (L.rest_cols() > 0) sum.db_hh = at::zeros({L.gates()}, f32);
+  } else if (need_weight_grad) {
     const auto f32 = opts.dtype(at::kFloat);
     sum.dw_ih = at::zeros(w_ih.sizes(), f32);
     sum.dw_hh = at::zeros(w_hh.sizes(), f32);
     sum.db_ih = at::zeros({L.gates()}, f32);
     if (L.rest_cols() > 0) sum.db_hh = at::zeros({L.gates()}, f32);
     if (wr.has_value() && wr->defined()) sum.dw_hr = at::zeros(wr->sizes(), f32);
+  }
+  // W_hh in bfloat16 pairs for the steps' dh GEMM where the steps multiply
+  // in bfloat16 (half.h), made once for all the chunks. The GRU's other
+  // gates start at row 2H, on a pair's edge.
+  at::Tensor wh_pairs;
+  if (sched.steps() > 0 && half::bf16_steps(dtype) && !has_proj) {
+    const at::Tensor w = w_hh.contiguous();
+    wh_pairs = at::empty({(L.gates() + 1) / 2, s.state}, opts.dtype(at::kInt));
+    pack_bf16_pairs(reinterpret_cast<const uint16_t*>(w.data_ptr<at::BFloat16>()), L.gates(),
+                    s.state, s.state, 1, reinterpret_cast<uint32_t*>(wh_pairs.data_ptr<int32_t>()));
   }
   const std::vector<StepChunk> chunks = step_chunks(sched, s.batch, reverse);
   for (auto it = chunks.rbegin(); it != chunks.rend(); ++it) {
@@ -165,12 +232,24 @@ LayerGrads backward_layer_half(const Cell& cell, const RnnShape& s, const StepSc
     }
     RnnShape sc = s;
     sc.rows = ch.rows;
-    LayerGrads gc = backward_layer_op(cell, sc, ch.sched, rows(gout), g, opt(dc), rows(x), h_in,
-                                      opt(c_in), wi, wh, wr, rows(out),
-                                      ws.defined() ? opt(rows(ws)) : c10::nullopt, reverse,
-                                      need_input_grad, need_weight_grad, /*pack_w_hh=*/false,
-                                      &sum);
-    if (need_input_grad) dx.narrow(0, ch.row0, ch.rows).copy_(gc.dx);
+    at::Tensor dgc;
+    LayerGrads gc = backward_layer_op(
+        cell, sc, ch.sched, rows(gout), g, opt(dc), rows(x), h_in, opt(c_in), wi, wh, wr,
+        rows(out), ws.defined() ? opt(rows(ws)) : c10::nullopt, reverse,
+        need_input_grad && !gemms16, need_weight_grad && !gemms16, /*pack_w_hh=*/false, &sum,
+        wh_pairs, gemms16 ? &dgc : nullptr);
+    if (gemms16) {
+      const at::Tensor d = dgc.narrow(1, 0, L.gates());
+      dg16.narrow(0, ch.row0, ch.rows).copy_(d);
+      if (L.rest_cols() > 0) {
+        const at::Tensor dr = dgc.narrow(1, L.rest_at(), L.rest_cols());
+        dr16.narrow(0, ch.row0, ch.rows).copy_(dr);
+        if (need_weight_grad) sum.db_hh.narrow(0, L.sum_cols(), L.rest_cols()).add_(dr.sum(0));
+      }
+      if (need_weight_grad) sum.db_ih.add_(d.sum(0));
+    } else if (need_input_grad) {
+      dx.narrow(0, ch.row0, ch.rows).copy_(gc.dx);
+    }
     g = gc.dhx;
     dc = gc.dcx;
   }
@@ -185,6 +264,27 @@ LayerGrads backward_layer_half(const Cell& cell, const RnnShape& s, const StepSc
   };
   r.dhx = g.to(dtype);
   if (Cell::kHasCell) r.dcx = dc.to(dtype);
+  if (gemms16) {
+    // The half-precision GEMMs, float32 sums inside (oneDNN); the summed
+    // gates' b_hh grad is b_ih's.
+    if (need_input_grad) {
+      at::Tensor d = dx;
+      at::mm_out(d, dg16, w_ih);
+    }
+    if (need_weight_grad) {
+      sum.dw_ih = at::mm(dg16.t(), x);
+      sum.dw_hh = at::empty(w_hh.sizes(), opts);
+      const at::Tensor hp = states_entering(sched, reverse, out, hx);
+      at::Tensor summed = sum.dw_hh.narrow(0, 0, L.sum_cols());
+      at::mm_out(summed, dg16.narrow(1, 0, L.sum_cols()).t(), hp);
+      if (L.rest_cols() > 0) {
+        at::Tensor other = sum.dw_hh.narrow(0, L.sum_cols(), L.rest_cols());
+        at::mm_out(other, dr16.t(), hp);
+        sum.db_hh.narrow(0, 0, L.sum_cols()).copy_(sum.db_ih.narrow(0, 0, L.sum_cols()));
+      }
+    }
+    dg16 = dr16 = at::Tensor();
+  }
   r.dw_ih = down(sum.dw_ih);
   r.dw_hh = down(sum.dw_hh);
   r.db_ih = down(sum.db_ih);

@@ -8,6 +8,7 @@
 
 #include <algorithm>
 #include <tuple>
+#include <type_traits>
 #include <utility>
 #include <vector>
 
@@ -102,7 +103,8 @@ LayerForward forward_layer_op(const Cell& cell, const RnnShape& s, const StepSch
   // the caller (half.h); input is then read for its shape only, and may be
   // of another dtype than the rest. pack_w_hh: LayerPtrs::pack. w_hh_t:
   // W_hh^T (Hs, gates) made by the caller, read by the small steps instead
-  // of the call's own (a half-precision call's chunks share one).
+  // of the call's own (a half-precision call's chunks share one); int32:
+  // its bfloat16 pairs ((Hs + 1) / 2, gates), LayerPtrs::w_hh_t_bf16.
   constexpr bool kOutputIsReserve = Cell::kWsBlocks == 1;  // the Elman RNN
   const CellLayout<Cell> L{s.hidden};
   const int64_t H = s.hidden, Hs = s.state, B = s.batch;
@@ -151,7 +153,8 @@ LayerForward forward_layer_op(const Cell& cell, const RnnShape& s, const StepSch
     T* spare = scratch.data_ptr<T>();
     T* m = n_m ? spare + n_spare : nullptr;
     T* bias = spare + n_spare + n_m;
-    T* wt = !small ? nullptr : w_hh_t.defined() ? w_hh_t.data_ptr<T>() : bias + n_bias;
+    const bool pairs = w_hh_t.defined() && w_hh_t.scalar_type() == at::kInt;
+    T* wt = !small || pairs ? nullptr : w_hh_t.defined() ? w_hh_t.data_ptr<T>() : bias + n_bias;
     const T* h0p = h0.data_ptr<T>();
     std::copy(h0p, h0p + B * Hs, r.h_n.data_ptr<T>());
     std::copy(h0p, h0p + B * Hs, spare);
@@ -164,6 +167,12 @@ LayerForward forward_layer_op(const Cell& cell, const RnnShape& s, const StepSch
     p.w_ih = wi.data_ptr<T>();
     p.w_hh = wh.data_ptr<T>();
     p.w_hh_t = wt;
+    if (pairs) {  // every step takes them (recurrence.h)
+      constexpr bool is_float = std::is_same_v<T, float>;
+      TORCH_CHECK(is_float, "rnnattn: bfloat16 pairs of W_hh^T with a ",
+                  h0.scalar_type(), " call");
+      p.w_hh_t_bf16 = reinterpret_cast<const uint32_t*>(w_hh_t.data_ptr<int32_t>());
+    }
     p.w_hr = ptr_or_null<T>(wr);
     p.bias = bias;
     p.out = r.output.data_ptr<T>();
@@ -209,10 +218,15 @@ LayerGrads backward_layer_op(const Cell& cell, const RnnShape& s, const StepSche
                              const c10::optional<at::Tensor>& w_hr, const at::Tensor& output,
                              const c10::optional<at::Tensor>& reserve, bool reverse,
                              bool need_input_grad, bool need_weight_grad, bool pack_w_hh = true,
-                             const LayerGrads* sum = nullptr) {
+                             const LayerGrads* sum = nullptr,
+                             const at::Tensor& w_hh_pairs = at::Tensor(),
+                             at::Tensor* dg_out = nullptr) {
   // sum: float32 weight and bias grads the call adds its own to (and
   // returns), instead of allocating them: a half-precision call's sum over
   // its chunks of steps (half_layer.h). pack_w_hh: LayerPtrs::pack.
+  // w_hh_pairs: W_hh in bfloat16 pairs, LayerPtrs::w_hh_bf16 (float only).
+  // dg_out: the walk only (with no grads asked for); its gate grads
+  // (rows, kGradBlocks * H) go to *dg_out for the caller's own GEMMs.
   constexpr bool kOutputIsReserve = Cell::kWsBlocks == 1;
   const CellLayout<Cell> L{s.hidden};
   const int64_t H = s.hidden, Hs = s.state, B = s.batch, N = s.rows;
@@ -263,6 +277,11 @@ LayerGrads backward_layer_op(const Cell& cell, const RnnShape& s, const StepSche
     p.hx = h0.data_ptr<T>();
     p.cx = ptr_or_null<T>(c0);
     p.w_hh = wh.data_ptr<T>();
+    if (w_hh_pairs.defined()) {
+      constexpr bool is_float = std::is_same_v<T, float>;
+      TORCH_CHECK(is_float, "rnnattn: bfloat16 pairs of W_hh with a ", x.scalar_type(), " call");
+      p.w_hh_bf16 = reinterpret_cast<const uint32_t*>(w_hh_pairs.data_ptr<int32_t>());
+    }
     p.w_hr = ptr_or_null<T>(wr);
     p.out = out.data_ptr<T>();
     p.ld_out = ld_out;
@@ -291,6 +310,10 @@ LayerGrads backward_layer_op(const Cell& cell, const RnnShape& s, const StepSche
                                ptr_or_null<T>(zeros), reverse, overlap > 0 ? &done : nullptr);
     if (overlap > 0) done.run(handed, T_);  // the last chunk, on all threads
   });
+  if (dg_out != nullptr) {
+    *dg_out = dg;
+    return r;
+  }
   // The grads are allocated only now, after the recurrence has released its
   // packed W_hh (and grad_output, if it was copied): this keeps the peak
   // memory of the backward at the larger of its two phases, not their sum.

@@ -34,6 +34,7 @@
 
 #include <algorithm>
 #include <functional>
+#include <type_traits>
 #include <utility>
 #include <vector>
 
@@ -43,6 +44,7 @@
 #include "isa.h"
 #include "recurrent_gemm.h"
 #include "small_gemm.h"
+#include "small_gemm_bf16.h"
 #include "unit_parts.h"
 
 namespace rnnattn::cpu {
@@ -71,6 +73,14 @@ struct LayerPtrs {
   const T* w_hh = nullptr;
   const T* w_hh_t = nullptr;  // W_hh^T (Hs x G*H) for the small-step path, or null
                               // (then it reads w_hh: small_gemm_nt)
+  // Instead of w_hh_t, in a bfloat16 call on a CPU with AVX512-BF16: W_hh^T
+  // as bfloat16 pairs ((Hs + 1) / 2 x G*H), multiplied in bfloat16
+  // arithmetic (small_gemm_bf16.h). Float calls only.
+  const uint32_t* w_hh_t_bf16 = nullptr;
+  // The backward's counterpart: W_hh itself as bfloat16 pairs
+  // ((G*H + 1) / 2 x Hs), for dh_{t-1} = dG_t W_hh with dG_t rounded to
+  // bfloat16.
+  const uint32_t* w_hh_bf16 = nullptr;
   const T* w_hr = nullptr;    // LSTM projection (P x H), or null
   const T* bias = nullptr;    // the cell's combined bias (cells.h)
   T* out = nullptr;
@@ -151,12 +161,14 @@ int small_parts(int64_t work, int64_t H) {
 // 16 x 128 x 512 a step: 20.6 us a step on one thread, 22.5 on two by
 // units, 11.1 on two by rows; benchmarks/OPTIMISATIONS.md). From
 // kRowBlockMin rows a thread (a full register block of small_gemm on
-// AVX-512), where the step is a small step, without a projection (whose
-// serial GEMM would need all rows).
+// AVX-512), where the step is a small step (any_size: every step takes the
+// small path, as in a bfloat16 call with bfloat16 steps), without a
+// projection (whose serial GEMM would need all rows).
 constexpr int64_t kRowBlockMin = 8;
 template <typename Cell>
-int row_parts(int64_t B0, int64_t Hs, int64_t G, bool proj) {
-  if (proj || B0 < 2 * kRowBlockMin || !small_step<Cell>(B0, Hs, G) || at::in_parallel_region())
+int row_parts(int64_t B0, int64_t Hs, int64_t G, bool proj, bool any_size = false) {
+  if (proj || B0 < 2 * kRowBlockMin || !(any_size || small_step<Cell>(B0, Hs, G)) ||
+      at::in_parallel_region())
     return 1;
   return static_cast<int>(std::min<int64_t>(at::get_num_threads(), B0 / kRowBlockMin));
 }
@@ -272,14 +284,35 @@ T* forward_layer(const Cell& cell, const RnnShape& s, const StepSchedule& sched,
   auto step_rows = [&](int64_t i0, int64_t i1) {
     return reverse ? rows_of_steps(sched, T_ - i1, T_ - 1 - i0) : rows_of_steps(sched, i0, i1 - 1);
   };
+  // The small steps' product h (rows of Hs) @ W_hh^T's columns [col, col +
+  // n): in bfloat16 arithmetic where the layer op made W_hh^T's bfloat16
+  // pairs, else from the float W_hh^T.
+  const bool has_wt = p.w_hh_t || p.w_hh_t_bf16;
+  // Whether a step of b rows takes the small path (small_gemm, or
+  // small_gemm_bf16): with W_hh^T in bfloat16 pairs every step without a
+  // projection does, since no library GEMM here multiplies bfloat16 into
+  // float32 sums; its large steps split their rows across the threads
+  // (row_parts) from 16 rows, else their units (recurrent_parts, as the
+  // library's calls would; step_parts). Measured on the AMD EPYC (Zen 4), 2
+  // threads, LSTM (64,100,512,1024) bfloat16 fwd, alternating: rows
+  // 283-306 ms, units 293-358.
+  const bool bf16_steps = p.w_hh_t_bf16 != nullptr && !proj;
+  auto small = [&](int64_t b) { return bf16_steps || small_step<Cell>(b, Hs, G); };
+  auto wt_gemm = [&](const T* X, int64_t col, T* Y, int64_t rows, int64_t n, bool accumulate,
+                     int64_t ldx, int64_t ldy) {
+    if constexpr (std::is_same_v<T, float>)
+      if (p.w_hh_t_bf16)
+        return small_gemm_bf16(X, p.w_hh_t_bf16 + col, Y, rows, Hs, n, accumulate, Ld{ldx, G, ldy});
+    small_gemm(X, p.w_hh_t + col, Y, rows, Hs, n, accumulate, Ld{ldx, G, ldy});
+  };
   const int64_t overlap =
-      p.a_given || p.ws_steps > 0 || !p.w_hh_t ? 0 : overlap_steps<Cell>(s, sched, G, proj, false);
+      p.a_given || p.ws_steps > 0 || !has_wt ? 0 : overlap_steps<Cell>(s, sched, G, proj, false);
   if (p.ws_steps == 0 && !p.a_given && overlap == 0) input_gemm(0, s.rows, 0);
   int64_t ws_row0 = 0;  // the input row whose A is ws's first row
   const bool train = p.train;
   // Steps too large for small_gemm split the hidden units across threads.
   std::vector<RecurrentGemm<T>> rec;
-  if (!proj && !small_step<Cell>(B0, Hs, G)) {
+  if (!proj && !small(B0)) {
     const int parts = recurrent_parts(B0 * Hs * G, H);
     rec.reserve(Cell::kGates);
     const int64_t reserve_bytes = s.rows * Cell::kWsBlocks * H * int64_t(sizeof(T));
@@ -349,7 +382,8 @@ T* forward_layer(const Cell& cell, const RnnShape& s, const StepSchedule& sched,
   // (small_parts; 1: the step runs on this thread, or is not small).
   auto step_parts = [&](int64_t i) {
     const int64_t b = sched.batch[reverse ? T_ - 1 - i : i];
-    if (proj || !p.w_hh_t || !small_step<Cell>(b, Hs, G)) return 1;
+    if (proj || !has_wt || !small(b)) return 1;
+    if (!small_step<Cell>(b, Hs, G)) return recurrent_parts(b * Hs * G, H);  // bf16_steps
     return small_parts<Cell>(b * Hs * G, H);
   };
   // Units [c0, c1) of a small step split across threads: their columns of
@@ -358,8 +392,8 @@ T* forward_layer(const Cell& cell, const RnnShape& s, const StepSchedule& sched,
     const At a = at(i);
     carry_ended(a, i, cur, nxt, c0, c1);
     for (int gi = 0; gi < Cell::kGates; ++gi)
-      small_gemm(cur, p.w_hh_t + gi * H + c0, gate_out(a, gi) + c0, a.b, Hs, c1 - c0,
-                 gi < Cell::kSumGates, Ld{Hs, G, gate_ld(a, gi)});
+      wt_gemm(cur, gi * H + c0, gate_out(a, gi) + c0, a.b, c1 - c0, gi < Cell::kSumGates, Hs,
+              gate_ld(a, gi));
     pointwise(a, cur, nxt, c0, c1);
   };
   // One step of the walk that is not split into unit parts.
@@ -368,15 +402,13 @@ T* forward_layer(const Cell& cell, const RnnShape& s, const StepSchedule& sched,
     const int64_t b = a.b;
     T* ws = a.ws;
     carry_ended(a, i, cur, nxt, 0, Hs);
-    if (small_step<Cell>(b, Hs, G)) {
+    if (small(b)) {
       // Single-threaded, no BLAS call: the step's data is in L1/L2. W_hh^T
       // where the layer op made it (the last step, with the fewest rows, is
       // small too), else W_hh as stored (see kTransposeMinRows).
-      if (p.w_hh_t) {
-        small_gemm(cur, p.w_hh_t, ws, b, Hs, L.sum_cols(), true, Ld{Hs, G, p.ld_ws});
-        if (L.rest_cols() > 0)
-          small_gemm(cur, p.w_hh_t + L.sum_cols(), a.rest, b, Hs, L.rest_cols(), false,
-                     Ld{Hs, G, a.ld_rest});
+      if (has_wt) {
+        wt_gemm(cur, 0, ws, b, L.sum_cols(), true, Hs, p.ld_ws);
+        if (L.rest_cols() > 0) wt_gemm(cur, L.sum_cols(), a.rest, b, L.rest_cols(), false, Hs, a.ld_rest);
       } else {
         small_gemm_nt(cur, p.w_hh, ws, b, Hs, L.sum_cols(), true, Ld{Hs, Hs, p.ld_ws});
         if (L.rest_cols() > 0)
@@ -414,11 +446,10 @@ T* forward_layer(const Cell& cell, const RnnShape& s, const StepSchedule& sched,
     carry_ended(a, i, cur, nxt, 0, Hs, q, P);
     if (a.b <= q) return;
     const int64_t n = (a.b - q + P - 1) / P;
-    small_gemm(cur + q * Hs, p.w_hh_t, a.ws + q * p.ld_ws, n, Hs, L.sum_cols(), true,
-               Ld{P * Hs, G, P * p.ld_ws});
+    wt_gemm(cur + q * Hs, 0, a.ws + q * p.ld_ws, n, L.sum_cols(), true, P * Hs, P * p.ld_ws);
     if (L.rest_cols() > 0)
-      small_gemm(cur + q * Hs, p.w_hh_t + L.sum_cols(), a.rest + q * a.ld_rest, n, Hs,
-                 L.rest_cols(), false, Ld{P * Hs, G, P * a.ld_rest});
+      wt_gemm(cur + q * Hs, L.sum_cols(), a.rest + q * a.ld_rest, n, L.rest_cols(), false, P * Hs,
+              P * a.ld_rest);
     pointwise(a, cur, nxt, 0, H, q, P);
   };
   // Walk steps [i0, i1) on P threads, each on its rows (row_parts).
@@ -439,7 +470,7 @@ T* forward_layer(const Cell& cell, const RnnShape& s, const StepSchedule& sched,
   // number of unit parts (within one chunk of A) in one parallel region
   // each, with a barrier between steps (walk_unit_parts), the other steps
   // one by one.
-  const int P = p.w_hh_t ? row_parts<Cell>(B0, Hs, G, proj) : 1;
+  const int P = has_wt ? row_parts<Cell>(B0, Hs, G, proj, bf16_steps) : 1;
   auto walk_steps = [&](int64_t i0, int64_t i1) {
     for (int64_t i = i0; i < i1;) {
       load_chunk(i);
@@ -532,8 +563,21 @@ int64_t backward_recurrence(const Cell& cell, const RnnShape& s, const StepSched
   const PrevState prev{sched, reverse};
   // dh_{t-1} = dG[:, summed gates] W_hh[summed gates] + dR[:, other gates] W_hh[other gates],
   // split by units like the forward.
+  // As the forward: with W_hh in bfloat16 pairs every step without a
+  // projection takes the small path (small_gemm_bf16). wh_gemm: the product
+  // of X (rows x k) and W_hh's rows [krow, krow + k), columns [col, col + n).
+  const bool bf16_steps = p.w_hh_bf16 != nullptr && !proj;
+  auto small = [&](int64_t b) { return bf16_steps || small_step<Cell>(b, Hs, G); };
+  auto wh_gemm = [&](const T* X, int64_t krow, int64_t col, T* Y, int64_t rows, int64_t k,
+                     int64_t n, bool accumulate, int64_t ldx, int64_t ldy) {
+    if constexpr (std::is_same_v<T, float>)
+      if (bf16_steps)  // krow is even: 0 or the GRU's 2H
+        return small_gemm_bf16(X, p.w_hh_bf16 + krow / 2 * Hs + col, Y, rows, k, n, accumulate,
+                               Ld{ldx, Hs, ldy});
+    small_gemm(X, p.w_hh + krow * Hs + col, Y, rows, k, n, accumulate, Ld{ldx, Hs, ldy});
+  };
   std::vector<RecurrentGemm<T>> rec;
-  if (!proj && !small_step<Cell>(B0, Hs, G)) {
+  if (!proj && !small(B0)) {
     const int parts = recurrent_parts(B0 * Hs * G, H);
     const int blocks = L.rest_cols() > 0 ? 2 : 1;
     const int64_t grad_bytes = s.rows * ld_dg * int64_t(sizeof(T));
@@ -588,18 +632,19 @@ int64_t backward_recurrence(const Cell& cell, const RnnShape& s, const StepSched
   // units of g, so each part does both while they are in cache.
   auto iteration_parts = [&](int64_t i) {
     const int64_t b = sched.batch[step_at(i)];
-    return proj || !small_step<Cell>(b, Hs, G) ? 1 : small_parts<Cell>(b * Hs * G, H);
+    if (proj || !small(b)) return 1;
+    if (!small_step<Cell>(b, Hs, G)) return recurrent_parts(b * Hs * G, H);  // bf16_steps
+    return small_parts<Cell>(b * Hs * G, H);
   };
   // Units [c0, c1) of a small iteration split across threads.
   auto part_iteration = [&](int64_t i, int64_t c0, int64_t c1) {
     const int64_t t = step_at(i);
     const int64_t b = sched.batch[t];
     const T* d = dg + sched.offset[t] * ld_dg;
-    small_gemm(d, p.w_hh + c0, g + c0, b, L.sum_cols(), c1 - c0, Cell::kDirectGrad,
-               Ld{ld_dg, Hs, Hs});
+    wh_gemm(d, 0, c0, g + c0, b, L.sum_cols(), c1 - c0, Cell::kDirectGrad, ld_dg, Hs);
     if (L.rest_cols() > 0)
-      small_gemm(d + L.rest_at(), p.w_hh + L.sum_cols() * Hs + c0, g + c0, b, L.rest_cols(),
-                 c1 - c0, true, Ld{ld_dg, Hs, Hs});
+      wh_gemm(d + L.rest_at(), L.sum_cols(), c0, g + c0, b, L.rest_cols(), c1 - c0, true, ld_dg,
+              Hs);
     if (i + 1 < T_) step_grad(step_at(i + 1), c0, c1);
   };
   // An iteration that is not split into unit parts.
@@ -609,12 +654,11 @@ int64_t backward_recurrence(const Cell& cell, const RnnShape& s, const StepSched
     const T* d = dg + sched.offset[t] * ld_dg;
     const bool has_next = i + 1 < T_;
     const int64_t t_next = has_next ? step_at(i + 1) : 0;
-    if (small_step<Cell>(b, Hs, G) || proj) {
-      if (small_step<Cell>(b, Hs, G)) {
-        small_gemm(d, p.w_hh, g, b, L.sum_cols(), Hs, Cell::kDirectGrad, Ld{ld_dg, Hs, Hs});
+    if (small(b) || proj) {
+      if (small(b)) {
+        wh_gemm(d, 0, 0, g, b, L.sum_cols(), Hs, Cell::kDirectGrad, ld_dg, Hs);
         if (L.rest_cols() > 0)
-          small_gemm(d + L.rest_at(), p.w_hh + L.sum_cols() * Hs, g, b, L.rest_cols(), Hs, true,
-                     Ld{ld_dg, Hs, Hs});
+          wh_gemm(d + L.rest_at(), L.sum_cols(), 0, g, b, L.rest_cols(), Hs, true, ld_dg, Hs);
       } else {
         gemm<T>(false, false, b, Hs, L.sum_cols(), T(1), d, ld_dg, p.w_hh, Hs, beta_direct, g, Hs);
         if (L.rest_cols() > 0)
@@ -641,18 +685,17 @@ int64_t backward_recurrence(const Cell& cell, const RnnShape& s, const StepSched
   // one's GEMM reads every unit's dG: walk_unit_parts).
   // With the batch rows dealt among P threads (row_parts, as the forward):
   // each walks every iteration on its rows q, q + P, ...
-  const int P = row_parts<Cell>(B0, Hs, G, proj);
+  const int P = row_parts<Cell>(B0, Hs, G, proj, bf16_steps);
   auto row_iteration = [&](int64_t i, int64_t q) {
     const int64_t t = step_at(i);
     const int64_t b = sched.batch[t];
     if (b > q) {
       const int64_t n = (b - q + P - 1) / P;
       const T* d = dg + (sched.offset[t] + q) * ld_dg;
-      small_gemm(d, p.w_hh, g + q * Hs, n, L.sum_cols(), Hs, Cell::kDirectGrad,
-                 Ld{P * ld_dg, Hs, P * Hs});
+      wh_gemm(d, 0, 0, g + q * Hs, n, L.sum_cols(), Hs, Cell::kDirectGrad, P * ld_dg, P * Hs);
       if (L.rest_cols() > 0)
-        small_gemm(d + L.rest_at(), p.w_hh + L.sum_cols() * Hs, g + q * Hs, n, L.rest_cols(), Hs,
-                   true, Ld{P * ld_dg, Hs, P * Hs});
+        wh_gemm(d + L.rest_at(), L.sum_cols(), 0, g + q * Hs, n, L.rest_cols(), Hs, true,
+                P * ld_dg, P * Hs);
     }
     if (i + 1 < T_) step_grad(step_at(i + 1), 0, H, q, P);
   };
