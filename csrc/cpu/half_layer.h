@@ -17,10 +17,10 @@
 // weight grads of the chunks in float32.
 //
 // With bfloat16 steps (half.h bf16_steps) the steps read W_hh^T (forward)
-// and W_hh (backward) as bfloat16 pairs made once per call, and the
-// backward keeps every chunk's gate grads in bfloat16 for the GEMMs after
-// the walk, run once over all the rows in bfloat16 (float32 sums inside):
-// results within bfloat16 rounding of the float32 call's, not equal to it.
+// and W_hh (backward) as bfloat16 pairs made once per call, and each
+// chunk's GEMMs after its walk run in bfloat16 on its gate grads rounded to
+// bfloat16 (float32 sums inside; the chunks' weight grads summed in
+// float32): results within bfloat16 rounding of the float32 call's.
 #pragma once
 
 #include <ATen/ATen.h>
@@ -73,26 +73,41 @@ inline std::vector<StepChunk> step_chunks(const StepSchedule& sched, int64_t bat
   return chunks;
 }
 
-// The state entering each row's step, (rows, Hs) in out's dtype: the
-// output row of the walk's step before (PrevState), or hx's row where the
-// row starts at its step.
-inline at::Tensor states_entering(const StepSchedule& sched, bool reverse, const at::Tensor& out,
-                                  const at::Tensor& hx) {
-  const at::Tensor o = out.stride(1) == 1 ? out : out.contiguous();
-  const at::Tensor h0 = hx.contiguous();
-  const int64_t Hs = o.size(1), es = o.element_size();
-  at::Tensor hp = at::empty(o.sizes(), o.options());
+// The state entering each row of a chunk's steps, (ch.rows, Hs) in out's
+// dtype: the output row of the walk's step before (PrevState), or hx's row
+// where the row starts at its step.
+inline at::Tensor states_entering(const StepSchedule& sched, bool reverse, const StepChunk& ch,
+                                  const at::Tensor& out, const at::Tensor& hx) {
+  const int64_t Hs = out.size(1), es = out.element_size();
+  TORCH_CHECK(out.stride(1) == 1 && hx.is_contiguous(), "rnnattn: states_entering: strided rows");
+  at::Tensor hp = at::empty({ch.rows, Hs}, out.options());
   const PrevState prev{sched, reverse};
-  const char* src_out = static_cast<const char*>(o.data_ptr());
-  const char* src_h0 = static_cast<const char*>(h0.data_ptr());
+  const char* src_out = static_cast<const char*>(out.data_ptr());
+  const char* src_h0 = static_cast<const char*>(hx.data_ptr());
   char* dst = static_cast<char*>(hp.data_ptr());
-  for (int64_t t = 0; t < sched.steps(); ++t)
+  for (int64_t t = ch.t_lo; t <= ch.t_hi; ++t)
     for (int64_t r = 0; r < sched.batch[t]; ++r) {
       const int64_t pr = prev.row(t, r);
-      const char* src = pr >= 0 ? src_out + pr * o.stride(0) * es : src_h0 + r * Hs * es;
-      std::memcpy(dst + (sched.offset[t] + r) * Hs * es, src, Hs * es);
+      const char* src = pr >= 0 ? src_out + pr * out.stride(0) * es : src_h0 + r * Hs * es;
+      std::memcpy(dst + (sched.offset[t] + r - ch.row0) * Hs * es, src, Hs * es);
     }
   return hp;
+}
+
+// dst (float32, contiguous) += a^T b, with the product in a's and b's half
+// dtype (float32 sums inside; rounded once to the dtype before it is
+// added). The sum is a loop: dst.add_ would first make a float32 copy of
+// the product, which raised the peak of the Elman RNN at H = 1024.
+inline void add_half_product(at::Tensor& dst, const at::Tensor& a, const at::Tensor& b) {
+  TORCH_CHECK(dst.is_contiguous() && dst.scalar_type() == at::kFloat);
+  const at::Tensor p = at::mm(a.t(), b).contiguous();
+  float* d = dst.data_ptr<float>();
+  AT_DISPATCH_REDUCED_FLOATING_TYPES(p.scalar_type(), "rnnattn::add_half_product", [&] {
+    const scalar_t* q = p.data_ptr<scalar_t>();
+    at::parallel_for(0, p.numel(), int64_t(1) << 16, [&](int64_t i0, int64_t i1) {
+      for (int64_t i = i0; i < i1; ++i) d[i] += static_cast<float>(q[i]);
+    });
+  });
 }
 
 inline c10::optional<at::Tensor> opt(const at::Tensor& t) {
@@ -179,24 +194,23 @@ LayerGrads backward_layer_half(const Cell& cell, const RnnShape& s, const StepSc
   LayerGrads r, sum;  // sum: the weight grads, in float32, summed over the chunks
   r.dx = need_input_grad ? at::empty(input.sizes(), opts) : at::empty({0}, opts);
   const at::Tensor dx = need_input_grad ? r.dx.view({-1, s.input}) : at::Tensor();
-  // Where the steps multiply in bfloat16 (half.h), so do the GEMMs after
-  // the walk (dX, dW_ih, dW_hh), once over all the rows, from the gate
-  // grads kept in bfloat16 (dg16; the GRU's dR apart in dr16); not with a
-  // projection, whose steps run in float32. Else the float32 op makes them
-  // chunk by chunk.
+  // Where the steps multiply in bfloat16 (half.h), so do each chunk's
+  // GEMMs after its walk (dX, dW_ih, dW_hh), on its gate grads rounded to
+  // bfloat16, with the chunks' weight grads summed in float32; not with a
+  // projection, whose steps run in float32. Else the float32 op makes them.
+  // (Once over all the rows instead, the gate grads kept in bfloat16 for
+  // the whole sequence took the GRU's peak over torch's.) Only where a
+  // chunk's GEMMs reach oneDNN's size (blas.h): below it their fixed cost,
+  // three calls a chunk, outweighs the faster arithmetic (LSTM
+  // (16,100,64,128) fwd+bwd went from about 1.0x torch's to 0.8x).
   const bool has_proj = w_hr.has_value() && w_hr->defined();
-  const bool gemms16 =
-      half::bf16_steps(dtype) && !has_proj && (need_input_grad || need_weight_grad);
-  at::Tensor dg16, dr16;
-  if (gemms16) {
-    dg16 = at::empty({s.rows, L.gates()}, opts);
-    if (L.rest_cols() > 0) dr16 = at::empty({s.rows, L.rest_cols()}, opts);
-  }
-  if (need_weight_grad && gemms16) {
-    const auto f32 = opts.dtype(at::kFloat);
-    sum.db_ih = at::zeros({L.gates()}, f32);
-    if (L.rest_cols() > 0) sum.db_hh = at::zeros({L.gates()}, f32);
-  } else if (need_weight_grad) {
+  const std::vector<StepChunk> chunks = step_chunks(sched, s.batch, reverse);
+  const bool gemms16 = half::bf16_steps(dtype) && !has_proj &&
+                       (need_input_grad || need_weight_grad) && !chunks.empty() &&
+                       chunks[0].rows * L.gates() * std::max(s.input, s.state) >= kOnednnMinWork;
+  const at::Tensor out_rows = gemms16 && out.stride(1) != 1 ? out.contiguous() : out;
+  const at::Tensor hx_rows = gemms16 ? hx.contiguous() : hx;
+  if (need_weight_grad) {
     const auto f32 = opts.dtype(at::kFloat);
     sum.dw_ih = at::zeros(w_ih.sizes(), f32);
     sum.dw_hh = at::zeros(w_hh.sizes(), f32);
@@ -214,7 +228,6 @@ LayerGrads backward_layer_half(const Cell& cell, const RnnShape& s, const StepSc
     pack_bf16_pairs(reinterpret_cast<const uint16_t*>(w.data_ptr<at::BFloat16>()), L.gates(),
                     s.state, s.state, 1, reinterpret_cast<uint32_t*>(wh_pairs.data_ptr<int32_t>()));
   }
-  const std::vector<StepChunk> chunks = step_chunks(sched, s.batch, reverse);
   for (auto it = chunks.rbegin(); it != chunks.rend(); ++it) {
     const StepChunk& ch = *it;
     auto rows = [&](const at::Tensor& t) { return t.narrow(0, ch.row0, ch.rows).to(at::kFloat); };
@@ -240,13 +253,24 @@ LayerGrads backward_layer_half(const Cell& cell, const RnnShape& s, const StepSc
         wh_pairs, gemms16 ? &dgc : nullptr);
     if (gemms16) {
       const at::Tensor d = dgc.narrow(1, 0, L.gates());
-      dg16.narrow(0, ch.row0, ch.rows).copy_(d);
-      if (L.rest_cols() > 0) {
-        const at::Tensor dr = dgc.narrow(1, L.rest_at(), L.rest_cols());
-        dr16.narrow(0, ch.row0, ch.rows).copy_(dr);
-        if (need_weight_grad) sum.db_hh.narrow(0, L.sum_cols(), L.rest_cols()).add_(dr.sum(0));
+      const at::Tensor d16 = d.to(dtype);
+      if (need_input_grad) {
+        at::Tensor dxc = dx.narrow(0, ch.row0, ch.rows);
+        at::mm_out(dxc, d16, w_ih);
       }
-      if (need_weight_grad) sum.db_ih.add_(d.sum(0));
+      if (need_weight_grad) {
+        sum.db_ih.add_(d.sum(0));
+        add_half_product(sum.dw_ih, d16, x.narrow(0, ch.row0, ch.rows));
+        const at::Tensor hp = states_entering(sched, reverse, ch, out_rows, hx_rows);
+        at::Tensor summed = sum.dw_hh.narrow(0, 0, L.sum_cols());
+        add_half_product(summed, d16.narrow(1, 0, L.sum_cols()), hp);
+        if (L.rest_cols() > 0) {
+          const at::Tensor dr = dgc.narrow(1, L.rest_at(), L.rest_cols());
+          at::Tensor other = sum.dw_hh.narrow(0, L.sum_cols(), L.rest_cols());
+          add_half_product(other, dr.to(dtype), hp);
+          sum.db_hh.narrow(0, L.sum_cols(), L.rest_cols()).add_(dr.sum(0));
+        }
+      }
     } else if (need_input_grad) {
       dx.narrow(0, ch.row0, ch.rows).copy_(gc.dx);
     }
@@ -264,27 +288,8 @@ LayerGrads backward_layer_half(const Cell& cell, const RnnShape& s, const StepSc
   };
   r.dhx = g.to(dtype);
   if (Cell::kHasCell) r.dcx = dc.to(dtype);
-  if (gemms16) {
-    // The half-precision GEMMs, float32 sums inside (oneDNN); the summed
-    // gates' b_hh grad is b_ih's.
-    if (need_input_grad) {
-      at::Tensor d = dx;
-      at::mm_out(d, dg16, w_ih);
-    }
-    if (need_weight_grad) {
-      sum.dw_ih = at::mm(dg16.t(), x);
-      sum.dw_hh = at::empty(w_hh.sizes(), opts);
-      const at::Tensor hp = states_entering(sched, reverse, out, hx);
-      at::Tensor summed = sum.dw_hh.narrow(0, 0, L.sum_cols());
-      at::mm_out(summed, dg16.narrow(1, 0, L.sum_cols()).t(), hp);
-      if (L.rest_cols() > 0) {
-        at::Tensor other = sum.dw_hh.narrow(0, L.sum_cols(), L.rest_cols());
-        at::mm_out(other, dr16.t(), hp);
-        sum.db_hh.narrow(0, 0, L.sum_cols()).copy_(sum.db_ih.narrow(0, 0, L.sum_cols()));
-      }
-    }
-    dg16 = dr16 = at::Tensor();
-  }
+  if (gemms16 && need_weight_grad && L.rest_cols() > 0)  // the summed gates' b_hh grad is b_ih's
+    sum.db_hh.narrow(0, 0, L.sum_cols()).copy_(sum.db_ih.narrow(0, 0, L.sum_cols()));
   r.dw_ih = down(sum.dw_ih);
   r.dw_hh = down(sum.dw_hh);
   r.db_ih = down(sum.db_ih);
