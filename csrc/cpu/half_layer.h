@@ -123,7 +123,14 @@ LayerForward forward_layer_half(const Cell& cell, const RnnShape& s, const StepS
                                 const c10::optional<at::Tensor>& w_hr, bool reverse, bool train) {
   using half::up;
   const auto opts = input.options();
-  const at::Tensor wi = up(w_ih), wh = up(w_hh);
+  // W_hh in float32 only where some step reads it: not where every step
+  // takes the bfloat16 pairs below (bfloat16 steps without a projection).
+  const bool pairs = sched.steps() > 0 && half::bf16_steps(input.scalar_type());
+  const bool no_proj = !(w_hr.has_value() && w_hr->defined());
+  // Likewise W_ih: not where the input GEMM runs in the half dtype (half.h).
+  const at::Tensor none = at::empty({0}, opts.dtype(at::kFloat));
+  const at::Tensor wi = half::library_half_gemm(input.scalar_type()) ? none : up(w_ih),
+                   wh = pairs && no_proj ? none : up(w_hh);
   const auto bi = up(b_ih), bh = up(b_hh), wr = up(w_hr);
   const at::Tensor x = input.reshape({-1, s.input});
   std::vector<int64_t> out_shape(input.sizes().begin(), input.sizes().end());
@@ -143,7 +150,7 @@ LayerForward forward_layer_half(const Cell& cell, const RnnShape& s, const StepS
   const CellLayout<Cell> L{s.hidden};
   const bool small = sched.steps() > 0 && small_step<Cell>(sched.batch.back(), s.state, L.gates());
   at::Tensor wt;
-  if (sched.steps() > 0 && half::bf16_steps(input.scalar_type())) {
+  if (pairs) {
     const at::Tensor w = w_hh.contiguous();
     wt = at::empty({(s.state + 1) / 2, L.gates()}, opts.dtype(at::kInt));
     pack_bf16_pairs(reinterpret_cast<const uint16_t*>(w.data_ptr<at::BFloat16>()), s.state,
@@ -183,7 +190,7 @@ LayerGrads backward_layer_half(const Cell& cell, const RnnShape& s, const StepSc
   const auto dtype = input.scalar_type();
   const auto opts = input.options();
   const CellLayout<Cell> L{s.hidden};
-  at::Tensor wi = up(w_ih), wh = up(w_hh);
+  at::Tensor wi = up(w_ih), wh;
   c10::optional<at::Tensor> wr = up(w_hr);
   const at::Tensor x = input.reshape({-1, s.input});
   const at::Tensor gout = grad_output.reshape({-1, s.state});  // a view where strides allow
@@ -228,6 +235,8 @@ LayerGrads backward_layer_half(const Cell& cell, const RnnShape& s, const StepSc
     pack_bf16_pairs(reinterpret_cast<const uint16_t*>(w.data_ptr<at::BFloat16>()), L.gates(),
                     s.state, s.state, 1, reinterpret_cast<uint32_t*>(wh_pairs.data_ptr<int32_t>()));
   }
+  // W_hh in float32 only where the steps read it (not the pairs).
+  wh = wh_pairs.defined() ? at::empty({0}, opts.dtype(at::kFloat)) : up(w_hh);
   for (auto it = chunks.rbegin(); it != chunks.rend(); ++it) {
     const StepChunk& ch = *it;
     auto rows = [&](const at::Tensor& t) { return t.narrow(0, ch.row0, ch.rows).to(at::kFloat); };
