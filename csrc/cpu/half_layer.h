@@ -110,6 +110,20 @@ inline void add_half_product(at::Tensor& dst, const at::Tensor& a, const at::Ten
   });
 }
 
+// W_hh's bfloat16 pairs (small_gemm_bf16.h): of W_hh^T ((Hs + 1) / 2,
+// gates) for the forward (transposed), of W_hh ((gates + 1) / 2, Hs) for
+// the backward.
+inline at::Tensor w_hh_pairs(const at::Tensor& w_hh, bool transposed) {
+  const at::Tensor w = w_hh.contiguous();
+  const int64_t rows = w.size(0), cols = w.size(1);
+  const int64_t k = transposed ? cols : rows, n = transposed ? rows : cols;
+  at::Tensor p = at::empty({(k + 1) / 2, n}, w.options().dtype(at::kInt));
+  pack_bf16_pairs(reinterpret_cast<const uint16_t*>(w.data_ptr<at::BFloat16>()), k, n,
+                  transposed ? 1 : cols, transposed ? cols : 1,
+                  reinterpret_cast<uint32_t*>(p.data_ptr<int32_t>()));
+  return p;
+}
+
 inline c10::optional<at::Tensor> opt(const at::Tensor& t) {
   return t.defined() ? c10::optional<at::Tensor>(t) : c10::nullopt;
 }
@@ -151,10 +165,7 @@ LayerForward forward_layer_half(const Cell& cell, const RnnShape& s, const StepS
   const bool small = sched.steps() > 0 && small_step<Cell>(sched.batch.back(), s.state, L.gates());
   at::Tensor wt;
   if (pairs) {
-    const at::Tensor w = w_hh.contiguous();
-    wt = at::empty({(s.state + 1) / 2, L.gates()}, opts.dtype(at::kInt));
-    pack_bf16_pairs(reinterpret_cast<const uint16_t*>(w.data_ptr<at::BFloat16>()), s.state,
-                    L.gates(), 1, s.state, reinterpret_cast<uint32_t*>(wt.data_ptr<int32_t>()));
+    wt = w_hh_pairs(w_hh, /*transposed=*/true);
   } else if (small) {
     wt = at::empty({s.state, L.gates()}, wh.options());
     transpose(wh.data_ptr<float>(), L.gates(), s.state, wt.data_ptr<float>());
@@ -229,12 +240,8 @@ LayerGrads backward_layer_half(const Cell& cell, const RnnShape& s, const StepSc
   // in bfloat16 (half.h), made once for all the chunks. The GRU's other
   // gates start at row 2H, on a pair's edge.
   at::Tensor wh_pairs;
-  if (sched.steps() > 0 && half::bf16_steps(dtype) && !has_proj) {
-    const at::Tensor w = w_hh.contiguous();
-    wh_pairs = at::empty({(L.gates() + 1) / 2, s.state}, opts.dtype(at::kInt));
-    pack_bf16_pairs(reinterpret_cast<const uint16_t*>(w.data_ptr<at::BFloat16>()), L.gates(),
-                    s.state, s.state, 1, reinterpret_cast<uint32_t*>(wh_pairs.data_ptr<int32_t>()));
-  }
+  if (sched.steps() > 0 && half::bf16_steps(dtype) && !has_proj)
+    wh_pairs = w_hh_pairs(w_hh, /*transposed=*/false);
   // W_hh in float32 only where the steps read it (not the pairs).
   wh = wh_pairs.defined() ? at::empty({0}, opts.dtype(at::kFloat)) : up(w_hh);
   for (auto it = chunks.rbegin(); it != chunks.rend(); ++it) {

@@ -43,7 +43,7 @@ void small_gemm_bf16(const float* X, const uint32_t* B, float* Y, int64_t m, int
                      int64_t n, bool accumulate, Ld ld) {
   TORCH_CHECK(bf16_small_gemm_available(), "rnnattn: small_gemm_bf16 needs AVX512-BF16");
   if (m <= 0 || n <= 0) return;
-  ld = Ld{ld.x ? ld.x : k, ld.b ? ld.b : n, ld.y ? ld.y : n};
+  ld = ld.or_dense(k, n);
   // X's rows in bfloat16, per thread: grown once, not per step.
   thread_local std::vector<uint32_t> xp;
   const size_t need = static_cast<size_t>(m * ((k + 1) / 2));
