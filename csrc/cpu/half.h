@@ -18,10 +18,12 @@
 // bfloat16 where that GEMM runs in bfloat16 on a CPU with AVX512-BF16
 // (bf16_steps below) goes further: every recurrent step multiplies in
 // bfloat16 (small_gemm_bf16.h: h_{t-1} or dG_t rounded to bfloat16, float32
-// sums), and the backward's GEMMs after the walk (dX, dW_ih, dW_hh) run in
-// bfloat16 through ATen once over all the rows (half_layer.h). On an AMD EPYC
-// (Zen 4), 2 threads, these made the float32 steps' 2x over torch's
-// bfloat16 modules at H = 1024 a win (benchmarks/OPTIMISATIONS.md).
+// sums), without a projection each step makes its own rows' A with the same
+// kernel (x_t in bfloat16, A summed in float32: no library GEMM first), and
+// the backward's GEMMs after each chunk's walk (dX, dW_ih, dW_hh) run in
+// bfloat16 through ATen (half_layer.h). On an AMD EPYC (Zen 4), 2 threads,
+// these made the float32 steps' 2x over torch's bfloat16 modules at H = 1024
+// a win (benchmarks/OPTIMISATIONS.md).
 #pragma once
 
 #include <ATen/ATen.h>

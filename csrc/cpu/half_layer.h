@@ -110,11 +110,11 @@ inline void add_half_product(at::Tensor& dst, const at::Tensor& a, const at::Ten
   });
 }
 
-// W_hh's bfloat16 pairs (small_gemm_bf16.h): of W_hh^T ((Hs + 1) / 2,
-// gates) for the forward (transposed), of W_hh ((gates + 1) / 2, Hs) for
-// the backward.
-inline at::Tensor w_hh_pairs(const at::Tensor& w_hh, bool transposed) {
-  const at::Tensor w = w_hh.contiguous();
+// A weight's bfloat16 pairs (small_gemm_bf16.h): of W^T ((cols + 1) / 2,
+// rows) for the forward's W_hh^T and W_ih^T (transposed), of W ((rows + 1)
+// / 2, cols) for the backward's W_hh.
+inline at::Tensor weight_pairs(const at::Tensor& weight, bool transposed) {
+  const at::Tensor w = weight.contiguous();
   const int64_t rows = w.size(0), cols = w.size(1);
   const int64_t k = transposed ? cols : rows, n = transposed ? rows : cols;
   at::Tensor p = at::empty({(k + 1) / 2, n}, w.options().dtype(at::kInt));
@@ -163,9 +163,12 @@ LayerForward forward_layer_half(const Cell& cell, const RnnShape& s, const StepS
   // steps.
   const CellLayout<Cell> L{s.hidden};
   const bool small = sched.steps() > 0 && small_step<Cell>(sched.batch.back(), s.state, L.gates());
-  at::Tensor wt;
+  // With them (no projection), W_ih^T in pairs too: each step makes its own
+  // rows' A from the chunk's float32 input (recurrence.h step_input).
+  at::Tensor wt, wit;
   if (pairs) {
-    wt = w_hh_pairs(w_hh, /*transposed=*/true);
+    wt = weight_pairs(w_hh, /*transposed=*/true);
+    if (no_proj) wit = weight_pairs(w_ih, /*transposed=*/true);
   } else if (small) {
     wt = at::empty({s.state, L.gates()}, wh.options());
     transpose(wh.data_ptr<float>(), L.gates(), s.state, wt.data_ptr<float>());
@@ -174,10 +177,12 @@ LayerForward forward_layer_half(const Cell& cell, const RnnShape& s, const StepS
     RnnShape sc = s;
     sc.rows = ch.rows;
     const at::Tensor xc = x.narrow(0, ch.row0, ch.rows);
-    const at::Tensor a = half::input_projection(xc, w_ih);  // undefined: the op computes it
+    // A from the library's half-precision GEMM, or undefined: the op
+    // computes it.
+    const at::Tensor a = wit.defined() ? at::Tensor() : half::input_projection(xc, w_ih);
     LayerForward rc = forward_layer_op(cell, sc, ch.sched, a.defined() ? xc : xc.to(at::kFloat), h,
                                        opt(c), wi, wh, bi, bh, wr, reverse, train, a,
-                                       /*pack_w_hh=*/false, wt);
+                                       /*pack_w_hh=*/false, wt, wit);
     out.narrow(0, ch.row0, ch.rows).copy_(rc.output);
     if (has_reserve && train) r.reserve.narrow(0, ch.row0, ch.rows).copy_(rc.reserve);
     h = rc.h_n;
@@ -241,7 +246,7 @@ LayerGrads backward_layer_half(const Cell& cell, const RnnShape& s, const StepSc
   // gates start at row 2H, on a pair's edge.
   at::Tensor wh_pairs;
   if (sched.steps() > 0 && half::bf16_steps(dtype) && !has_proj)
-    wh_pairs = w_hh_pairs(w_hh, /*transposed=*/false);
+    wh_pairs = weight_pairs(w_hh, /*transposed=*/false);
   // W_hh in float32 only where the steps read it (not the pairs).
   wh = wh_pairs.defined() ? at::empty({0}, opts.dtype(at::kFloat)) : up(w_hh);
   for (auto it = chunks.rbegin(); it != chunks.rend(); ++it) {

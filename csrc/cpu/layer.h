@@ -98,13 +98,17 @@ LayerForward forward_layer_op(const Cell& cell, const RnnShape& s, const StepSch
                               const c10::optional<at::Tensor>& b_hh,
                               const c10::optional<at::Tensor>& w_hr, bool reverse,
                               bool train = true, const at::Tensor& a_given = at::Tensor(),
-                              bool pack_w_hh = true, const at::Tensor& w_hh_t = at::Tensor()) {
+                              bool pack_w_hh = true, const at::Tensor& w_hh_t = at::Tensor(),
+                              const at::Tensor& w_ih_t_pairs = at::Tensor()) {
   // a_given: A = X W_ih^T, (rows, gates) in any floating dtype, computed by
   // the caller (half.h); input is then read for its shape only, and may be
   // of another dtype than the rest. pack_w_hh: LayerPtrs::pack. w_hh_t:
   // W_hh^T (Hs, gates) made by the caller, read by the small steps instead
   // of the call's own (a half-precision call's chunks share one); int32:
   // its bfloat16 pairs ((Hs + 1) / 2, gates), LayerPtrs::w_hh_t_bf16.
+  // w_ih_t_pairs: with those, W_ih^T's bfloat16 pairs ((I + 1) / 2, gates):
+  // the steps make A themselves (LayerPtrs::w_ih_t_bf16) from the float32
+  // input.
   constexpr bool kOutputIsReserve = Cell::kWsBlocks == 1;  // the Elman RNN
   const CellLayout<Cell> L{s.hidden};
   const int64_t H = s.hidden, Hs = s.state, B = s.batch;
@@ -122,11 +126,20 @@ LayerForward forward_layer_op(const Cell& cell, const RnnShape& s, const StepSch
   // Inference keeps A and the activations only, for kInputChunkSteps steps
   // at a time (see LayerPtrs); the op then returns an empty reserve.
   const int64_t ws_cols = (train ? Cell::kWsBlocks : Cell::kGates) * H;
-  const int64_t ws_steps = !train && !kOutputIsReserve && !a_given.defined() &&
+  // Where the steps make their own A (w_ih_t_pairs, no projection),
+  // inference keeps one step's rows.
+  // (recurrence.h step_input: with W_hh^T's pairs too, float32 only.)
+  TORCH_CHECK(!w_ih_t_pairs.defined() || (w_hh_t.defined() && w_hh_t.scalar_type() == at::kInt &&
+                                          x.scalar_type() == at::kFloat),
+              "rnnattn: W_ih^T's bfloat16 pairs need W_hh^T's and a float32 call");
+  const bool ws_one_step = !train && !kOutputIsReserve && w_ih_t_pairs.defined() && !wr.defined();
+  const int64_t ws_steps = !train && !kOutputIsReserve && !a_given.defined() && !ws_one_step &&
                                    sched.steps() > kInputChunkSteps
                                ? kInputChunkSteps
                                : 0;
-  const int64_t ws_rows = ws_steps > 0 ? std::min(s.rows, ws_steps * B) : s.rows;
+  const int64_t ws_rows = ws_one_step ? std::min(s.rows, B)
+                          : ws_steps > 0 ? std::min(s.rows, ws_steps * B)
+                                         : s.rows;
   at::Tensor ws = kOutputIsReserve ? at::Tensor() : at::empty({ws_rows, ws_cols}, opts);
   at::Tensor rest = train || L.rest_cols() == 0 ? at::Tensor() : at::empty({B, L.rest_cols()}, opts);
   r.h_n = at::empty({B, Hs}, opts);
@@ -172,6 +185,8 @@ LayerForward forward_layer_op(const Cell& cell, const RnnShape& s, const StepSch
       TORCH_CHECK(is_float, "rnnattn: bfloat16 pairs of W_hh^T with a ",
                   h0.scalar_type(), " call");
       p.w_hh_t_bf16 = reinterpret_cast<const uint32_t*>(w_hh_t.data_ptr<int32_t>());
+      if (w_ih_t_pairs.defined())
+        p.w_ih_t_bf16 = reinterpret_cast<const uint32_t*>(w_ih_t_pairs.data_ptr<int32_t>());
     }
     p.w_hr = ptr_or_null<T>(wr);
     p.bias = bias;
@@ -182,6 +197,7 @@ LayerForward forward_layer_op(const Cell& cell, const RnnShape& s, const StepSch
     p.train = train;
     p.rest = ptr_or_null<T>(rest);
     p.ws_steps = ws_steps;
+    p.ws_one_step = ws_one_step;
     p.pack = pack_w_hh;
     const T* last = forward_layer<T>(cell, s, sched, p, r.h_n.data_ptr<T>(), spare,
                                      Cell::kHasCell ? r.c_n.data_ptr<T>() : nullptr, m, reverse);
