@@ -254,11 +254,12 @@ def test_input_gemm_overlapped_with_the_walk(grad, packed, T, cell):
     module_matches_torch_on_threads(cell, I, H, x, lengths, packed, grad, threads=2)
 
 
-# From 16 rows a step, small steps are walked with the batch rows dealt
-# round-robin among the threads, each thread walking every step on its own
-# rows (recurrence.h, row_parts), forward and backward. Batches of 20 and
-# 24 rows on 2 and 3 threads (2 or 3 row sets), padded and packed (unsorted,
-# sequences ending at different steps in every row set), both directions,
+# From 16 rows a step, small steps are walked with the batch rows split
+# into one contiguous block per thread (cut to balance the row-steps of a
+# packed batch), each thread walking every step on its own rows
+# (recurrence.h, row_parts, row_blocks), forward and backward. Batches of 20
+# and 24 rows on 2 and 3 threads (2 or 3 blocks), padded and packed
+# (unsorted, sequences ending at different steps in every block), both directions,
 # T past one 32-step chunk of A (inference), with and without grad, h0 zero
 # or given, against torch's modules in float64; H not a multiple of the
 # vector width.
