@@ -96,14 +96,15 @@ inline std::vector<StepChunk> step_chunks(const StepSchedule& sched, int64_t bat
   return chunks;
 }
 
-// The state entering each row of a chunk's steps, (ch.rows, Hs) in out's
-// dtype: the output row of the walk's step before (PrevState), or hx's row
-// where the row starts at its step.
-inline at::Tensor states_entering(const StepSchedule& sched, bool reverse, const StepChunk& ch,
-                                  const at::Tensor& out, const at::Tensor& hx) {
+// The state entering each row of a chunk's steps into hp ((ch.rows, Hs)
+// columns of a tensor of out's dtype; rows may be further apart): the
+// output row of the walk's step before (PrevState), or hx's row where the
+// row starts at its step.
+inline void states_entering(const StepSchedule& sched, bool reverse, const StepChunk& ch,
+                            const at::Tensor& out, const at::Tensor& hx, at::Tensor hp) {
   const int64_t Hs = out.size(1), es = out.element_size();
-  TORCH_CHECK(out.stride(1) == 1 && hx.is_contiguous(), "rnnattn: states_entering: strided rows");
-  at::Tensor hp = at::empty({ch.rows, Hs}, out.options());
+  TORCH_CHECK(out.stride(1) == 1 && hx.is_contiguous() && hp.stride(1) == 1,
+              "rnnattn: states_entering: strided rows");
   const PrevState prev{sched, reverse};
   const char* src_out = static_cast<const char*>(out.data_ptr());
   const char* src_h0 = static_cast<const char*>(hx.data_ptr());
@@ -112,25 +113,31 @@ inline at::Tensor states_entering(const StepSchedule& sched, bool reverse, const
     for (int64_t r = 0; r < sched.batch[t]; ++r) {
       const int64_t pr = prev.row(t, r);
       const char* src = pr >= 0 ? src_out + pr * out.stride(0) * es : src_h0 + r * Hs * es;
-      std::memcpy(dst + (sched.offset[t] + r - ch.row0) * Hs * es, src, Hs * es);
+      std::memcpy(dst + (sched.offset[t] + r - ch.row0) * hp.stride(0) * es, src, Hs * es);
     }
-  return hp;
+}
+
+// dst (float32, contiguous, rows x w) += columns [c0, c0 + w) of p (in a
+// half dtype). A loop: dst.add_ would first make a float32 copy of the
+// product, which raised the peak of the Elman RNN at H = 1024.
+inline void add_half_columns(at::Tensor dst, const at::Tensor& p, int64_t c0) {
+  TORCH_CHECK(dst.is_contiguous() && dst.scalar_type() == at::kFloat && p.stride(1) == 1);
+  float* d = dst.data_ptr<float>();
+  const int64_t w = dst.numel() / std::max<int64_t>(dst.size(0), 1), ld = p.stride(0);
+  AT_DISPATCH_REDUCED_FLOATING_TYPES(p.scalar_type(), "rnnattn::add_half_columns", [&] {
+    const scalar_t* q = p.data_ptr<scalar_t>() + c0;
+    at::parallel_for(0, dst.size(0), std::max<int64_t>(1, (int64_t(1) << 16) / w), [&](int64_t i0, int64_t i1) {
+      for (int64_t i = i0; i < i1; ++i)
+        for (int64_t j = 0; j < w; ++j) d[i * w + j] += static_cast<float>(q[i * ld + j]);
+    });
+  });
 }
 
 // dst (float32, contiguous) += a^T b, with the product in a's and b's half
 // dtype (float32 sums inside; rounded once to the dtype before it is
-// added). The sum is a loop: dst.add_ would first make a float32 copy of
-// the product, which raised the peak of the Elman RNN at H = 1024.
-inline void add_half_product(at::Tensor& dst, const at::Tensor& a, const at::Tensor& b) {
-  TORCH_CHECK(dst.is_contiguous() && dst.scalar_type() == at::kFloat);
-  const at::Tensor p = at::mm(a.t(), b).contiguous();
-  float* d = dst.data_ptr<float>();
-  AT_DISPATCH_REDUCED_FLOATING_TYPES(p.scalar_type(), "rnnattn::add_half_product", [&] {
-    const scalar_t* q = p.data_ptr<scalar_t>();
-    at::parallel_for(0, p.numel(), int64_t(1) << 16, [&](int64_t i0, int64_t i1) {
-      for (int64_t i = i0; i < i1; ++i) d[i] += static_cast<float>(q[i]);
-    });
-  });
+// added).
+inline void add_half_product(at::Tensor dst, const at::Tensor& a, const at::Tensor& b) {
+  add_half_columns(dst, at::mm(a.t(), b), 0);
 }
 
 // A weight's bfloat16 pairs (small_gemm_bf16.h): of W^T ((cols + 1) / 2,
@@ -319,16 +326,28 @@ LayerGrads backward_layer_half(const Cell& cell, const RnnShape& s, const StepSc
         at::Tensor dxc = dx.narrow(0, ch.row0, ch.rows);
         at::mm_out(dxc, d16, w_ih);
       }
-      if (need_weight_grad) {
+      if (need_weight_grad && L.rest_cols() == 0) {
+        // Every gate's A and R add (the LSTM, the Elman RNN): one product
+        // dG^T [x | h_{t-1} | 1] gives dW_ih, dW_hh and the bias grad, one
+        // library call instead of two GEMMs and a reduction.
+        const int64_t I = s.input, Hs = s.state;
+        at::Tensor xh = at::empty({ch.rows, I + Hs}, opts);
+        xh.narrow(1, 0, I).copy_(x.narrow(0, ch.row0, ch.rows));
+        states_entering(sched, reverse, ch, out_rows, hx_rows, xh.narrow(1, I, Hs));
+        const at::Tensor p = at::mm(d16.t(), xh);
+        xh = at::Tensor();
+        add_half_columns(sum.dw_ih, p, 0);
+        add_half_columns(sum.dw_hh, p, I);
+        sum.db_ih.add_(d.sum(0));
+      } else if (need_weight_grad) {
         sum.db_ih.add_(d.sum(0));
         add_half_product(sum.dw_ih, d16, x.narrow(0, ch.row0, ch.rows));
-        const at::Tensor hp = states_entering(sched, reverse, ch, out_rows, hx_rows);
-        at::Tensor summed = sum.dw_hh.narrow(0, 0, L.sum_cols());
-        add_half_product(summed, d16.narrow(1, 0, L.sum_cols()), hp);
+        at::Tensor hp = at::empty({ch.rows, s.state}, opts);
+        states_entering(sched, reverse, ch, out_rows, hx_rows, hp);
+        add_half_product(sum.dw_hh.narrow(0, 0, L.sum_cols()), d16.narrow(1, 0, L.sum_cols()), hp);
         if (L.rest_cols() > 0) {
           const at::Tensor dr = dgc.narrow(1, L.rest_at(), L.rest_cols());
-          at::Tensor other = sum.dw_hh.narrow(0, L.sum_cols(), L.rest_cols());
-          add_half_product(other, dr.to(dtype), hp);
+          add_half_product(sum.dw_hh.narrow(0, L.sum_cols(), L.rest_cols()), dr.to(dtype), hp);
           sum.db_hh.narrow(0, L.sum_cols(), L.rest_cols()).add_(dr.sum(0));
         }
       }
