@@ -17,7 +17,8 @@
 // weight grads of the chunks in float32.
 //
 // With bfloat16 steps (half.h bf16_steps) the steps read W_hh^T (forward)
-// and W_hh (backward) as bfloat16 pairs made once per call, and each
+// and W_hh (backward) as bfloat16 pairs made once per call (and, where they
+// are small, W_ih^T's: each forward step then makes its own A), and each
 // chunk's GEMMs after its walk run in bfloat16 on its gate grads rounded to
 // bfloat16 (float32 sums inside; the chunks' weight grads summed in
 // float32): results within bfloat16 rounding of the float32 call's.

@@ -8,11 +8,11 @@
 // bfloat16 steps makes each step's A in the step, LayerPtrs::w_ih_t_bf16);
 // then, step by step,
 // the recurrent GEMM h_{t-1} W_hh^T over all gates and the cell's pointwise
-// step. Small steps
-// run with a register-blocked GEMM (small_gemm.h): from 16 rows with the
-// batch rows split into one contiguous block per thread, each walking every
-// step on its own rows (row_parts, row_blocks); else on one thread (a cell's larger small steps split by
-// units on AVX2, small_parts). Larger steps
+// step. Small steps run with a register-blocked GEMM (small_gemm.h): from
+// 16 rows with the batch rows split into one contiguous block per thread,
+// each walking every step on its own rows (row_parts, row_blocks); else on
+// one thread (a cell's larger small steps split by units on AVX2,
+// small_parts). Larger steps
 // split the hidden units across threads, each part doing the GEMM of its
 // units' columns in every gate and then their pointwise step while they are
 // in cache (recurrent_gemm.h), one fork/join per step. The running state is
@@ -185,10 +185,9 @@ constexpr int64_t kRowBlockMin = 8;
 // other core: LSTM (16,100,64,128) bfloat16 fwd ran 1.04x torch's bfloat16
 // module that way and 1.25x with contiguous halves (AMD EPYC Zen 4, 2
 // threads, alternating in one process; 1.13x against 0.93x in chunks of 8
-// steps). The blocks are
-// cut so that each holds the same number of row-steps (a packed batch's
-// rows end at different steps; rows are in decreasing length): bounds[q],
-// bounds[q + 1] are thread q's.
+// steps). The blocks are cut so that each holds the same number of
+// row-steps (a packed batch's rows end at different steps; rows are in
+// decreasing length): bounds[q], bounds[q + 1] are thread q's.
 inline std::vector<int64_t> row_blocks(const StepSchedule& sched, int P) {
   const int64_t T = sched.steps(), B0 = T ? sched.batch[0] : 0;
   // len[r]: how many steps hold row r (a step of b rows holds rows < b).
