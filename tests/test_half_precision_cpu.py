@@ -329,21 +329,46 @@ def test_half_and_float32_tensors_do_not_mix(dtype):
         ops.gru_layer(*args, False)
 
 
-def _cpu_has_native_bf16() -> bool:
+def _cpu_flags() -> list:
     try:
         with open("/proc/cpuinfo") as f:
-            flags = next((line.split(":", 1)[1].split() for line in f if line.startswith("flags")), [])
+            return next((line.split(":", 1)[1].split() for line in f if line.startswith("flags")), [])
     except OSError:
-        return False
+        return []
+
+
+def _cpu_has_native_bf16() -> bool:
+    flags = _cpu_flags()
     return "avx512_bf16" in flags or "amx_bf16" in flags
 
 
 def _cpu_has_avx512_bf16() -> bool:
-    try:
-        with open("/proc/cpuinfo") as f:
-            return "avx512_bf16" in next((line.split(":", 1)[1].split() for line in f if line.startswith("flags")), [])
-    except OSError:
-        return False
+    return "avx512_bf16" in _cpu_flags()
+
+
+@pytest.mark.parametrize("dtype", HALF)
+@pytest.mark.parametrize("cell", ["rnn", "gru", "lstm"])
+def test_inference_matches_training_forward(cell, dtype):
+    """Inference keeps less than training (one step's gates where bfloat16 steps
+    make their own A, csrc/cpu/layer.h ws_one_step; a chunk of steps' A otherwise)
+    but computes the same: the outputs of a module under no_grad and with grad
+    are equal, bit for bit. Padded and packed (unsorted), 2 layers, both
+    directions; B = 1 (one chunk of 70 steps), a batch that shrinks, and W_ih's
+    bfloat16 pairs over 1 MiB for the GRU and LSTM (library input GEMM)."""
+    torch.manual_seed(0)
+    M = {"rnn": rnnattn.RNN, "gru": rnnattn.GRU, "lstm": rnnattn.LSTM}[cell]
+    for T, B, I, H in [(70, 1, 5, 7), (9, 20, 3, 40), (3, 2, 520, 300)]:
+        m = M(I, H, num_layers=2, bidirectional=True).to(dtype)
+        x = torch.randn(T, B, I).to(dtype)
+        lengths = torch.tensor([T] + [1 + (5 * k) % T for k in range(1, B)])
+        for inp in (x, nn.utils.rnn.pack_padded_sequence(x, lengths, enforce_sorted=False)):
+            with torch.no_grad():
+                infer = m(inp)
+            train = m(inp)
+            outs = [infer[0], train[0]]
+            if isinstance(inp, nn.utils.rnn.PackedSequence):
+                outs = [o.data for o in outs]
+            assert torch.equal(outs[0], outs[1].detach()), (T, B, I, H)
 
 
 def test_input_gemm_runs_in_the_dtype_where_chosen():

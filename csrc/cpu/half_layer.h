@@ -137,7 +137,8 @@ inline void add_half_columns(at::Tensor dst, const at::Tensor& p, int64_t c0) {
   const int64_t w = dst.numel() / std::max<int64_t>(dst.size(0), 1), ld = p.stride(0);
   AT_DISPATCH_REDUCED_FLOATING_TYPES(p.scalar_type(), "rnnattn::add_half_columns", [&] {
     const scalar_t* q = p.data_ptr<scalar_t>() + c0;
-    at::parallel_for(0, dst.size(0), std::max<int64_t>(1, (int64_t(1) << 16) / w), [&](int64_t i0, int64_t i1) {
+    const int64_t grain = std::max<int64_t>(1, (int64_t(1) << 16) / std::max<int64_t>(w, 1));
+    at::parallel_for(0, dst.size(0), grain, [&](int64_t i0, int64_t i1) {
       for (int64_t i = i0; i < i1; ++i)
         for (int64_t j = 0; j < w; ++j) d[i * w + j] += static_cast<float>(q[i * ld + j]);
     });
@@ -219,7 +220,10 @@ LayerForward forward_layer_half(const Cell& cell, const RnnShape& s, const StepS
   // The chunk's float32 rows: its input and output, and its reserve in
   // training (in inference only where A is made a chunk at a time: layer.h).
   const int64_t es = input.element_size(), H = s.hidden;
-  const int64_t ws_f32 = !has_reserve ? 0 : train ? Cell::kWsBlocks * H : wit.defined() ? 0 : L.gates();
+  const int64_t ws_f32 = !has_reserve                ? 0
+                         : train                      ? Cell::kWsBlocks * H
+                         : wit.defined()              ? 0
+                                                      : L.gates();
   const int64_t min_rows = half_chunk_min_rows(
       s.rows, L.gates() * (s.input + s.state), 4 * (s.input + s.state + ws_f32),
       es * (s.state + (has_reserve && train ? Cell::kWsBlocks * H : 0)));
@@ -341,8 +345,8 @@ LayerGrads backward_layer_half(const Cell& cell, const RnnShape& s, const StepSc
       }
       if (need_weight_grad && L.rest_cols() == 0) {
         // Every gate's A and R add (the LSTM, the Elman RNN): one product
-        // dG^T [x | h_{t-1} | 1] gives dW_ih, dW_hh and the bias grad, one
-        // library call instead of two GEMMs and a reduction.
+        // dG^T [x | h_{t-1}] gives dW_ih and dW_hh, one library call
+        // instead of two.
         const int64_t I = s.input, Hs = s.state;
         at::Tensor xh = at::empty({ch.rows, I + Hs}, opts);
         xh.narrow(1, 0, I).copy_(x.narrow(0, ch.row0, ch.rows));
