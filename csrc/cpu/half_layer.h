@@ -343,26 +343,27 @@ LayerGrads backward_layer_half(const Cell& cell, const RnnShape& s, const StepSc
         at::Tensor dxc = dx.narrow(0, ch.row0, ch.rows);
         at::mm_out(dxc, d16, w_ih);
       }
-      if (need_weight_grad && L.rest_cols() == 0) {
-        // Every gate's A and R add (the LSTM, the Elman RNN): one product
-        // dG^T [x | h_{t-1}] gives dW_ih and dW_hh, one library call
-        // instead of two.
-        const int64_t I = s.input, Hs = s.state;
-        at::Tensor xh = at::empty({ch.rows, I + Hs}, opts);
-        xh.narrow(1, 0, I).copy_(x.narrow(0, ch.row0, ch.rows));
-        states_entering(sched, reverse, ch, out_rows, hx_rows, xh.narrow(1, I, Hs));
-        const at::Tensor p = at::mm(d16.t(), xh);
-        xh = at::Tensor();
-        add_half_columns(sum.dw_ih, p, 0);
-        add_half_columns(sum.dw_hh, p, I);
+      if (need_weight_grad) {
         sum.db_ih.add_(d.sum(0));
-      } else if (need_weight_grad) {
-        sum.db_ih.add_(d.sum(0));
-        add_half_product(sum.dw_ih, d16, x.narrow(0, ch.row0, ch.rows));
-        at::Tensor hp = at::empty({ch.rows, s.state}, opts);
-        states_entering(sched, reverse, ch, out_rows, hx_rows, hp);
-        add_half_product(sum.dw_hh.narrow(0, 0, L.sum_cols()), d16.narrow(1, 0, L.sum_cols()), hp);
-        if (L.rest_cols() > 0) {
+        if (L.rest_cols() == 0) {
+          // Every gate's A and R add (the LSTM, the Elman RNN): one product
+          // dG^T [x | h_{t-1}] gives dW_ih and dW_hh, one library call
+          // instead of two.
+          const int64_t I = s.input, Hs = s.state;
+          at::Tensor xh = at::empty({ch.rows, I + Hs}, opts);
+          xh.narrow(1, 0, I).copy_(x.narrow(0, ch.row0, ch.rows));
+          states_entering(sched, reverse, ch, out_rows, hx_rows, xh.narrow(1, I, Hs));
+          const at::Tensor p = at::mm(d16.t(), xh);
+          xh = at::Tensor();
+          add_half_columns(sum.dw_ih, p, 0);
+          add_half_columns(sum.dw_hh, p, I);
+        } else {
+          // The GRU: dW_hh of its other gates is dR^T h_{t-1}, with dR apart.
+          add_half_product(sum.dw_ih, d16, x.narrow(0, ch.row0, ch.rows));
+          at::Tensor hp = at::empty({ch.rows, s.state}, opts);  // h_{t-1} of each row
+          states_entering(sched, reverse, ch, out_rows, hx_rows, hp);
+          add_half_product(sum.dw_hh.narrow(0, 0, L.sum_cols()), d16.narrow(1, 0, L.sum_cols()),
+                           hp);
           const at::Tensor dr = dgc.narrow(1, L.rest_at(), L.rest_cols());
           add_half_product(sum.dw_hh.narrow(0, L.sum_cols(), L.rest_cols()), dr.to(dtype), hp);
           sum.db_hh.narrow(0, L.sum_cols(), L.rest_cols()).add_(dr.sum(0));
