@@ -26,10 +26,10 @@
 // Why this form: the one before built tanh from 1 - 2 / (e^2|x| + 1) for
 // |x| >= 1/4 and a Taylor series below, both computed and blended, and
 // sigmoid from e^|z| with a blend on the sign of z; about 32 and 24 vector
-// operations. These take about 20 and 18: on one Zen 4 core (AVX-512),
-// 0.49 -> 0.34 ns a tanh and 0.37 -> 0.31 a sigmoid, and the LSTM's
-// pointwise step (three sigmoids, two tanh) is most of its cost
-// (benchmarks/OPTIMISATIONS.md).
+// operations. These take about 20 and 18: on one Zen 4 core (AVX-512, 16
+// lanes), 0.49 -> 0.34 ns a tanh and 0.37 -> 0.31 a sigmoid
+// (benchmarks/OPTIMISATIONS.md). The cells' pointwise steps gain less: their
+// chains (gates -> c -> tanh c -> h) bound them as much as the operations.
 #pragma once
 
 #include <cstdint>
