@@ -10,6 +10,7 @@
 #include "cell_ops.h"
 #include "module_call.h"
 #include "cpu/blas.h"
+#include "cpu/half.h"
 #include "cpu/isa.h"
 #include "stack.h"
 
@@ -135,6 +136,10 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
       [] { return std::string(rnnattn::cpu::gemm_lib_name(rnnattn::cpu::float_gemm_lib())); },
       "the library of the CPU kernels' large float32 GEMMs: 'blas' (MKL) or 'onednn' "
       "(csrc/cpu/blas.h)");
+  m.def(
+      "cpu_bf16_steps", [] { return std::string(rnnattn::cpu::half::bf16_steps_name()); },
+      "how a bfloat16 call's recurrent steps multiply here: 'float32', 'kernel' (small_gemm_bf16) "
+      "or 'kernel+library' (its large steps in oneDNN's bfloat16 GEMM; csrc/cpu/half.h)");
 #ifdef RNNATTN_WITH_CUDA
   m.attr("with_cuda") = true;
 #else

@@ -128,6 +128,10 @@ CHUNKED = [  # several chunks of steps each (csrc/cpu/half_layer.h: >= 128 rows 
     ("gru", (12, 16, 8, 256), None, 0),
     ("lstm", (None, None, 6, 192), [12, 12, 11, 9, 9, 9, 9, 9, 9, 9, 9, 9, 9, 9, 9, 9, 9, 2], 0),
     ("rnn", (40, 4, 8, 1024), None, 0),
+    # with RNNATTN_CPU_BF16_STEPS=library (the default on AMX CPUs) the steps
+    # of 20 rows go to the library's bfloat16 GEMM and those of 14 and 6 rows
+    # to small_gemm_bf16: the walk changes path both ways
+    ("lstm", (None, None, 6, 192), [12] * 6 + [9] * 8 + [3] * 6, 0),
 ]
 
 
@@ -387,6 +391,68 @@ def test_input_gemm_runs_in_the_dtype_where_chosen():
     assert ("aten::mm" in names) == want, names
 
 
+def test_large_bf16_steps_take_the_chosen_path():
+    """rnnattn._C.cpu_bf16_steps() names how bfloat16 steps multiply here: in
+    float32 without bf16 steps (csrc/cpu/half.h bf16_steps), else in
+    small_gemm_bf16, with the large ones in the library's bfloat16 GEMM where
+    RNNATTN_CPU_BF16_STEPS=library or, unset, the CPU has AMX-BF16. That GEMM
+    rounds its product to bfloat16, small_gemm_bf16 sums in float32: a large
+    step's results differ between the two paths, a small step's do not."""
+    how = os.environ.get("RNNATTN_CPU_BF16_STEPS")
+    bf16_steps = rnnattn._C.cpu_bf16_steps()
+    if bf16_steps == "float32":
+        pytest.skip("no bfloat16 steps here (they need AVX512-BF16 and the avx512 kernels)")
+    library = how == "library" if how in ("library", "kernel") else "amx_bf16" in _cpu_flags()
+    assert bf16_steps == ("kernel+library" if library else "kernel")
+    if os.environ.get("RNNATTN_CPU_HALF_GEMM") == "float32":
+        return
+    root = Path(__file__).resolve().parents[1]
+    script = (
+        "import sys, torch, rnnattn; sys.path.insert(0, 'tests');"
+        "from test_half_precision_cpu import layer_case;"
+        "torch.manual_seed(0);"
+        "outs = [];"
+        "[outs.extend(rnnattn.ops.lstm_layer(*[a.detach() if isinstance(a, torch.Tensor) else a"
+        " for a in layer_case('lstm', 4, B, 8, 128, torch.bfloat16)], False)) for B in (2, 40)];"
+        "torch.save(outs, sys.argv[1])"
+    )
+    results = {}
+    for choice in ("kernel", "library"):
+        env = dict(os.environ, RNNATTN_CPU_BF16_STEPS=choice, PYTHONPATH=str(root))
+        out = Path(root / f".bf16_steps_{choice}_{os.getpid()}.pt")
+        try:
+            r = subprocess.run([sys.executable, "-c", script, str(out)], cwd=root, env=env,
+                               capture_output=True, text=True)
+            assert r.returncode == 0, r.stderr[-2000:]
+            results[choice] = torch.load(out)
+        finally:
+            out.unlink(missing_ok=True)
+    small = zip(results["kernel"][:3], results["library"][:3])  # B = 2: 2 x 128 x 512 a step
+    large = zip(results["kernel"][3:], results["library"][3:])  # B = 40: past small_step's size
+    assert all(torch.equal(a, b) for a, b in small)
+    assert not all(torch.equal(a, b) for a, b in large)
+
+
+def test_the_other_bf16_step_choice():
+    """The large bfloat16 steps go to the library's bfloat16 GEMM on AMX CPUs and
+    to small_gemm_bf16 elsewhere (csrc/cpu/half.h bf16_library_steps); this
+    process runs the CPU's choice, and RNNATTN_CPU_BF16_STEPS forces the other:
+    the tests above must pass with it too."""
+    if rnnattn._C.cpu_bf16_steps() == "float32":
+        pytest.skip("no bfloat16 steps here (they need AVX512-BF16 and the avx512 kernels)")
+    if os.environ.get("RNNATTN_CPU_BF16_STEPS") is not None:
+        pytest.skip("forced in this process already")
+    other = "kernel" if rnnattn._C.cpu_bf16_steps() == "kernel+library" else "library"
+    root = Path(__file__).resolve().parents[1]
+    env = dict(os.environ, RNNATTN_CPU_BF16_STEPS=other, PYTHONPATH=str(root))
+    r = subprocess.run(
+        [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", __file__,
+         "-k", "not both_input_gemm and not other_bf16_step"],
+        cwd=root, env=env, capture_output=True, text=True,
+    )
+    assert r.returncode == 0 and " passed" in r.stdout, r.stdout[-3000:] + r.stderr[-2000:]
+
+
 @pytest.mark.parametrize("how", ["library", "float32"])
 def test_both_input_gemm_choices(how):
     """The forward's input GEMM runs in the half dtype through ATen on CPUs with
@@ -395,7 +461,8 @@ def test_both_input_gemm_choices(how):
     root = Path(__file__).resolve().parents[1]
     env = dict(os.environ, RNNATTN_CPU_HALF_GEMM=how, PYTHONPATH=str(root))
     r = subprocess.run(
-        [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", __file__, "-k", "not both_input_gemm"],
+        [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", __file__,
+         "-k", "not both_input_gemm and not other_bf16_step"],
         cwd=root, env=env, capture_output=True, text=True,
     )
     assert r.returncode == 0 and " passed" in r.stdout, r.stdout[-3000:] + r.stderr[-2000:]

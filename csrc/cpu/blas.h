@@ -155,6 +155,44 @@ inline void gemm_onednn(bool ta, bool tb, int64_t m, int64_t n, int64_t k, float
   at::native::mkldnn_matmul(A, B, at::from_blob(c, {m, n}, {ldc, 1}, f32), beta, alpha);
 }
 
+// Whether ATen's oneDNN GEMM takes bfloat16 operands here (a probe call; it
+// refuses where the CPU lacks the AVX-512 or AVX-NE-CONVERT it needs).
+inline bool onednn_bf16_gemm_works() {
+  static const bool ok = [] {
+    if (at::native::mkldnn_matmul == nullptr) return false;
+    try {
+      auto bf16 = at::TensorOptions().dtype(at::kBFloat16);
+      at::Tensor c = at::zeros({1, 1}, bf16);
+      at::native::mkldnn_matmul(at::full({1, 1}, 3.f, bf16), at::full({1, 1}, 2.f, bf16), c, 0.f,
+                                1.f);
+      return c.item<float>() == 6.f;
+    } catch (const std::exception&) {
+      return false;
+    }
+  }();
+  return ok;
+}
+
+// C (m x n) = A (m x k) @ op(B), op(B) = B (k x n) or, with tb, B^T where B
+// is n x k; bfloat16 operands and result (raw bits), float32 sums inside,
+// rows ld* apart. Through oneDNN (AMX tiles where the CPU has them), else
+// at::mm_out; the result rounds to bfloat16 as at::mm's does (neither takes
+// a float32 result for bfloat16 operands on the CPU).
+inline void gemm_bf16_library(bool tb, int64_t m, int64_t n, int64_t k, const uint16_t* a,
+                              int64_t lda, const uint16_t* b, int64_t ldb, uint16_t* c,
+                              int64_t ldc) {
+  auto bf16 = at::TensorOptions().dtype(at::kBFloat16);
+  auto A = at::from_blob(const_cast<uint16_t*>(a), {m, k}, {lda, 1}, bf16);
+  auto B = tb ? at::from_blob(const_cast<uint16_t*>(b), {n, k}, {ldb, 1}, bf16).t()
+              : at::from_blob(const_cast<uint16_t*>(b), {k, n}, {ldb, 1}, bf16);
+  auto C = at::from_blob(c, {m, n}, {ldc, 1}, bf16);
+  if (onednn_bf16_gemm_works() && at::globalContext().userEnabledMkldnn()) {
+    at::native::mkldnn_matmul(A, B, C, 0.f, 1.f);
+  } else {
+    at::mm_out(C, A, B);
+  }
+}
+
 // C[m,n] = alpha * op(A)[m,k] @ op(B)[k,n] + beta * C, all row-major.
 // op(A) = A (m x k, leading dim lda) or, with ta, A^T where A is k x m.
 // beta == 0 overwrites C (NaN in C does not leak, as in BLAS).

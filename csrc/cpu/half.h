@@ -83,6 +83,38 @@ inline bool bf16_steps(at::ScalarType dtype) {
   return dtype == at::kBFloat16 && library_half_gemm(dtype) && bf16_small_gemm_available();
 }
 
+// Whether, with bf16_steps, the large steps (beyond small_step's size,
+// recurrence.h) go to the library's bfloat16 GEMM instead: one oneDNN call
+// a step over all gates (LayerPtrs::w_hh16), as torch's own bfloat16
+// modules make theirs, with the product rounded to bfloat16 as theirs is.
+// On CPUs with AMX-BF16 (Intel Xeon from Sapphire Rapids on) oneDNN runs
+// it on the AMX tiles, many times VDPBF16PS's multiply-adds a cycle; the
+// input GEMM and the backward's GEMMs already go there (at::mm). Elsewhere
+// small_gemm_bf16 keeps them: measured on an AMD EPYC (Zen 4, AVX512-BF16,
+// no AMX) in benchmarks/OPTIMISATIONS.md. RNNATTN_CPU_BF16_STEPS=library|
+// kernel forces one (tests run both). Read once.
+inline bool bf16_library_steps() {
+  static const bool lib = [] {
+    const char* v = std::getenv("RNNATTN_CPU_BF16_STEPS");
+    if (v != nullptr && std::strcmp(v, "library") == 0) return true;
+    if (v != nullptr && std::strcmp(v, "kernel") == 0) return false;
+#if RNNATTN_X86_DISPATCH
+    return __builtin_cpu_supports("amx-bf16") != 0;
+#else
+    return false;
+#endif
+  }();
+  return lib;
+}
+
+// How a bfloat16 call's recurrent steps multiply (the benchmark's header):
+// "float32", "kernel" (small_gemm_bf16) or "kernel+library" (the large
+// steps in the library's bfloat16 GEMM).
+inline const char* bf16_steps_name() {
+  if (!bf16_steps(at::kBFloat16)) return "float32";
+  return bf16_library_steps() ? "kernel+library" : "kernel";
+}
+
 // A = X W_ih^T, (rows, gates), in the input's dtype where library_half_gemm;
 // undefined otherwise (the float32 kernel then computes it).
 inline at::Tensor input_projection(const at::Tensor& input, const at::Tensor& w_ih) {

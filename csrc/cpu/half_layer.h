@@ -166,6 +166,15 @@ inline at::Tensor weight_pairs(const at::Tensor& weight, bool transposed) {
   return p;
 }
 
+// Whether a bfloat16 call with bfloat16 steps sends its large steps to the
+// library's bfloat16 GEMM (half.h bf16_library_steps): where its first step
+// (the most rows) is past small_step's size.
+template <typename Cell>
+bool library_steps(const RnnShape& s, const StepSchedule& sched) {
+  return half::bf16_library_steps() && sched.steps() > 0 &&
+         !small_step<Cell>(sched.batch[0], s.state, CellLayout<Cell>{s.hidden}.gates());
+}
+
 inline c10::optional<at::Tensor> opt(const at::Tensor& t) {
   return t.defined() ? c10::optional<at::Tensor>(t) : c10::nullopt;
 }
@@ -205,13 +214,18 @@ LayerForward forward_layer_half(const Cell& cell, const RnnShape& s, const StepS
   // steps.
   const CellLayout<Cell> L{s.hidden};
   const bool small = sched.steps() > 0 && small_step<Cell>(sched.batch.back(), s.state, L.gates());
-  // With them (no projection), W_ih^T in pairs too where they are at most
+  // Where the large steps go to the library's bfloat16 GEMM (library_steps),
+  // it reads W_hh as it is, and the pairs are made only for the small steps
+  // of a batch that shrinks; A then comes from the library's GEMM too.
+  // Else, without a projection, W_ih^T in pairs too where they are at most
   // kStepInputMaxBytes: each step makes its own rows' A from the chunk's
   // float32 input (recurrence.h step_input).
+  const bool lib = pairs && no_proj && library_steps<Cell>(s, sched);
+  const at::Tensor w16 = lib ? w_hh.contiguous() : at::Tensor();
   at::Tensor wt, wit;
   if (pairs) {
-    wt = weight_pairs(w_hh, /*transposed=*/true);
-    if (no_proj && (s.input + 1) / 2 * L.gates() * 4 <= kStepInputMaxBytes)
+    if (!lib || small) wt = weight_pairs(w_hh, /*transposed=*/true);
+    if (!lib && no_proj && (s.input + 1) / 2 * L.gates() * 4 <= kStepInputMaxBytes)
       wit = weight_pairs(w_ih, /*transposed=*/true);
   } else if (small) {
     wt = at::empty({s.state, L.gates()}, wh.options());
@@ -236,7 +250,7 @@ LayerForward forward_layer_half(const Cell& cell, const RnnShape& s, const StepS
     const at::Tensor a = wit.defined() ? at::Tensor() : half::input_projection(xc, w_ih);
     LayerForward rc = forward_layer_op(cell, sc, ch.sched, a.defined() ? xc : xc.to(at::kFloat), h,
                                        opt(c), wi, wh, bi, bh, wr, reverse, train, a,
-                                       /*pack_w_hh=*/false, wt, wit);
+                                       /*pack_w_hh=*/false, wt, wit, w16);
     out.narrow(0, ch.row0, ch.rows).copy_(rc.output);
     if (has_reserve && train) r.reserve.narrow(0, ch.row0, ch.rows).copy_(rc.reserve);
     h = rc.h_n;
@@ -306,11 +320,16 @@ LayerGrads backward_layer_half(const Cell& cell, const RnnShape& s, const StepSc
   // W_hh in bfloat16 pairs for the steps' dh GEMM where the steps multiply
   // in bfloat16 (half.h), made once for all the chunks. The GRU's other
   // gates start at row 2H, on a pair's edge.
+  // Where the large steps go to the library's bfloat16 GEMM (as the
+  // forward), it reads W_hh as it is; the pairs only for small steps.
+  const bool steps16 = sched.steps() > 0 && half::bf16_steps(dtype) && !has_proj;
+  const bool lib = steps16 && library_steps<Cell>(s, sched);
+  const at::Tensor w16 = lib ? w_hh.contiguous() : at::Tensor();
   at::Tensor wh_pairs;
-  if (sched.steps() > 0 && half::bf16_steps(dtype) && !has_proj)
+  if (steps16 && (!lib || small_step<Cell>(sched.batch.back(), s.state, L.gates())))
     wh_pairs = weight_pairs(w_hh, /*transposed=*/false);
-  // W_hh in float32 only where the steps read it (not the pairs).
-  wh = wh_pairs.defined() ? at::empty({0}, opts.dtype(at::kFloat)) : up(w_hh);
+  // W_hh in float32 only where the steps read it (not with bfloat16 steps).
+  wh = steps16 ? at::empty({0}, opts.dtype(at::kFloat)) : up(w_hh);
   for (auto it = chunks.rbegin(); it != chunks.rend(); ++it) {
     const StepChunk& ch = *it;
     auto rows = [&](const at::Tensor& t) { return t.narrow(0, ch.row0, ch.rows).to(at::kFloat); };
@@ -335,7 +354,7 @@ LayerGrads backward_layer_half(const Cell& cell, const RnnShape& s, const StepSc
         cell, sc, ch.sched, rows(gout), g, opt(dc), xc, h_in, opt(c_in), wi, wh, wr,
         rows(out), ws.defined() ? opt(rows(ws)) : c10::nullopt, reverse,
         need_input_grad && !gemms16, need_weight_grad && !gemms16, /*pack_w_hh=*/false, &sum,
-        wh_pairs, gemms16 ? &dgc : nullptr);
+        wh_pairs, gemms16 ? &dgc : nullptr, w16);
     if (gemms16) {
       const at::Tensor d = dgc.narrow(1, 0, L.gates());
       const at::Tensor d16 = d.to(dtype);

@@ -86,6 +86,30 @@ __attribute__((noinline)) void transpose(const T* __restrict src, int64_t rows, 
     }
 }
 
+// The scratch of steps that multiply through the library's bfloat16 GEMM
+// (LayerPtrs::w_hh16): n bfloat16 values, x16's then y16's; undefined
+// without w_hh16. Only float32 calls without a projection take them.
+inline at::Tensor bf16_step_scratch(const at::Tensor& w_hh16, const at::Tensor& h0,
+                                    const at::Tensor& w_hr, int64_t n) {
+  if (!w_hh16.defined()) return at::Tensor();
+  TORCH_CHECK(w_hh16.scalar_type() == at::kBFloat16 && w_hh16.is_contiguous() &&
+                  h0.scalar_type() == at::kFloat && !w_hr.defined(),
+              "rnnattn: library bfloat16 steps need a contiguous bfloat16 W_hh and a float32 "
+              "call without a projection");
+  return at::empty({n}, h0.options().dtype(at::kBFloat16));
+}
+
+template <typename T>
+void set_bf16_steps(LayerPtrs<T>& p, const at::Tensor& w_hh16, const at::Tensor& scratch,
+                    int64_t x16_size) {
+  auto bits = [](const at::Tensor& t) {
+    return reinterpret_cast<uint16_t*>(const_cast<at::BFloat16*>(t.data_ptr<at::BFloat16>()));
+  };
+  p.w_hh16 = bits(w_hh16);
+  p.x16 = bits(scratch);
+  p.y16 = p.x16 + x16_size;
+}
+
 struct LayerForward {
   at::Tensor output, h_n, c_n, reserve;  // c_n, reserve: undefined where the cell has none
 };
@@ -99,7 +123,8 @@ LayerForward forward_layer_op(const Cell& cell, const RnnShape& s, const StepSch
                               const c10::optional<at::Tensor>& w_hr, bool reverse,
                               bool train = true, const at::Tensor& a_given = at::Tensor(),
                               bool pack_w_hh = true, const at::Tensor& w_hh_t = at::Tensor(),
-                              const at::Tensor& w_ih_t_pairs = at::Tensor()) {
+                              const at::Tensor& w_ih_t_pairs = at::Tensor(),
+                              const at::Tensor& w_hh16 = at::Tensor()) {
   // a_given: A = X W_ih^T, (rows, gates) in any floating dtype, computed by
   // the caller (half.h); input is then read for its shape only, and may be
   // of another dtype than the rest. pack_w_hh: LayerPtrs::pack. w_hh_t:
@@ -108,7 +133,9 @@ LayerForward forward_layer_op(const Cell& cell, const RnnShape& s, const StepSch
   // its bfloat16 pairs ((Hs + 1) / 2, gates), LayerPtrs::w_hh_t_bf16.
   // w_ih_t_pairs: with those, W_ih^T's bfloat16 pairs ((I + 1) / 2, gates):
   // the steps make A themselves (LayerPtrs::w_ih_t_bf16) from the float32
-  // input.
+  // input. w_hh16: W_hh in bfloat16 (a float32 call without a projection):
+  // the large steps multiply through the library's bfloat16 GEMM
+  // (LayerPtrs::w_hh16).
   constexpr bool kOutputIsReserve = Cell::kWsBlocks == 1;  // the Elman RNN
   const CellLayout<Cell> L{s.hidden};
   const int64_t H = s.hidden, Hs = s.state, B = s.batch;
@@ -161,6 +188,7 @@ LayerForward forward_layer_op(const Cell& cell, const RnnShape& s, const StepSch
   at::Tensor scratch = at::empty({n_spare + n_m + n_bias + n_wh_t}, opts);
   if (a_given.defined())
     (kOutputIsReserve ? r.output.view({s.rows, Hs}) : ws).narrow(1, 0, L.gates()).copy_(a_given);
+  at::Tensor scratch16 = bf16_step_scratch(w_hh16, h0, wr, B * (Hs + L.gates()));
   AT_DISPATCH_FLOATING_TYPES(h0.scalar_type(), "rnnattn::recurrent_forward", [&] {
     using T = scalar_t;
     T* spare = scratch.data_ptr<T>();
@@ -188,6 +216,7 @@ LayerForward forward_layer_op(const Cell& cell, const RnnShape& s, const StepSch
       if (w_ih_t_pairs.defined())
         p.w_ih_t_bf16 = reinterpret_cast<const uint32_t*>(w_ih_t_pairs.data_ptr<int32_t>());
     }
+    if (w_hh16.defined()) set_bf16_steps(p, w_hh16, scratch16, B * Hs);
     p.w_hr = ptr_or_null<T>(wr);
     p.bias = bias;
     p.out = r.output.data_ptr<T>();
@@ -236,13 +265,15 @@ LayerGrads backward_layer_op(const Cell& cell, const RnnShape& s, const StepSche
                              bool need_input_grad, bool need_weight_grad, bool pack_w_hh = true,
                              const LayerGrads* sum = nullptr,
                              const at::Tensor& w_hh_pairs = at::Tensor(),
-                             at::Tensor* dg_out = nullptr) {
+                             at::Tensor* dg_out = nullptr,
+                             const at::Tensor& w_hh16 = at::Tensor()) {
   // sum: float32 weight and bias grads the call adds its own to (and
   // returns), instead of allocating them: a half-precision call's sum over
   // its chunks of steps (half_layer.h). pack_w_hh: LayerPtrs::pack.
   // w_hh_pairs: W_hh in bfloat16 pairs, LayerPtrs::w_hh_bf16 (float only).
   // dg_out: the walk only (with no grads asked for); its gate grads
   // (rows, kGradBlocks * H) go to *dg_out for the caller's own GEMMs.
+  // w_hh16: W_hh in bfloat16, LayerPtrs::w_hh16 (float only).
   constexpr bool kOutputIsReserve = Cell::kWsBlocks == 1;
   const CellLayout<Cell> L{s.hidden};
   const int64_t H = s.hidden, Hs = s.state, B = s.batch, N = s.rows;
@@ -282,6 +313,7 @@ LayerGrads backward_layer_op(const Cell& cell, const RnnShape& s, const StepSche
   auto weight_grad = [&](const at::Tensor& total, auto make) {
     return !need_weight_grad ? none() : acc ? total : make();
   };
+  at::Tensor scratch16 = bf16_step_scratch(w_hh16, h0, wr, B * (L.gates() + Hs));
   if (overlap > 0) {
     r.dx = need_input_grad ? at::empty(input.sizes(), opts) : none();
     r.dw_ih = weight_grad(given.dw_ih, [&] { return at::empty_like(wi); });
@@ -298,6 +330,7 @@ LayerGrads backward_layer_op(const Cell& cell, const RnnShape& s, const StepSche
       TORCH_CHECK(is_float, "rnnattn: bfloat16 pairs of W_hh with a ", x.scalar_type(), " call");
       p.w_hh_bf16 = reinterpret_cast<const uint32_t*>(w_hh_pairs.data_ptr<int32_t>());
     }
+    if (w_hh16.defined()) set_bf16_steps(p, w_hh16, scratch16, B * L.gates());
     p.w_hr = ptr_or_null<T>(wr);
     p.out = out.data_ptr<T>();
     p.ld_out = ld_out;
@@ -335,7 +368,7 @@ LayerGrads backward_layer_op(const Cell& cell, const RnnShape& s, const StepSche
   // memory of the backward at the larger of its two phases, not their sum.
   // Grads not asked for are returned as distinct empty tensors (outputs of
   // an operator must not alias each other).
-  tmp = dm = zeros = at::Tensor();
+  tmp = dm = zeros = scratch16 = at::Tensor();
   if (overlap == 0) {
     r.dx = need_input_grad ? at::empty(input.sizes(), opts) : none();
     r.dw_ih = weight_grad(given.dw_ih, [&] { return at::empty_like(wi); });

@@ -42,6 +42,7 @@
 #include <vector>
 
 #include "../rnn_common.h"
+#include "bf16_bits.h"
 #include "blas.h"
 #include "cells.h"
 #include "isa.h"
@@ -91,6 +92,15 @@ struct LayerPtrs {
   // call to copy, no fork/join for it, and A summed in float32 (a library
   // bfloat16 GEMM rounds it to bfloat16).
   const uint32_t* w_ih_t_bf16 = nullptr;
+  // In a bfloat16 call whose large steps go to the library's bfloat16 GEMM
+  // (half.h bf16_library_steps; float calls only, no projection): W_hh as
+  // stored, in bfloat16 bits (G*H x Hs), and the steps' operands: x16, the
+  // left one rounded to bfloat16 (B rows of Hs forward, of G*H backward), and
+  // y16, the product (B rows of G*H forward, of Hs backward). Steps within
+  // small_step's size still take small_gemm_bf16 (w_hh_t_bf16, w_hh_bf16).
+  const uint16_t* w_hh16 = nullptr;
+  uint16_t* x16 = nullptr;
+  uint16_t* y16 = nullptr;
   const T* w_hr = nullptr;    // LSTM projection (P x H), or null
   const T* bias = nullptr;    // the cell's combined bias (cells.h)
   T* out = nullptr;
@@ -340,7 +350,10 @@ T* forward_layer(const Cell& cell, const RnnShape& s, const StepSchedule& sched,
   // 283-306 ms, units 293-358.
   const bool bf16_steps = p.w_hh_t_bf16 != nullptr && !proj;
   const bool step_input = bf16_steps && p.w_ih_t_bf16 != nullptr;  // LayerPtrs::w_ih_t_bf16
-  auto small = [&](int64_t b) { return bf16_steps || small_step<Cell>(b, Hs, G); };
+  // The large steps through the library's bfloat16 GEMM instead
+  // (LayerPtrs::w_hh16, lib_step below).
+  const bool lib16 = p.w_hh16 != nullptr && !proj;
+  auto small = [&](int64_t b) { return (bf16_steps && !lib16) || small_step<Cell>(b, Hs, G); };
   auto wt_gemm = [&](const T* X, int64_t col, T* Y, int64_t rows, int64_t n, bool accumulate,
                      int64_t ldx, int64_t ldy) {
     if constexpr (std::is_same_v<T, float>)
@@ -372,7 +385,7 @@ T* forward_layer(const Cell& cell, const RnnShape& s, const StepSchedule& sched,
   const bool train = p.train;
   // Steps too large for small_gemm split the hidden units across threads.
   std::vector<RecurrentGemm<T>> rec;
-  if (!proj && !small(B0)) {
+  if (!proj && !small(B0) && !lib16) {
     const int parts = recurrent_parts(B0 * Hs * G, H);
     rec.reserve(Cell::kGates);
     const int64_t reserve_bytes = s.rows * Cell::kWsBlocks * H * int64_t(sizeof(T));
@@ -457,11 +470,52 @@ T* forward_layer(const Cell& cell, const RnnShape& s, const StepSchedule& sched,
               gate_ld(a, gi));
     pointwise(a, cur, nxt, c0, c1);
   };
+  // A large step through the library's bfloat16 GEMM (lib16): h_{t-1} of
+  // its rows in bfloat16 (x16; the step before wrote it where it was such a
+  // step too), R = x16 W_hh^T over all gates in one call (y16), then on each
+  // unit part: the ended rows carried, its A (step_input), R added to A (or
+  // kept apart), the pointwise step, and h_t's units rounded into x16.
+  int64_t x16_step = -1, x16_rows = 0;  // the step whose entering state x16 holds; its rows
+  auto lib_step = [&](const At& a, int64_t i) {
+    if constexpr (std::is_same_v<T, float>) {
+      const int64_t b = a.b;
+      const int64_t fresh = x16_step == i ? std::min(x16_rows, b) : 0;
+      if (fresh < b)  // rows starting here (hx) or after a step of another path
+        at::parallel_for(fresh, b, 16, [&](int64_t r0, int64_t r1) {
+          round_to_bf16(cur + r0 * Hs, (r1 - r0) * Hs, p.x16 + r0 * Hs);
+        });
+      gemm_bf16_library(/*tb=*/true, b, G, Hs, p.x16, Hs, p.w_hh16, Hs, p.y16, G);
+      const int parts = recurrent_parts(b * Hs * G, H);
+      const int64_t width = unit_slice_width(parts, H);
+      at::parallel_for(0, parts, 1, [&](int64_t q0, int64_t q1) {
+        for (int64_t q = q0; q < q1; ++q) {
+          const int64_t c0 = q * width, c1 = std::min(H, c0 + width);
+          if (c0 >= c1) continue;
+          carry_ended(a, i, cur, nxt, c0, c1);
+          input_rows(a, 0, b, c0, c1 - c0);
+          for (int64_t r = 0; r < b; ++r)
+            for (int g = 0; g < Cell::kGates; ++g)
+              widen_bf16(p.y16 + r * G + g * H + c0, c1 - c0,
+                         gate_out(a, g) + r * gate_ld(a, g) + c0, g < Cell::kSumGates);
+          pointwise(a, cur, nxt, c0, c1);
+          for (int64_t r = 0; r < b; ++r)
+            round_to_bf16(nxt + r * Hs + c0, c1 - c0, p.x16 + r * Hs + c0);
+        }
+      });
+      x16_step = i + 1;
+      x16_rows = b;
+    }
+  };
   // One step of the walk that is not split into unit parts.
   auto step = [&](int64_t i) {
     const At a = at(i);
     const int64_t b = a.b;
     T* ws = a.ws;
+    if (lib16 && !small(b)) {
+      lib_step(a, i);
+      std::swap(cur, nxt);
+      return;
+    }
     carry_ended(a, i, cur, nxt, 0, Hs);
     if (small(b)) {
       // Single-threaded, no BLAS call: the step's data is in L1/L2. W_hh^T
@@ -535,7 +589,7 @@ T* forward_layer(const Cell& cell, const RnnShape& s, const StepSchedule& sched,
   // number of unit parts (within one chunk of A) in one parallel region
   // each, with a barrier between steps (walk_unit_parts), the other steps
   // one by one.
-  const int P = has_wt ? row_parts<Cell>(B0, Hs, G, proj, bf16_steps) : 1;
+  const int P = has_wt ? row_parts<Cell>(B0, Hs, G, proj, bf16_steps && !lib16) : 1;
   auto walk_steps = [&](int64_t i0, int64_t i1) {
     for (int64_t i = i0; i < i1;) {
       load_chunk(i);
@@ -632,7 +686,10 @@ int64_t backward_recurrence(const Cell& cell, const RnnShape& s, const StepSched
   // projection takes the small path (small_gemm_bf16). wh_gemm: the product
   // of X (rows x k) and W_hh's rows [krow, krow + k), columns [col, col + n).
   const bool bf16_steps = p.w_hh_bf16 != nullptr && !proj;
-  auto small = [&](int64_t b) { return bf16_steps || small_step<Cell>(b, Hs, G); };
+  // The large iterations through the library's bfloat16 GEMM instead
+  // (LayerPtrs::w_hh16, lib_iteration below).
+  const bool lib16 = p.w_hh16 != nullptr && !proj;
+  auto small = [&](int64_t b) { return (bf16_steps && !lib16) || small_step<Cell>(b, Hs, G); };
   auto wh_gemm = [&](const T* X, int64_t krow, int64_t col, T* Y, int64_t rows, int64_t k,
                      int64_t n, bool accumulate, int64_t ldx, int64_t ldy) {
     if constexpr (std::is_same_v<T, float>)
@@ -642,7 +699,7 @@ int64_t backward_recurrence(const Cell& cell, const RnnShape& s, const StepSched
     small_gemm(X, p.w_hh + krow * Hs + col, Y, rows, k, n, accumulate, Ld{ldx, Hs, ldy});
   };
   std::vector<RecurrentGemm<T>> rec;
-  if (!proj && !small(B0)) {
+  if (!proj && !small(B0) && !lib16) {
     const int parts = recurrent_parts(B0 * Hs * G, H);
     const int blocks = L.rest_cols() > 0 ? 2 : 1;
     const int64_t grad_bytes = s.rows * ld_dg * int64_t(sizeof(T));
@@ -713,6 +770,50 @@ int64_t backward_recurrence(const Cell& cell, const RnnShape& s, const StepSched
               Hs);
     if (i + 1 < T_) step_grad(step_at(i + 1), c0, c1);
   };
+  // Rows [r0, r1) of step t's gate grads, units [c0, c1) of each gate, rounded
+  // into x16 (rows of G*H in W_hh's row order: the summed gates' dG, then
+  // the other gates' dR; lib_iteration).
+  auto round_dg = [&](int64_t t, int64_t r0, int64_t r1, int64_t c0, int64_t c1) {
+    for (int64_t r = r0; r < r1; ++r) {
+      const T* d = dg + (sched.offset[t] + r) * ld_dg;
+      for (int gi = 0; gi < Cell::kGates; ++gi) {
+        const int64_t col =
+            gi < Cell::kSumGates ? gi * H : L.rest_at() + (gi - Cell::kSumGates) * H;
+        if constexpr (std::is_same_v<T, float>)
+          round_to_bf16(d + col + c0, c1 - c0, p.x16 + r * G + gi * H + c0);
+      }
+    }
+  };
+  // A large iteration through the library's bfloat16 GEMM (lib16): dG_t in
+  // bfloat16 (x16; the iteration before wrote it where it was such an
+  // iteration too), x16 W_hh in one call (y16), then on each unit part:
+  // g's units [g z +] y16, the next step's dG, rounded into x16.
+  int64_t x16_iter = -1;  // the iteration whose dG x16 holds
+  auto lib_iteration = [&](int64_t i) {
+    if constexpr (std::is_same_v<T, float>) {
+      const int64_t t = step_at(i), b = sched.batch[t];
+      const bool has_next = i + 1 < T_;
+      const int64_t t_next = has_next ? step_at(i + 1) : 0;
+      if (x16_iter != i)
+        at::parallel_for(0, b, 16, [&](int64_t r0, int64_t r1) { round_dg(t, r0, r1, 0, H); });
+      gemm_bf16_library(/*tb=*/false, b, Hs, G, p.x16, G, p.w_hh16, Hs, p.y16, Hs);
+      const int parts = recurrent_parts(b * Hs * G, Hs);
+      const int64_t width = unit_slice_width(parts, Hs);
+      at::parallel_for(0, parts, 1, [&](int64_t q0, int64_t q1) {
+        for (int64_t q = q0; q < q1; ++q) {
+          const int64_t c0 = q * width, c1 = std::min(Hs, c0 + width);
+          if (c0 >= c1) continue;
+          for (int64_t r = 0; r < b; ++r)
+            widen_bf16(p.y16 + r * Hs + c0, c1 - c0, g + r * Hs + c0, Cell::kDirectGrad);
+          if (has_next) {
+            step_grad(t_next, c0, c1);
+            round_dg(t_next, 0, sched.batch[t_next], c0, c1);
+          }
+        }
+      });
+      x16_iter = has_next ? i + 1 : -1;
+    }
+  };
   // An iteration that is not split into unit parts.
   auto iteration = [&](int64_t i) {
     const int64_t t = step_at(i);
@@ -720,6 +821,7 @@ int64_t backward_recurrence(const Cell& cell, const RnnShape& s, const StepSched
     const T* d = dg + sched.offset[t] * ld_dg;
     const bool has_next = i + 1 < T_;
     const int64_t t_next = has_next ? step_at(i + 1) : 0;
+    if (lib16 && !small(b)) return lib_iteration(i);
     if (small(b) || proj) {
       if (small(b)) {
         wh_gemm(d, 0, 0, g, b, L.sum_cols(), Hs, Cell::kDirectGrad, ld_dg, Hs);
@@ -751,7 +853,7 @@ int64_t backward_recurrence(const Cell& cell, const RnnShape& s, const StepSched
   // one's GEMM reads every unit's dG: walk_unit_parts).
   // With the batch rows split among P threads (row_parts, row_blocks, as
   // the forward): each walks every iteration on its block of rows.
-  const int P = row_parts<Cell>(B0, Hs, G, proj, bf16_steps);
+  const int P = row_parts<Cell>(B0, Hs, G, proj, bf16_steps && !lib16);
   const std::vector<int64_t> bounds = P > 1 ? row_blocks(sched, P) : std::vector<int64_t>();
   auto row_iteration = [&](int64_t i, int64_t r0, int64_t r1) {
     const int64_t t = step_at(i);

@@ -37,6 +37,16 @@ def cpu_gemm_library() -> str:
     return _C.cpu_gemm()
 
 
+def cpu_bf16_steps() -> str:
+    """How a bfloat16 call's recurrent steps multiply in this process:
+    "float32", "kernel" (AVX512-BF16, small_gemm_bf16) or "kernel+library"
+    (the large steps in oneDNN's bfloat16 GEMM, on AMX CPUs; csrc/cpu/half.h,
+    RNNATTN_CPU_BF16_STEPS forces one)."""
+    from rnnattn import _C
+
+    return _C.cpu_bf16_steps()
+
+
 def _usable_cpus() -> int:
     try:
         return len(os.sched_getaffinity(0))
@@ -82,6 +92,7 @@ def describe(device: torch.device, dtype: torch.dtype) -> Dict[str, object]:
         "cpu": _cpu_model(),
         "cpu_isa_path": cpu_isa_path(),
         "cpu_gemm_library": cpu_gemm_library(),
+        "cpu_bf16_steps": cpu_bf16_steps(),
         "cpus_usable": _usable_cpus(),
         "cpus_logical": os.cpu_count(),
         "torch_threads": torch.get_num_threads(),

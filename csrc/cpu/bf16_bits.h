@@ -1,0 +1,45 @@
+// float32 <-> bfloat16 as raw 16-bit patterns, in plain loops the compiler
+// vectorizes (c10::BFloat16's conversion tests for NaN with a branch per
+// value). The large bfloat16 steps that go to the library's bfloat16 GEMM
+// (recurrence.h, LayerPtrs::w_hh16) round their left operand and widen its
+// product with these, a few hundred thousand values a step.
+#pragma once
+
+#include <cstdint>
+#include <cstring>
+
+namespace rnnattn::cpu {
+
+// Round to nearest even, as c10::BFloat16 does; NaN stays a (quiet) NaN
+// (the carry of the rounding would turn a NaN with only low mantissa bits
+// into infinity).
+inline uint16_t bf16_bits(float f) {
+  uint32_t u;
+  std::memcpy(&u, &f, sizeof u);
+  const uint32_t rounded = (u + 0x7fffu + ((u >> 16) & 1u)) >> 16;
+  return static_cast<uint16_t>(f != f ? 0x7fc0u : rounded);
+}
+
+inline float bf16_value(uint16_t b) {
+  const uint32_t u = static_cast<uint32_t>(b) << 16;
+  float f;
+  std::memcpy(&f, &u, sizeof f);
+  return f;
+}
+
+// dst[j] = bf16(src[j]), j < n.
+inline void round_to_bf16(const float* __restrict src, int64_t n, uint16_t* __restrict dst) {
+  for (int64_t j = 0; j < n; ++j) dst[j] = bf16_bits(src[j]);
+}
+
+// dst[j] (+)= src[j] widened to float32, j < n.
+inline void widen_bf16(const uint16_t* __restrict src, int64_t n, float* __restrict dst,
+                       bool accumulate) {
+  if (accumulate) {
+    for (int64_t j = 0; j < n; ++j) dst[j] += bf16_value(src[j]);
+  } else {
+    for (int64_t j = 0; j < n; ++j) dst[j] = bf16_value(src[j]);
+  }
+}
+
+}  // namespace rnnattn::cpu
