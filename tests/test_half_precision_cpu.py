@@ -109,7 +109,7 @@ def _up(args):
     return [a.float() if isinstance(a, torch.Tensor) and a.is_floating_point() else a for a in args]
 
 
-CHUNKED = [  # several chunks of steps each (csrc/cpu/half_layer.h: >= 128 rows a chunk)
+CHUNKED = [  # several chunks each (half_layer.h: backward chunks >= 128 rows, forward >= 32)
     ("rnn", (70, 8, 5, 9), None, 0),
     ("rnn", (None, None, 4, 33), [70, 70, 41, 12, 3], 0),
     ("gru", (70, 8, 5, 9), None, 0),
@@ -357,7 +357,7 @@ def test_inference_matches_training_forward(cell, dtype):
     make their own A, csrc/cpu/layer.h ws_one_step; a chunk of steps' A otherwise)
     but computes the same: the outputs of a module under no_grad and with grad
     are equal, bit for bit. Padded and packed (unsorted), 2 layers, both
-    directions; B = 1 (one chunk of 70 steps), a batch that shrinks, and W_ih's
+    directions; B = 1 (chunks of 32 steps), a batch that shrinks, and W_ih's
     bfloat16 pairs over 1 MiB for the GRU and LSTM (library input GEMM)."""
     torch.manual_seed(0)
     M = {"rnn": rnnattn.RNN, "gru": rnnattn.GRU, "lstm": rnnattn.LSTM}[cell]
