@@ -397,6 +397,10 @@ def test_table_header_names_the_cpu_isa_path():
     assert f"CPU kernels: {meta['cpu_isa_path']} path" in report.table([], meta)
     assert meta["cpu_gemm_library"] == rnnattn._C.cpu_gemm() in ("blas", "onednn")
     assert f"large float32 GEMMs: {meta['cpu_gemm_library']}" in report.table([], meta)
+    meta16 = machine.describe(torch.device("cpu"), torch.bfloat16)
+    assert meta16["cpu_bf16_steps"] == rnnattn._C.cpu_bf16_steps() in ("float32", "kernel", "kernel+library")
+    assert f"bfloat16 steps: {meta16['cpu_bf16_steps']}" in report.table([], meta16)
+    assert "bfloat16 steps" not in report.table([], meta)
 
 
 def _cpu_isa_with(value):
@@ -422,7 +426,3 @@ def test_rnnattn_cpu_isa_lowers_the_build_and_unknown_values_warn():
         assert got == levels[min(levels.index(isa), levels.index(best))] and "RNNATTN_CPU_ISA" not in err
     got, err = _cpu_isa_with("avx3")
     assert got == best and "RNNATTN_CPU_ISA='avx3' is not one of base, avx2, avx512" in err
-    meta16 = machine.describe(torch.device("cpu"), torch.bfloat16)
-    assert meta16["cpu_bf16_steps"] == rnnattn._C.cpu_bf16_steps() in ("float32", "kernel", "kernel+library")
-    assert f"bfloat16 steps: {meta16['cpu_bf16_steps']}" in report.table([], meta16)
-    assert "bfloat16 steps" not in report.table([], meta)

@@ -15,7 +15,9 @@
 // small_parts). Larger steps
 // split the hidden units across threads, each part doing the GEMM of its
 // units' columns in every gate and then their pointwise step while they are
-// in cache (recurrent_gemm.h), one fork/join per step. The running state is
+// in cache (recurrent_gemm.h), one fork/join per step (a bfloat16 call's
+// large steps on an AMX CPU: one library bfloat16 GEMM over all gates, then
+// the parts' pointwise step; LayerPtrs::w_hh16). The running state is
 // double-buffered, so one step's GEMM reads h_{t-1} while its pointwise pass
 // writes h_t. Rows whose sequence has ended stop being updated, so a
 // PackedSequence is walked directly, in either direction.
