@@ -37,3 +37,18 @@ def test_bf16_small_gemm_matches_double(tmp_path):
     if r.returncode == 0 and r.stdout.startswith("skipped"):
         pytest.skip(r.stdout.strip())
     assert r.returncode == 0 and "all passed" in r.stdout, r.stdout[-3000:]
+
+
+@pytest.mark.skipif(shutil.which("g++") is None, reason="needs g++ (the compiler that builds the extension)")
+def test_bf16_rounding_and_widening(tmp_path):
+    """bf16_bits.h (the library bfloat16 steps' operand rounding and product
+    widening, csrc/cpu/recurrence.h) against round-to-nearest-even worked out
+    on the values, at and around every tie, into infinity, and on NaNs, by
+    compiling and running check_bf16_bits.cpp."""
+    exe = tmp_path / "check_bf16_bits"
+    cmd = ["g++", "-std=c++17", "-O2", "-Wall", "-Wno-psabi", f"-I{ROOT / 'csrc' / 'cpu'}",
+           str(ROOT / "tests" / "cpu_kernels" / "check_bf16_bits.cpp"), "-o", str(exe)]
+    build = subprocess.run(cmd, capture_output=True, text=True)
+    assert build.returncode == 0, build.stderr[-3000:]
+    r = subprocess.run([str(exe)], capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0 and "all passed" in r.stdout, r.stdout[-3000:]

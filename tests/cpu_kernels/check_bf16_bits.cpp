@@ -1,0 +1,80 @@
+// bf16_bits.h's float32 -> bfloat16 rounding against round-to-nearest-even
+// worked out on the values (in double), and its widening against the bit
+// pattern: every bfloat16 pattern as the high half, with low halves at and
+// around the tie (0x8000) and at the ends, both signs; values that round up
+// into infinity, and NaNs whose payload would carry into the exponent.
+// Run by tests/test_cpu_kernel_widths.py.
+#include <cmath>
+#include <cstdint>
+#include <cstdio>
+#include <cstring>
+#include <vector>
+
+#include "bf16_bits.h"
+
+using rnnattn::cpu::bf16_bits;
+using rnnattn::cpu::bf16_value;
+
+static float from_bits(uint32_t u) {
+  float f;
+  std::memcpy(&f, &u, 4);
+  return f;
+}
+
+// The nearest bfloat16 (ties to even) by comparing distances in double; the
+// pattern one above the largest finite one stands for 2^128 (infinity).
+static uint16_t reference(uint32_t u) {
+  const uint32_t hi = u >> 16, sign = u & 0x80000000u;
+  const double f = std::fabs(static_cast<double>(from_bits(u)));
+  const double lo = std::fabs(static_cast<double>(from_bits(hi << 16)));
+  const uint32_t up_bits = ((hi + 1) << 16) & 0x7fffffffu;
+  const double up = up_bits == 0x7f800000u ? std::ldexp(1.0, 128)
+                                           : std::fabs(static_cast<double>(from_bits(up_bits | sign)));
+  const double dl = f - lo, du = up - f;
+  if (dl < du) return static_cast<uint16_t>(hi);
+  if (du < dl) return static_cast<uint16_t>(hi + 1);
+  return static_cast<uint16_t>(hi % 2 == 0 ? hi : hi + 1);
+}
+
+int main() {
+  const uint32_t lows[] = {0x0000, 0x0001, 0x4000, 0x7ffe, 0x7fff, 0x8000, 0x8001, 0xc000, 0xfffe, 0xffff};
+  long failures = 0, checked = 0;
+  std::vector<float> src;
+  for (uint32_t hi = 0; hi < 0x10000; ++hi)
+    for (uint32_t lo : lows) src.push_back(from_bits(hi << 16 | lo));
+  std::vector<uint16_t> got(src.size());
+  rnnattn::cpu::round_to_bf16(src.data(), static_cast<int64_t>(src.size()), got.data());
+  for (size_t i = 0; i < src.size(); ++i) {
+    uint32_t u;
+    std::memcpy(&u, &src[i], 4);
+    const bool nan = std::isnan(src[i]);
+    const bool ok = nan ? (got[i] & 0x7f80) == 0x7f80 && (got[i] & 0x7f) != 0
+                        : got[i] == reference(u) && got[i] == bf16_bits(src[i]);
+    ++checked;
+    if (!ok && failures++ < 10) std::printf("FAIL round %08x -> %04x\n", u, got[i]);
+  }
+  // Widening: exact, and adds when asked.
+  std::vector<uint16_t> pattern(0x10000);
+  for (uint32_t h = 0; h < 0x10000; ++h) pattern[h] = static_cast<uint16_t>(h);
+  std::vector<float> wide(0x10000), acc(0x10000, 1.0f);
+  rnnattn::cpu::widen_bf16(pattern.data(), 0x10000, wide.data(), false);
+  rnnattn::cpu::widen_bf16(pattern.data(), 0x10000, acc.data(), true);
+  for (uint32_t h = 0; h < 0x10000; ++h) {
+    uint32_t u;
+    std::memcpy(&u, &wide[h], 4);
+    const float sum = 1.0f + from_bits(h << 16);
+    const float one = bf16_value(static_cast<uint16_t>(h));
+    uint32_t v;
+    std::memcpy(&v, &one, 4);
+    const bool ok = u == h << 16 && v == u &&
+                    (std::isnan(sum) ? std::isnan(acc[h]) : acc[h] == sum);
+    ++checked;
+    if (!ok && failures++ < 10) std::printf("FAIL widen %04x\n", h);
+  }
+  if (failures) {
+    std::printf("%ld of %ld failed\n", failures, checked);
+    return 1;
+  }
+  std::printf("all passed (%ld values)\n", checked);
+  return 0;
+}
