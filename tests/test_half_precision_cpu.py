@@ -443,14 +443,7 @@ def test_the_other_bf16_step_choice():
     if os.environ.get("RNNATTN_CPU_BF16_STEPS") is not None:
         pytest.skip("forced in this process already")
     other = "kernel" if rnnattn._C.cpu_bf16_steps() == "kernel+library" else "library"
-    root = Path(__file__).resolve().parents[1]
-    env = dict(os.environ, RNNATTN_CPU_BF16_STEPS=other, PYTHONPATH=str(root))
-    r = subprocess.run(
-        [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", __file__,
-         "-k", "not both_input_gemm and not other_bf16_step"],
-        cwd=root, env=env, capture_output=True, text=True,
-    )
-    assert r.returncode == 0 and " passed" in r.stdout, r.stdout[-3000:] + r.stderr[-2000:]
+    _run_this_file_with("RNNATTN_CPU_BF16_STEPS", other)
 
 
 @pytest.mark.parametrize("how", ["library", "float32"])
@@ -458,8 +451,14 @@ def test_both_input_gemm_choices(how):
     """The forward's input GEMM runs in the half dtype through ATen on CPUs with
     native half arithmetic, else in float32 (csrc/cpu/half.h); this CPU takes one,
     RNNATTN_CPU_HALF_GEMM forces each: the tests above must pass with both."""
+    _run_this_file_with("RNNATTN_CPU_HALF_GEMM", how)
+
+
+def _run_this_file_with(variable, value):
+    """This file's tests (but those that rerun it) in a new process with the
+    environment variable set: they must pass."""
     root = Path(__file__).resolve().parents[1]
-    env = dict(os.environ, RNNATTN_CPU_HALF_GEMM=how, PYTHONPATH=str(root))
+    env = dict(os.environ, PYTHONPATH=str(root), **{variable: value})
     r = subprocess.run(
         [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", __file__,
          "-k", "not both_input_gemm and not other_bf16_step"],

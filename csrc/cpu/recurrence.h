@@ -487,22 +487,16 @@ T* forward_layer(const Cell& cell, const RnnShape& s, const StepSchedule& sched,
           round_to_bf16(cur + r0 * Hs, (r1 - r0) * Hs, p.x16 + r0 * Hs);
         });
       gemm_bf16_library(/*tb=*/true, b, G, Hs, p.x16, Hs, p.w_hh16, Hs, p.y16, G);
-      const int parts = recurrent_parts(b * Hs * G, H);
-      const int64_t width = unit_slice_width(parts, H);
-      at::parallel_for(0, parts, 1, [&](int64_t q0, int64_t q1) {
-        for (int64_t q = q0; q < q1; ++q) {
-          const int64_t c0 = q * width, c1 = std::min(H, c0 + width);
-          if (c0 >= c1) continue;
-          carry_ended(a, i, cur, nxt, c0, c1);
-          input_rows(a, 0, b, c0, c1 - c0);
-          for (int64_t r = 0; r < b; ++r)
-            for (int g = 0; g < Cell::kGates; ++g)
-              widen_bf16(p.y16 + r * G + g * H + c0, c1 - c0,
-                         gate_out(a, g) + r * gate_ld(a, g) + c0, g < Cell::kSumGates);
-          pointwise(a, cur, nxt, c0, c1);
-          for (int64_t r = 0; r < b; ++r)
-            round_to_bf16(nxt + r * Hs + c0, c1 - c0, p.x16 + r * Hs + c0);
-        }
+      for_unit_slices(recurrent_parts(b * Hs * G, H), H, [&](int64_t c0, int64_t c1) {
+        carry_ended(a, i, cur, nxt, c0, c1);
+        input_rows(a, 0, b, c0, c1 - c0);
+        for (int64_t r = 0; r < b; ++r)
+          for (int g = 0; g < Cell::kGates; ++g)
+            widen_bf16(p.y16 + r * G + g * H + c0, c1 - c0,
+                       gate_out(a, g) + r * gate_ld(a, g) + c0, g < Cell::kSumGates);
+        pointwise(a, cur, nxt, c0, c1);
+        for (int64_t r = 0; r < b; ++r)
+          round_to_bf16(nxt + r * Hs + c0, c1 - c0, p.x16 + r * Hs + c0);
       });
       x16_step = i + 1;
       x16_rows = b;
@@ -799,18 +793,12 @@ int64_t backward_recurrence(const Cell& cell, const RnnShape& s, const StepSched
       if (x16_iter != i)
         at::parallel_for(0, b, 16, [&](int64_t r0, int64_t r1) { round_dg(t, r0, r1, 0, H); });
       gemm_bf16_library(/*tb=*/false, b, Hs, G, p.x16, G, p.w_hh16, Hs, p.y16, Hs);
-      const int parts = recurrent_parts(b * Hs * G, Hs);
-      const int64_t width = unit_slice_width(parts, Hs);
-      at::parallel_for(0, parts, 1, [&](int64_t q0, int64_t q1) {
-        for (int64_t q = q0; q < q1; ++q) {
-          const int64_t c0 = q * width, c1 = std::min(Hs, c0 + width);
-          if (c0 >= c1) continue;
-          for (int64_t r = 0; r < b; ++r)
-            widen_bf16(p.y16 + r * Hs + c0, c1 - c0, g + r * Hs + c0, Cell::kDirectGrad);
-          if (has_next) {
-            step_grad(t_next, c0, c1);
-            round_dg(t_next, 0, sched.batch[t_next], c0, c1);
-          }
+      for_unit_slices(recurrent_parts(b * Hs * G, Hs), Hs, [&](int64_t c0, int64_t c1) {
+        for (int64_t r = 0; r < b; ++r)
+          widen_bf16(p.y16 + r * Hs + c0, c1 - c0, g + r * Hs + c0, Cell::kDirectGrad);
+        if (has_next) {
+          step_grad(t_next, c0, c1);
+          round_dg(t_next, 0, sched.batch[t_next], c0, c1);
         }
       });
       x16_iter = has_next ? i + 1 : -1;

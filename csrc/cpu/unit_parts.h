@@ -18,6 +18,20 @@ inline int64_t unit_slice_width(int parts, int64_t H) {
   return ((H + parts - 1) / parts + 15) / 16 * 16;
 }
 
+// Runs f(c0, c1) for each of the `parts` unit slices of H, one task a
+// slice, in one parallel region (a single step; walk_unit_parts below runs
+// a run of steps).
+template <typename F>
+void for_unit_slices(int parts, int64_t H, const F& f) {
+  const int64_t width = unit_slice_width(parts, H);
+  at::parallel_for(0, parts, 1, [&](int64_t q0, int64_t q1) {
+    for (int64_t q = q0; q < q1; ++q) {
+      const int64_t c0 = q * width, c1 = std::min(H, c0 + width);
+      if (c0 < c1) f(c0, c1);
+    }
+  });
+}
+
 // A barrier for the threads of one at::parallel_for over `total` tasks:
 // each thread arrives with the number of tasks it ran, and all leave once
 // every task has arrived. Spins (the steps it separates take microseconds,
