@@ -317,8 +317,9 @@ LayerGrads backward_layer_half(const Cell& cell, const RnnShape& s, const StepSc
       half_chunk_min_rows(s.rows, L.gates() * (s.input + s.state),
                           4 * (s.input + 2 * s.state + ws_cols + Cell::kGradBlocks * H),
                           es * (s.state + ws_cols)));
-  const bool gemms16 = half::bf16_steps(dtype) && !has_proj &&
-                       (need_input_grad || need_weight_grad) && !chunks.empty() &&
+  // The steps multiply in bfloat16 (half.h bf16_steps; not with a projection).
+  const bool steps16 = sched.steps() > 0 && half::bf16_steps(dtype) && !has_proj;
+  const bool gemms16 = steps16 && (need_input_grad || need_weight_grad) && !chunks.empty() &&
                        chunks[0].rows * L.gates() * std::max(s.input, s.state) >= kOnednnMinWork;
   const at::Tensor out_rows = gemms16 && out.stride(1) != 1 ? out.contiguous() : out;
   const at::Tensor hx_rows = gemms16 ? hx.contiguous() : hx;
@@ -335,7 +336,6 @@ LayerGrads backward_layer_half(const Cell& cell, const RnnShape& s, const StepSc
   // gates start at row 2H, on a pair's edge.
   // Where the large steps go to the library's bfloat16 GEMM (as the
   // forward), it reads W_hh as it is; the pairs only for small steps.
-  const bool steps16 = sched.steps() > 0 && half::bf16_steps(dtype) && !has_proj;
   const bool lib = steps16 && library_steps<Cell>(s, sched);
   const at::Tensor w16 = lib ? w_hh.contiguous() : at::Tensor();
   at::Tensor wh_pairs;

@@ -18,18 +18,23 @@ inline int64_t unit_slice_width(int parts, int64_t H) {
   return ((H + parts - 1) / parts + 15) / 16 * 16;
 }
 
+// f(c0, c1) for slices [q0, q1) of H units, `width` wide.
+template <typename F>
+void unit_slices(int64_t width, int64_t H, int64_t q0, int64_t q1, const F& f) {
+  for (int64_t q = q0; q < q1; ++q) {
+    const int64_t c0 = q * width, c1 = std::min(H, c0 + width);
+    if (c0 < c1) f(c0, c1);
+  }
+}
+
 // Runs f(c0, c1) for each of the `parts` unit slices of H, one task a
 // slice, in one parallel region (a single step; walk_unit_parts below runs
 // a run of steps).
 template <typename F>
 void for_unit_slices(int parts, int64_t H, const F& f) {
   const int64_t width = unit_slice_width(parts, H);
-  at::parallel_for(0, parts, 1, [&](int64_t q0, int64_t q1) {
-    for (int64_t q = q0; q < q1; ++q) {
-      const int64_t c0 = q * width, c1 = std::min(H, c0 + width);
-      if (c0 < c1) f(c0, c1);
-    }
-  });
+  at::parallel_for(0, parts, 1,
+                   [&](int64_t q0, int64_t q1) { unit_slices(width, H, q0, q1, f); });
 }
 
 // A barrier for the threads of one at::parallel_for over `total` tasks:
@@ -77,24 +82,18 @@ class StepBarrier {
 // themselves).
 template <typename F>
 void walk_unit_parts(int parts, int64_t H, int64_t i0, int64_t i1, const F& f) {
-  const int64_t width = unit_slice_width(parts, H);
-  auto slices = [&](int64_t i, int64_t p0, int64_t p1) {
-    for (int64_t q = p0; q < p1; ++q) {
-      const int64_t c0 = q * width, c1 = std::min(H, c0 + width);
-      if (c0 < c1) f(i, c0, c1);
-    }
-  };
 #if AT_PARALLEL_OPENMP
+  const int64_t width = unit_slice_width(parts, H);
   StepBarrier barrier(parts);
   at::parallel_for(0, parts, 1, [&](int64_t p0, int64_t p1) {
     for (int64_t i = i0; i < i1; ++i) {
-      slices(i, p0, p1);
+      unit_slices(width, H, p0, p1, [&](int64_t c0, int64_t c1) { f(i, c0, c1); });
       if (i + 1 < i1) barrier.arrive_and_wait(p1 - p0);
     }
   });
 #else
   for (int64_t i = i0; i < i1; ++i)
-    at::parallel_for(0, parts, 1, [&](int64_t p0, int64_t p1) { slices(i, p0, p1); });
+    for_unit_slices(parts, H, [&](int64_t c0, int64_t c1) { f(i, c0, c1); });
 #endif
 }
 
