@@ -12,6 +12,7 @@
 #include "cpu/blas.h"
 #include "cpu/half.h"
 #include "cpu/isa.h"
+#include "cpu/packed_weights.h"
 #include "stack.h"
 
 TORCH_LIBRARY(rnnattn, m) {
@@ -136,6 +137,10 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
       [] { return std::string(rnnattn::cpu::gemm_lib_name(rnnattn::cpu::float_gemm_lib())); },
       "the library of the CPU kernels' large float32 GEMMs: 'blas' (MKL) or 'onednn' "
       "(csrc/cpu/blas.h)");
+  m.def(
+      "cpu_packed_weights", [] { return rnnattn::cpu::steps_use_packed_weights(); },
+      "whether the large float32 steps multiply by oneDNN's pre-reordered weights here (where "
+      "oneDNN runs them; csrc/cpu/packed_weights.h)");
   m.def(
       "cpu_bf16_steps", [] { return std::string(rnnattn::cpu::half::bf16_steps_name()); },
       "how a bfloat16 call's recurrent steps multiply here: 'float32', 'kernel' (small_gemm_bf16) "

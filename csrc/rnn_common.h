@@ -15,6 +15,12 @@ struct StepSchedule {
   std::vector<int64_t> batch;
   std::vector<int64_t> offset;
   int64_t steps() const { return static_cast<int64_t>(batch.size()); }
+  // How many steps hold the first step's rows (all of them unless packed).
+  int64_t full_steps() const {
+    int64_t n = 0;
+    for (int64_t b : batch) n += b == batch[0];
+    return n;
+  }
 };
 
 // Sizes of one RNN layer/direction call, after validation.

@@ -48,6 +48,7 @@
 #include "blas.h"
 #include "cells.h"
 #include "isa.h"
+#include "packed_weights.h"
 #include "recurrent_gemm.h"
 #include "small_gemm.h"
 #include "small_gemm_bf16.h"
@@ -396,6 +397,22 @@ T* forward_layer(const Cell& cell, const RnnShape& s, const StepSchedule& sched,
     for (int g = 0; g < Cell::kGates; ++g)
       rec.emplace_back(p.w_hh + g * H * Hs, /*trans=*/true, pack, H, Hs, parts);
   }
+  // Where oneDNN runs them, the steps of B0 rows multiply by packed weights
+  // instead (packed_weights.h): part q's weight is W_hh's rows of its units
+  // in every gate, (G * its units) x Hs, one product a step over all gates.
+  PackedParts packed;
+  if constexpr (std::is_same_v<T, float>) {
+    if (!rec.empty() && p.pack &&
+        use_packed_weights(sched.full_steps(), B0 * Cell::kGates * (rec[0].end(0) - rec[0].begin(0)) * Hs,
+                           kPackMinSteps)) {
+      auto W = at::from_blob(const_cast<float*>(p.w_hh), {Cell::kGates, H, Hs},
+                             at::TensorOptions().dtype(at::kFloat));
+      for (int q = 0; q < rec[0].parts(); ++q) {
+        const int64_t c0 = rec[0].begin(q), cols = rec[0].end(q) - c0;
+        packed.add(W.narrow(1, c0, cols).reshape({Cell::kGates * cols, Hs}), B0);
+      }
+    }
+  }
   T* cur = state;
   T* nxt = spare;
   // Where step i's rows are.
@@ -502,6 +519,26 @@ T* forward_layer(const Cell& cell, const RnnShape& s, const StepSchedule& sched,
       x16_rows = b;
     }
   };
+  // Part q's product of a full step on its packed weight (units [c0, c1) of
+  // every gate, gate-major), added to A in the summed gates' blocks and
+  // kept apart in the others', as the plain path's GEMMs leave them.
+  auto packed_step_product = [&](const At& a, int q, int64_t c0, int64_t c1) {
+    if constexpr (std::is_same_v<T, float>) {
+      const int64_t cols = c1 - c0;
+      const at::Tensor y = packed.product(q, cur, a.b, Hs, Hs);
+      const float* yp = y.data_ptr<float>();
+      for (int64_t r = 0; r < a.b; ++r)
+        for (int g = 0; g < Cell::kGates; ++g) {
+          const float* src = yp + (r * Cell::kGates + g) * cols;
+          float* dst = gate_out(a, g) + r * gate_ld(a, g) + c0;
+          if (g < Cell::kSumGates) {
+            for (int64_t j = 0; j < cols; ++j) dst[j] += src[j];
+          } else {
+            std::copy(src, src + cols, dst);
+          }
+        }
+    }
+  };
   // One step of the walk that is not split into unit parts.
   auto step = [&](int64_t i) {
     const At a = at(i);
@@ -529,13 +566,19 @@ T* forward_layer(const Cell& cell, const RnnShape& s, const StepSchedule& sched,
       }
       pointwise(a, cur, nxt, 0, H);
     } else if (!proj) {
+      const bool full = !packed.empty() && b == B0;
       rec[0].for_each_part(
           b,
           [&](int part) {
-            for (int g = 0; g < Cell::kGates; ++g)
-              rec[g].compute(part, cur, b, g < Cell::kSumGates ? T(1) : T(0), gate_out(a, g), Hs,
-                             gate_ld(a, g));
-            pointwise(a, cur, nxt, rec[0].begin(part), rec[0].end(part));
+            const int64_t c0 = rec[0].begin(part), c1 = rec[0].end(part);
+            if (full) {
+              packed_step_product(a, part, c0, c1);
+            } else {
+              for (int g = 0; g < Cell::kGates; ++g)
+                rec[g].compute(part, cur, b, g < Cell::kSumGates ? T(1) : T(0), gate_out(a, g),
+                               Hs, gate_ld(a, g));
+            }
+            pointwise(a, cur, nxt, c0, c1);
           },
           Cell::kGates);
     } else {
@@ -695,6 +738,7 @@ int64_t backward_recurrence(const Cell& cell, const RnnShape& s, const StepSched
     small_gemm(X, p.w_hh + krow * Hs + col, Y, rows, k, n, accumulate, Ld{ldx, Hs, ldy});
   };
   std::vector<RecurrentGemm<T>> rec;
+  PackedParts packed;
   if (!proj && !small(B0) && !lib16) {
     const int parts = recurrent_parts(B0 * Hs * G, H);
     const int blocks = L.rest_cols() > 0 ? 2 : 1;
@@ -702,11 +746,38 @@ int64_t backward_recurrence(const Cell& cell, const RnnShape& s, const StepSched
     const int64_t pack =
         p.pack ? packed_rows<T, Cell>(T_, B0, Hs, L.sum_cols(), blocks, parts, grad_bytes / 2)
                : 0;
+    // As the forward (forward_layer's `packed`): where oneDNN runs them, the
+    // iterations of B0 rows multiply by packed weights, part q's being
+    // W_hh's columns of its units, transposed ((its units) x G*H). Only
+    // where dG_t's rows are contiguous (one block: the Elman RNN's and the
+    // LSTM's; the operator would copy the GRU's two strided blocks). The
+    // plain path's compact slices are then made only if a smaller
+    // iteration reaches oneDNN's size (max_rows).
+    bool pack_full = false;
+    if constexpr (std::is_same_v<T, float>)
+      pack_full = L.rest_cols() == 0 && ld_dg == G && p.pack &&
+                  use_packed_weights(sched.full_steps(), B0 * G * ((Hs + parts - 1) / parts),
+                                     kPackMinSteps);
+    int64_t max_rows = B0;
+    if (pack_full) {
+      max_rows = 1;  // too few for oneDNN: no compact slices
+      for (int64_t b : sched.batch)
+        if (b < B0) max_rows = std::max(max_rows, b);
+    }
     rec.reserve(2);
-    rec.emplace_back(p.w_hh, /*trans=*/false, pack, Hs, L.sum_cols(), parts, B0);
+    rec.emplace_back(p.w_hh, /*trans=*/false, pack, Hs, L.sum_cols(), parts, max_rows);
     if (L.rest_cols() > 0)
       rec.emplace_back(p.w_hh + L.sum_cols() * Hs, /*trans=*/false, pack, Hs, L.rest_cols(), parts,
-                       B0);
+                       max_rows);
+    if constexpr (std::is_same_v<T, float>) {
+      if (pack_full) {
+        auto W = at::from_blob(const_cast<float*>(p.w_hh), {G, Hs},
+                               at::TensorOptions().dtype(at::kFloat));
+        for (int q = 0; q < rec[0].parts(); ++q)
+          packed.add(W.narrow(1, rec[0].begin(q), rec[0].end(q) - rec[0].begin(q)).t().contiguous(),
+                     B0);
+      }
+    }
   }
   const T beta_direct = Cell::kDirectGrad ? T(1) : T(0);
   auto step_at = [&](int64_t i) { return reverse ? i : T_ - 1 - i; };
@@ -829,12 +900,26 @@ int64_t backward_recurrence(const Cell& cell, const RnnShape& s, const StepSched
       }
       return;
     }
+    const bool full = !packed.empty() && b == B0;
     rec[0].for_each_part(
         b,
         [&](int part) {
-          rec[0].compute(part, d, b, beta_direct, g, ld_dg, Hs);
-          if (rec.size() > 1) rec[1].compute(part, d + L.rest_at(), b, T(1), g, ld_dg, Hs);
-          if (has_next) step_grad(t_next, rec[0].begin(part), rec[0].end(part));
+          const int64_t c0 = rec[0].begin(part), c1 = rec[0].end(part);
+          if (full) {
+            if constexpr (std::is_same_v<T, float>) {
+              const at::Tensor y = packed.product(part, d, b, G, ld_dg);
+              const float* yp = y.data_ptr<float>();
+              for (int64_t r = 0; r < b; ++r) {
+                const float* src = yp + r * (c1 - c0);
+                float* dst = g + r * Hs + c0;
+                for (int64_t j = 0; j < c1 - c0; ++j) dst[j] = beta_direct * dst[j] + src[j];
+              }
+            }
+          } else {
+            rec[0].compute(part, d, b, beta_direct, g, ld_dg, Hs);
+            if (rec.size() > 1) rec[1].compute(part, d + L.rest_at(), b, T(1), g, ld_dg, Hs);
+          }
+          if (has_next) step_grad(t_next, c0, c1);
         },
         static_cast<int>(rec.size()));
   };

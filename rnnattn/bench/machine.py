@@ -37,6 +37,15 @@ def cpu_gemm_library() -> str:
     return _C.cpu_gemm()
 
 
+def cpu_packed_weights() -> bool:
+    """Whether the large float32 steps multiply by oneDNN's pre-reordered
+    weights in this process (where oneDNN runs them; csrc/cpu/packed_weights.h,
+    RNNATTN_CPU_PACKED_WEIGHTS=0 turns it off)."""
+    from rnnattn import _C
+
+    return bool(_C.cpu_packed_weights())
+
+
 def cpu_bf16_steps() -> str:
     """How a bfloat16 call's recurrent steps multiply in this process:
     "float32", "kernel" (AVX512-BF16, small_gemm_bf16) or "kernel+library"
@@ -92,6 +101,7 @@ def describe(device: torch.device, dtype: torch.dtype) -> Dict[str, object]:
         "cpu": _cpu_model(),
         "cpu_isa_path": cpu_isa_path(),
         "cpu_gemm_library": cpu_gemm_library(),
+        "cpu_packed_weights": cpu_packed_weights(),
         "cpu_bf16_steps": cpu_bf16_steps(),
         "cpus_usable": _usable_cpus(),
         "cpus_logical": os.cpu_count(),

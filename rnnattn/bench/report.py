@@ -230,6 +230,7 @@ def table(results: list, meta: Dict[str, object]) -> str:
         f"  machine: {m['cpu']}, {m['cpus_usable']} usable CPUs"
         + (f", CPU kernels: {m['cpu_isa_path']} path" if m.get("cpu_isa_path") else "")
         + (f", large float32 GEMMs: {m['cpu_gemm_library']}" if m.get("cpu_gemm_library") else "")
+        + (" (steps on packed weights)" if m.get("cpu_packed_weights") else "")
         + (f", bfloat16 steps: {m['cpu_bf16_steps']}" if m.get("cpu_bf16_steps") and m["dtype"] == "bfloat16"
            else "")
         + (f"; GPU {m['gpu']} (CUDA {m['cuda']}, cuDNN {m['cudnn']}, TF32 {m.get('tf32')}, "
