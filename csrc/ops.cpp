@@ -143,8 +143,9 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
       "oneDNN runs them; csrc/cpu/packed_weights.h)");
   m.def(
       "cpu_bf16_steps", [] { return std::string(rnnattn::cpu::half::bf16_steps_name()); },
-      "how a bfloat16 call's recurrent steps multiply here: 'float32', 'kernel' (small_gemm_bf16) "
-      "or 'kernel+library' (its large steps in oneDNN's bfloat16 GEMM; csrc/cpu/half.h)");
+      "how a bfloat16 call's recurrent steps multiply here: 'float32', 'kernel' (small_gemm_bf16), "
+      "'kernel+library' (its large steps in oneDNN's bfloat16 GEMM) or 'kernel+packed' (the same "
+      "on W_hh reordered once a call; csrc/cpu/half.h)");
 #ifdef RNNATTN_WITH_CUDA
   m.attr("with_cuda") = true;
 #else

@@ -394,18 +394,33 @@ def test_input_gemm_runs_in_the_dtype_where_chosen():
 def test_large_bf16_steps_take_the_chosen_path():
     """rnnattn._C.cpu_bf16_steps() names how bfloat16 steps multiply here: in
     float32 without bf16 steps (csrc/cpu/half.h bf16_steps), else in
-    small_gemm_bf16, with the large ones in the library's bfloat16 GEMM where
-    RNNATTN_CPU_BF16_STEPS=library or, unset, the CPU has AMX-BF16. That GEMM
-    rounds its product to bfloat16, small_gemm_bf16 sums in float32: a large
-    step's results differ between the two paths, a small step's do not."""
+    small_gemm_bf16, with the large ones in oneDNN's bfloat16 GEMM where
+    RNNATTN_CPU_BF16_STEPS=library or, unset, the CPU has AMX-BF16 or oneDNN's
+    packed weights take bfloat16 ("kernel+packed": on W_hh reordered once a
+    call, unless RNNATTN_CPU_PACKED_WEIGHTS=0; "kernel+library": on W_hh as
+    stored). A packed call runs oneDNN's packed-weight operator, and only
+    then. That GEMM rounds its product to bfloat16, small_gemm_bf16 sums in
+    float32: a large step's results differ between the two paths, a small
+    step's do not."""
     how = os.environ.get("RNNATTN_CPU_BF16_STEPS")
     bf16_steps = rnnattn._C.cpu_bf16_steps()
     if bf16_steps == "float32":
         pytest.skip("no bfloat16 steps here (they need AVX512-BF16 and the avx512 kernels)")
-    library = how == "library" if how in ("library", "kernel") else "amx_bf16" in _cpu_flags()
-    assert bf16_steps == ("kernel+library" if library else "kernel")
+    library = ("kernel+library", "kernel+packed")
+    if how == "kernel":
+        assert bf16_steps == "kernel"
+    elif how == "library" or "amx_bf16" in _cpu_flags():
+        assert bf16_steps in library
+    else:
+        assert bf16_steps in ("kernel", "kernel+packed")
+    if os.environ.get("RNNATTN_CPU_PACKED_WEIGHTS") == "0":
+        assert bf16_steps != "kernel+packed"
     if os.environ.get("RNNATTN_CPU_HALF_GEMM") == "float32":
         return
+    args = [a.detach() if isinstance(a, torch.Tensor) else a for a in layer_case("lstm", 4, 40, 8, 128, torch.bfloat16)]
+    with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as prof:
+        ops.lstm_layer(*args, True)
+    assert ("mkldnn::_linear_pointwise" in {e.name for e in prof.events()}) == (bf16_steps == "kernel+packed")
     root = Path(__file__).resolve().parents[1]
     script = (
         "import sys, torch, rnnattn; sys.path.insert(0, 'tests');"
@@ -442,8 +457,20 @@ def test_the_other_bf16_step_choice():
         pytest.skip("no bfloat16 steps here (they need AVX512-BF16 and the avx512 kernels)")
     if os.environ.get("RNNATTN_CPU_BF16_STEPS") is not None:
         pytest.skip("forced in this process already")
-    other = "kernel" if rnnattn._C.cpu_bf16_steps() == "kernel+library" else "library"
-    _run_this_file_with("RNNATTN_CPU_BF16_STEPS", other)
+    other = "kernel" if rnnattn._C.cpu_bf16_steps() != "kernel" else "library"
+    _run_this_file_with(RNNATTN_CPU_BF16_STEPS=other)
+
+
+def test_library_bf16_steps_on_w_hh_as_stored():
+    """Where oneDNN's packed weights do not take bfloat16 (or
+    RNNATTN_CPU_PACKED_WEIGHTS=0), the library steps hand oneDNN W_hh as
+    stored (csrc/cpu/half.h bf16_library_steps): the tests above must pass
+    that way too."""
+    if rnnattn._C.cpu_bf16_steps() == "float32":
+        pytest.skip("no bfloat16 steps here (they need AVX512-BF16 and the avx512 kernels)")
+    if os.environ.get("RNNATTN_CPU_BF16_STEPS") is not None:
+        pytest.skip("forced in this process already")
+    _run_this_file_with(RNNATTN_CPU_BF16_STEPS="library", RNNATTN_CPU_PACKED_WEIGHTS="0")
 
 
 @pytest.mark.parametrize("how", ["library", "float32"])
@@ -451,17 +478,17 @@ def test_both_input_gemm_choices(how):
     """The forward's input GEMM runs in the half dtype through ATen on CPUs with
     native half arithmetic, else in float32 (csrc/cpu/half.h); this CPU takes one,
     RNNATTN_CPU_HALF_GEMM forces each: the tests above must pass with both."""
-    _run_this_file_with("RNNATTN_CPU_HALF_GEMM", how)
+    _run_this_file_with(RNNATTN_CPU_HALF_GEMM=how)
 
 
-def _run_this_file_with(variable, value):
+def _run_this_file_with(**variables):
     """This file's tests (but those that rerun it) in a new process with the
-    environment variable set: they must pass."""
+    environment variables set: they must pass."""
     root = Path(__file__).resolve().parents[1]
-    env = dict(os.environ, PYTHONPATH=str(root), **{variable: value})
+    env = dict(os.environ, PYTHONPATH=str(root), **variables)
     r = subprocess.run(
         [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", __file__,
-         "-k", "not both_input_gemm and not other_bf16_step"],
+         "-k", "not both_input_gemm and not other_bf16_step and not on_w_hh_as_stored"],
         cwd=root, env=env, capture_output=True, text=True,
     )
     assert r.returncode == 0 and " passed" in r.stdout, r.stdout[-3000:] + r.stderr[-2000:]

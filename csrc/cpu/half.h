@@ -34,6 +34,7 @@
 #include <utility>
 
 #include "isa.h"
+#include "packed_weights.h"
 #include "small_gemm_bf16.h"
 
 namespace rnnattn::cpu::half {
@@ -84,20 +85,28 @@ inline bool bf16_steps(at::ScalarType dtype) {
 }
 
 // Whether, with bf16_steps, the large steps (beyond small_step's size,
-// recurrence.h) go to the library's bfloat16 GEMM instead: one oneDNN call
-// a step over all gates (LayerPtrs::w_hh16), as torch's own bfloat16
-// modules make theirs, with the product rounded to bfloat16 as theirs is.
-// On CPUs with AMX-BF16 (Intel Xeon from Sapphire Rapids on) oneDNN runs
-// it on the AMX tiles, many times VDPBF16PS's multiply-adds a cycle; the
-// input GEMM and the backward's GEMMs already go there (at::mm). Elsewhere
-// small_gemm_bf16 keeps them: measured on an AMD EPYC (Zen 4, AVX512-BF16,
-// no AMX) in benchmarks/OPTIMISATIONS.md. RNNATTN_CPU_BF16_STEPS=library|
-// kernel forces one (tests run both). Read once.
+// recurrence.h) go to oneDNN's bfloat16 GEMM instead: one call a step over
+// all gates (LayerPtrs::w_hh16), as torch's own bfloat16 modules make
+// theirs, with the product rounded to bfloat16 as theirs is; on W_hh
+// reordered once a call into oneDNN's layout where its packed weights take
+// bfloat16 (packed_weights.h, LayerPtrs::w_hh16_packed), else on W_hh as
+// stored (which oneDNN then reorders inside every call). The default: on
+// CPUs with AMX-BF16 (Intel Xeon from Sapphire Rapids on), where oneDNN
+// runs it on the AMX tiles, many times VDPBF16PS's multiply-adds a cycle
+// (the input GEMM and the backward's GEMMs already go there, at::mm), and
+// wherever the packed weights take bfloat16. Measured on an AMD EPYC (Zen
+// 4, AVX512-BF16, no AMX), 2 threads, (64,100,512,1024), alternating
+// processes against small_gemm_bf16's steps: LSTM fwd 0.77x -> 0.88x
+// torch's bfloat16 module, fwd+bwd 1.12x -> 1.21x; GRU 1.04x -> 1.11x,
+// 1.02x -> 1.15x; on W_hh as stored it lost 5-10% of the forward there
+// (benchmarks/OPTIMISATIONS.md). RNNATTN_CPU_BF16_STEPS=library|kernel
+// forces one (tests run both). Read once.
 inline bool bf16_library_steps() {
   static const bool lib = [] {
     const char* v = std::getenv("RNNATTN_CPU_BF16_STEPS");
     if (v != nullptr && std::strcmp(v, "library") == 0) return true;
     if (v != nullptr && std::strcmp(v, "kernel") == 0) return false;
+    if (packed_weights_enabled() && packed_linear_bf16_works()) return true;
 #if RNNATTN_X86_DISPATCH
     return __builtin_cpu_supports("amx-bf16") != 0;
 #else
@@ -107,12 +116,21 @@ inline bool bf16_library_steps() {
   return lib;
 }
 
+// Whether the library steps multiply by packed weights in this call
+// (packed_weights.h; torch.backends.mkldnn's switch is read each call).
+inline bool bf16_packed_steps() {
+  return packed_weights_enabled() && at::globalContext().userEnabledMkldnn() &&
+         packed_linear_bf16_works();
+}
+
 // How a bfloat16 call's recurrent steps multiply (the benchmark's header):
-// "float32", "kernel" (small_gemm_bf16) or "kernel+library" (the large
-// steps in the library's bfloat16 GEMM).
+// "float32", "kernel" (small_gemm_bf16), "kernel+library" (the large steps
+// in oneDNN's bfloat16 GEMM) or "kernel+packed" (the same on packed
+// weights).
 inline const char* bf16_steps_name() {
   if (!bf16_steps(at::kBFloat16)) return "float32";
-  return bf16_library_steps() ? "kernel+library" : "kernel";
+  if (!bf16_library_steps()) return "kernel";
+  return bf16_packed_steps() ? "kernel+packed" : "kernel+library";
 }
 
 // A = X W_ih^T, (rows, gates), in the input's dtype where library_half_gemm;

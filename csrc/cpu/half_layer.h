@@ -33,6 +33,7 @@
 #include "../rnn_common.h"
 #include "half.h"
 #include "layer.h"
+#include "packed_weights.h"
 
 namespace rnnattn::cpu {
 
@@ -187,6 +188,14 @@ bool library_steps(const RnnShape& s, const StepSchedule& sched) {
          !small_step<Cell>(sched.batch[0], s.state, CellLayout<Cell>{s.hidden}.gates());
 }
 
+// The library steps' bfloat16 weight w (n x k: W_hh forward, W_hh^T
+// backward) in oneDNN's layout for products of `rows` rows, made once a
+// call, where oneDNN's packed weights take bfloat16 (packed_weights.h);
+// else undefined (the steps then hand oneDNN W_hh as stored).
+inline at::Tensor packed_bf16_weight(const at::Tensor& w, int64_t rows) {
+  return half::bf16_packed_steps() ? pack_weight(*packed_linear_ops(), w, rows) : at::Tensor();
+}
+
 inline c10::optional<at::Tensor> opt(const at::Tensor& t) {
   return t.defined() ? c10::optional<at::Tensor>(t) : c10::nullopt;
 }
@@ -234,6 +243,7 @@ LayerForward forward_layer_half(const Cell& cell, const RnnShape& s, const StepS
   // float32 input (recurrence.h step_input).
   const bool lib = pairs && no_proj && library_steps<Cell>(s, sched);
   const at::Tensor w16 = lib ? w_hh.contiguous() : at::Tensor();
+  const at::Tensor w16p = lib ? packed_bf16_weight(w16, sched.batch[0]) : at::Tensor();
   at::Tensor wt, wit;
   if (pairs) {
     if (!lib || small) wt = weight_pairs(w_hh, /*transposed=*/true);
@@ -263,7 +273,7 @@ LayerForward forward_layer_half(const Cell& cell, const RnnShape& s, const StepS
     const at::Tensor a = wit.defined() ? at::Tensor() : half::input_projection(xc, w_ih);
     LayerForward rc = forward_layer_op(cell, sc, ch.sched, a.defined() ? xc : xc.to(at::kFloat), h,
                                        opt(c), wi, wh, bi, bh, wr, reverse, train, a,
-                                       /*pack_w_hh=*/false, wt, wit, w16);
+                                       /*pack_w_hh=*/false, wt, wit, w16, w16p);
     out.narrow(0, ch.row0, ch.rows).copy_(rc.output);
     if (has_reserve && train) r.reserve.narrow(0, ch.row0, ch.rows).copy_(rc.reserve);
     h = rc.h_n;
@@ -338,6 +348,7 @@ LayerGrads backward_layer_half(const Cell& cell, const RnnShape& s, const StepSc
   // forward), it reads W_hh as it is; the pairs only for small steps.
   const bool lib = steps16 && library_steps<Cell>(s, sched);
   const at::Tensor w16 = lib ? w_hh.contiguous() : at::Tensor();
+  const at::Tensor w16p = lib ? packed_bf16_weight(w_hh.t().contiguous(), sched.batch[0]) : at::Tensor();
   at::Tensor wh_pairs;
   if (steps16 && (!lib || small_step<Cell>(sched.batch.back(), s.state, L.gates())))
     wh_pairs = weight_pairs(w_hh, /*transposed=*/false);
@@ -367,7 +378,7 @@ LayerGrads backward_layer_half(const Cell& cell, const RnnShape& s, const StepSc
         cell, sc, ch.sched, rows(gout), g, opt(dc), xc, h_in, opt(c_in), wi, wh, wr,
         rows(out), ws.defined() ? opt(rows(ws)) : c10::nullopt, reverse,
         need_input_grad && !gemms16, need_weight_grad && !gemms16, /*pack_w_hh=*/false, &sum,
-        wh_pairs, gemms16 ? &dgc : nullptr, w16);
+        wh_pairs, gemms16 ? &dgc : nullptr, w16, w16p);
     if (gemms16) {
       const at::Tensor d = dgc.narrow(1, 0, L.gates());
       const at::Tensor d16 = d.to(dtype);

@@ -101,13 +101,14 @@ inline at::Tensor bf16_step_scratch(const at::Tensor& w_hh16, const at::Tensor& 
 
 template <typename T>
 void set_bf16_steps(LayerPtrs<T>& p, const at::Tensor& w_hh16, const at::Tensor& scratch,
-                    int64_t x16_size) {
+                    int64_t x16_size, const at::Tensor& w_hh16_packed) {
   auto bits = [](const at::Tensor& t) {
     return reinterpret_cast<uint16_t*>(const_cast<at::BFloat16*>(t.data_ptr<at::BFloat16>()));
   };
   p.w_hh16 = bits(w_hh16);
   p.x16 = bits(scratch);
   p.y16 = p.x16 + x16_size;
+  p.w_hh16_packed = w_hh16_packed.defined() ? &w_hh16_packed : nullptr;
 }
 
 struct LayerForward {
@@ -124,7 +125,8 @@ LayerForward forward_layer_op(const Cell& cell, const RnnShape& s, const StepSch
                               bool train = true, const at::Tensor& a_given = at::Tensor(),
                               bool pack_w_hh = true, const at::Tensor& w_hh_t = at::Tensor(),
                               const at::Tensor& w_ih_t_pairs = at::Tensor(),
-                              const at::Tensor& w_hh16 = at::Tensor()) {
+                              const at::Tensor& w_hh16 = at::Tensor(),
+                              const at::Tensor& w_hh16_packed = at::Tensor()) {
   // a_given: A = X W_ih^T, (rows, gates) in any floating dtype, computed by
   // the caller (half.h); input is then read for its shape only, and may be
   // of another dtype than the rest. pack_w_hh: LayerPtrs::pack. w_hh_t:
@@ -135,7 +137,8 @@ LayerForward forward_layer_op(const Cell& cell, const RnnShape& s, const StepSch
   // the steps make A themselves (LayerPtrs::w_ih_t_bf16) from the float32
   // input. w_hh16: W_hh in bfloat16 (a float32 call without a projection):
   // the large steps multiply through the library's bfloat16 GEMM
-  // (LayerPtrs::w_hh16).
+  // (LayerPtrs::w_hh16), on w_hh16_packed where defined (W_hh in oneDNN's
+  // layout, LayerPtrs::w_hh16_packed).
   constexpr bool kOutputIsReserve = Cell::kWsBlocks == 1;  // the Elman RNN
   const CellLayout<Cell> L{s.hidden};
   const int64_t H = s.hidden, Hs = s.state, B = s.batch;
@@ -216,7 +219,7 @@ LayerForward forward_layer_op(const Cell& cell, const RnnShape& s, const StepSch
       if (w_ih_t_pairs.defined())
         p.w_ih_t_bf16 = reinterpret_cast<const uint32_t*>(w_ih_t_pairs.data_ptr<int32_t>());
     }
-    if (w_hh16.defined()) set_bf16_steps(p, w_hh16, scratch16, B * Hs);
+    if (w_hh16.defined()) set_bf16_steps(p, w_hh16, scratch16, B * Hs, w_hh16_packed);
     p.w_hr = ptr_or_null<T>(wr);
     p.bias = bias;
     p.out = r.output.data_ptr<T>();
@@ -266,14 +269,16 @@ LayerGrads backward_layer_op(const Cell& cell, const RnnShape& s, const StepSche
                              const LayerGrads* sum = nullptr,
                              const at::Tensor& w_hh_pairs = at::Tensor(),
                              at::Tensor* dg_out = nullptr,
-                             const at::Tensor& w_hh16 = at::Tensor()) {
+                             const at::Tensor& w_hh16 = at::Tensor(),
+                             const at::Tensor& w_hh16_packed = at::Tensor()) {
   // sum: float32 weight and bias grads the call adds its own to (and
   // returns), instead of allocating them: a half-precision call's sum over
   // its chunks of steps (half_layer.h). pack_w_hh: LayerPtrs::pack.
   // w_hh_pairs: W_hh in bfloat16 pairs, LayerPtrs::w_hh_bf16 (float only).
   // dg_out: the walk only (with no grads asked for); its gate grads
   // (rows, kGradBlocks * H) go to *dg_out for the caller's own GEMMs.
-  // w_hh16: W_hh in bfloat16, LayerPtrs::w_hh16 (float only).
+  // w_hh16: W_hh in bfloat16, LayerPtrs::w_hh16 (float only);
+  // w_hh16_packed: W_hh^T in oneDNN's layout, LayerPtrs::w_hh16_packed.
   constexpr bool kOutputIsReserve = Cell::kWsBlocks == 1;
   const CellLayout<Cell> L{s.hidden};
   const int64_t H = s.hidden, Hs = s.state, B = s.batch, N = s.rows;
@@ -330,7 +335,7 @@ LayerGrads backward_layer_op(const Cell& cell, const RnnShape& s, const StepSche
       TORCH_CHECK(is_float, "rnnattn: bfloat16 pairs of W_hh with a ", x.scalar_type(), " call");
       p.w_hh_bf16 = reinterpret_cast<const uint32_t*>(w_hh_pairs.data_ptr<int32_t>());
     }
-    if (w_hh16.defined()) set_bf16_steps(p, w_hh16, scratch16, B * L.gates());
+    if (w_hh16.defined()) set_bf16_steps(p, w_hh16, scratch16, B * L.gates(), w_hh16_packed);
     p.w_hr = ptr_or_null<T>(wr);
     p.out = out.data_ptr<T>();
     p.ld_out = ld_out;

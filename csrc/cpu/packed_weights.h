@@ -54,17 +54,19 @@ struct PackedLinearOps {
 // apart (the operator copies X where ldx != k). The autograd keys are
 // skipped: nothing here records a graph, and the worker threads that call
 // it would otherwise pass through them.
-inline at::Tensor packed_linear(const PackedLinearOps& ops, const at::Tensor& w, const float* x,
+// X's dtype is w's: float32, or bfloat16 (raw bits; the result too).
+inline at::Tensor packed_linear(const PackedLinearOps& ops, const at::Tensor& w, const void* x,
                                 int64_t rows, int64_t k, int64_t ldx) {
   c10::impl::ExcludeDispatchKeyGuard no_autograd(c10::autograd_dispatch_keyset);
-  auto X = at::from_blob(const_cast<float*>(x), {rows, k}, {ldx, 1},
-                         at::TensorOptions().dtype(at::kFloat));
+  auto X = at::from_blob(const_cast<void*>(x), {rows, k}, {ldx, 1},
+                         at::TensorOptions().dtype(w.scalar_type()));
   return ops.linear.call(X, w, std::nullopt, "none",
                          c10::List<std::optional<at::Scalar>>({std::optional<at::Scalar>()}),
                          std::nullopt);
 }
 
-// w (n x k, float, contiguous) in oneDNN's layout for products of `batch` rows.
+// w (n x k, float32 or bfloat16, contiguous) in oneDNN's layout for
+// products of `batch` rows.
 inline at::Tensor pack_weight(const PackedLinearOps& ops, const at::Tensor& w, int64_t batch) {
   c10::impl::ExcludeDispatchKeyGuard no_autograd(c10::autograd_dispatch_keyset);
   return ops.reorder.call(w, batch);
@@ -95,6 +97,28 @@ inline const PackedLinearOps* packed_linear_ops() {
     }
   }();
   return ops ? &*ops : nullptr;
+}
+
+// Whether this torch's operators also take bfloat16 (they refuse where the
+// CPU lacks AVX512-BF16 / AMX): the same probe product in bfloat16, whose
+// small integers are exact there too.
+inline bool packed_linear_bf16_works() {
+  static const bool ok = [] {
+    const PackedLinearOps* o = packed_linear_ops();
+    if (o == nullptr) return false;
+    try {
+      const int64_t n = 3, k = 5, m = 2;
+      auto bf16 = at::TensorOptions().dtype(at::kBFloat16);
+      at::Tensor w = at::arange(n * k, bf16).remainder(7).sub(3).reshape({n, k});
+      at::Tensor x = at::arange(m * k, bf16).remainder(5).sub(2).reshape({m, k});
+      at::Tensor y = packed_linear(*o, pack_weight(*o, w, m), x.data_ptr(), m, k, k);
+      return y.scalar_type() == at::kBFloat16 && y.sizes().equals({m, n}) &&
+             at::equal(y.contiguous().to(at::kFloat), at::mm(x.to(at::kFloat), w.to(at::kFloat).t()));
+    } catch (const std::exception&) {
+      return false;
+    }
+  }();
+  return ok;
 }
 
 inline bool packed_weights_enabled() {

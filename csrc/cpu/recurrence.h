@@ -104,6 +104,11 @@ struct LayerPtrs {
   const uint16_t* w_hh16 = nullptr;
   uint16_t* x16 = nullptr;
   uint16_t* y16 = nullptr;
+  // With w_hh16, where oneDNN's packed weights take bfloat16
+  // (packed_weights.h): W_hh (forward) or W_hh^T (backward) in oneDNN's
+  // layout, made once a call; the product is then oneDNN's own result
+  // tensor instead of y16. Else null.
+  const at::Tensor* w_hh16_packed = nullptr;
   const T* w_hr = nullptr;    // LSTM projection (P x H), or null
   const T* bias = nullptr;    // the cell's combined bias (cells.h)
   T* out = nullptr;
@@ -317,6 +322,24 @@ void beside(const W& walk, const O& other) {
   });
 }
 
+// A library step's product x16 (rows x k) times op(W_hh) (k x n) in
+// bfloat16 (forward_layer's lib_step, backward_recurrence's
+// lib_iteration): on the packed weight where the call made one (then
+// oneDNN's result is returned), else into p.y16 (an undefined tensor is
+// returned).
+template <typename T>
+at::Tensor lib_product(const LayerPtrs<T>& p, const uint16_t* x16, int64_t rows, int64_t k,
+                       int64_t n, bool forward) {
+  if (p.w_hh16_packed != nullptr)
+    return packed_linear(*packed_linear_ops(), *p.w_hh16_packed, x16, rows, k, k);
+  gemm_bf16_library(/*tb=*/forward, rows, n, k, x16, k, p.w_hh16, forward ? k : n, p.y16, n);
+  return at::Tensor();
+}
+
+inline const uint16_t* bf16_bits_of(const at::Tensor& t) {
+  return reinterpret_cast<const uint16_t*>(t.data_ptr<at::BFloat16>());
+}
+
 // Forward of one layer and direction. state/spare: the (B, Hs) state
 // buffers, both holding hx on entry; c: (B, H) holding cx (LSTM). m: (B, H)
 // scratch for the projection's input (proj only). Returns the
@@ -503,13 +526,14 @@ T* forward_layer(const Cell& cell, const RnnShape& s, const StepSchedule& sched,
         at::parallel_for(fresh, b, 16, [&](int64_t r0, int64_t r1) {
           round_to_bf16(cur + r0 * Hs, (r1 - r0) * Hs, p.x16 + r0 * Hs);
         });
-      gemm_bf16_library(/*tb=*/true, b, G, Hs, p.x16, Hs, p.w_hh16, Hs, p.y16, G);
+      const at::Tensor y = lib_product(p, p.x16, b, Hs, G, /*forward=*/true);
+      const uint16_t* y16 = y.defined() ? bf16_bits_of(y) : p.y16;
       for_unit_slices(recurrent_parts(b * Hs * G, H), H, [&](int64_t c0, int64_t c1) {
         carry_ended(a, i, cur, nxt, c0, c1);
         input_rows(a, 0, b, c0, c1 - c0);
         for (int64_t r = 0; r < b; ++r)
           for (int g = 0; g < Cell::kGates; ++g)
-            widen_bf16(p.y16 + r * G + g * H + c0, c1 - c0,
+            widen_bf16(y16 + r * G + g * H + c0, c1 - c0,
                        gate_out(a, g) + r * gate_ld(a, g) + c0, g < Cell::kSumGates);
         pointwise(a, cur, nxt, c0, c1);
         for (int64_t r = 0; r < b; ++r)
@@ -863,10 +887,11 @@ int64_t backward_recurrence(const Cell& cell, const RnnShape& s, const StepSched
       const int64_t t_next = has_next ? step_at(i + 1) : 0;
       if (x16_iter != i)
         at::parallel_for(0, b, 16, [&](int64_t r0, int64_t r1) { round_dg(t, r0, r1, 0, H); });
-      gemm_bf16_library(/*tb=*/false, b, Hs, G, p.x16, G, p.w_hh16, Hs, p.y16, Hs);
+      const at::Tensor y = lib_product(p, p.x16, b, G, Hs, /*forward=*/false);
+      const uint16_t* y16 = y.defined() ? bf16_bits_of(y) : p.y16;
       for_unit_slices(recurrent_parts(b * Hs * G, Hs), Hs, [&](int64_t c0, int64_t c1) {
         for (int64_t r = 0; r < b; ++r)
-          widen_bf16(p.y16 + r * Hs + c0, c1 - c0, g + r * Hs + c0, Cell::kDirectGrad);
+          widen_bf16(y16 + r * Hs + c0, c1 - c0, g + r * Hs + c0, Cell::kDirectGrad);
         if (has_next) {
           step_grad(t_next, c0, c1);
           round_dg(t_next, 0, sched.batch[t_next], c0, c1);
