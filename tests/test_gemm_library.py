@@ -64,10 +64,18 @@ def test_large_float32_gemms_match_torch(bidirectional, packed, threads, cell):
         grads = torch.autograd.grad((out * w.to(dtype)).sum(), [leaf, *module.parameters()])
         return out, grads
 
+    _matches_torch(call, ours, theirs, threads)
+
+
+def _matches_torch(call, ours, theirs, threads):
+    """call(module, dtype) -> (output, grads): rnnattn's float32 module on
+    `threads` threads against torch's in float64. Returns the names of the
+    operators rnnattn's call ran (the profiler's)."""
     prev = torch.get_num_threads()
     torch.set_num_threads(threads)
     try:
-        out, grads = call(ours, torch.float32)
+        with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as prof:
+            out, grads = call(ours, torch.float32)
     finally:
         torch.set_num_threads(prev)
     ref, ref_grads = call(theirs, torch.float64)
@@ -76,6 +84,7 @@ def test_large_float32_gemms_match_torch(bidirectional, packed, threads, cell):
     assert len(grads) == len(ref_grads)
     for a, b in zip(grads, ref_grads):
         torch.testing.assert_close(a.double(), b, **tol)
+    return {e.key for e in prof.key_averages()}
 
 
 # Steps enough for the packed weights (recurrence.h kPackMinSteps): 64
@@ -116,21 +125,8 @@ def test_steps_on_packed_weights_match_torch(packed, threads, cell):
         w = torch.randn(out.shape, generator=torch.Generator().manual_seed(2), dtype=torch.float64)
         return out, torch.autograd.grad((out * w.to(dtype)).sum(), [leaf, *module.parameters()])
 
-    prev = torch.get_num_threads()
-    torch.set_num_threads(threads)
-    try:
-        with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as prof:
-            out, grads = call(ours, torch.float32)
-    finally:
-        torch.set_num_threads(prev)
-    ran = {e.key for e in prof.key_averages()}
+    ran = _matches_torch(call, ours, theirs, threads)
     assert ("mkldnn::_linear_pointwise" in ran) == rnnattn._C.cpu_packed_weights(), sorted(ran)
-    ref, ref_grads = call(theirs, torch.float64)
-    tol = dict(rtol=2e-4, atol=2e-4)
-    torch.testing.assert_close(out.double(), ref, **tol)
-    assert len(grads) == len(ref_grads)
-    for a, b in zip(grads, ref_grads):
-        torch.testing.assert_close(a.double(), b, **tol)
 
 
 @pytest.mark.parametrize("lib", ["blas", "onednn", "onednn-unpacked"])
