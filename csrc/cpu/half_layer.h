@@ -348,7 +348,8 @@ LayerGrads backward_layer_half(const Cell& cell, const RnnShape& s, const StepSc
   // forward), it reads W_hh as it is; the pairs only for small steps.
   const bool lib = steps16 && library_steps<Cell>(s, sched);
   const at::Tensor w16 = lib ? w_hh.contiguous() : at::Tensor();
-  const at::Tensor w16p = lib ? packed_bf16_weight(w_hh.t().contiguous(), sched.batch[0]) : at::Tensor();
+  const at::Tensor w16p =
+      lib ? packed_bf16_weight(w_hh.t().contiguous(), sched.batch[0]) : at::Tensor();
   at::Tensor wh_pairs;
   if (steps16 && (!lib || small_step<Cell>(sched.batch.back(), s.state, L.gates())))
     wh_pairs = weight_pairs(w_hh, /*transposed=*/false);

@@ -51,10 +51,10 @@ struct PackedLinearOps {
 };
 
 // Y = X W^T (rows x n, a new tensor) on a packed weight; X rows x k, rows ldx
-// apart (the operator copies X where ldx != k). The autograd keys are
-// skipped: nothing here records a graph, and the worker threads that call
-// it would otherwise pass through them.
-// X's dtype is w's: float32, or bfloat16 (raw bits; the result too).
+// apart (the operator copies X where ldx != k), in w's dtype (float32, or
+// bfloat16 as raw bits; Y too). The autograd keys are skipped: nothing here
+// records a graph, and the worker threads that call it would otherwise pass
+// through them.
 inline at::Tensor packed_linear(const PackedLinearOps& ops, const at::Tensor& w, const void* x,
                                 int64_t rows, int64_t k, int64_t ldx) {
   c10::impl::ExcludeDispatchKeyGuard no_autograd(c10::autograd_dispatch_keyset);
@@ -112,8 +112,9 @@ inline bool packed_linear_bf16_works() {
       at::Tensor w = at::arange(n * k, bf16).remainder(7).sub(3).reshape({n, k});
       at::Tensor x = at::arange(m * k, bf16).remainder(5).sub(2).reshape({m, k});
       at::Tensor y = packed_linear(*o, pack_weight(*o, w, m), x.data_ptr(), m, k, k);
+      const at::Tensor want = at::mm(x.to(at::kFloat), w.to(at::kFloat).t());
       return y.scalar_type() == at::kBFloat16 && y.sizes().equals({m, n}) &&
-             at::equal(y.contiguous().to(at::kFloat), at::mm(x.to(at::kFloat), w.to(at::kFloat).t()));
+             at::equal(y.contiguous().to(at::kFloat), want);
     } catch (const std::exception&) {
       return false;
     }

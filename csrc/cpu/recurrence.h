@@ -425,9 +425,9 @@ T* forward_layer(const Cell& cell, const RnnShape& s, const StepSchedule& sched,
   // in every gate, (G * its units) x Hs, one product a step over all gates.
   PackedParts packed;
   if constexpr (std::is_same_v<T, float>) {
+    const int64_t part_cols = rec.empty() ? 0 : rec[0].end(0) - rec[0].begin(0);  // the widest
     if (!rec.empty() && p.pack &&
-        use_packed_weights(sched.full_steps(), B0 * Cell::kGates * (rec[0].end(0) - rec[0].begin(0)) * Hs,
-                           kPackMinSteps)) {
+        use_packed_weights(sched.full_steps(), B0 * Cell::kGates * part_cols * Hs, kPackMinSteps)) {
       auto W = at::from_blob(const_cast<float*>(p.w_hh), {Cell::kGates, H, Hs},
                              at::TensorOptions().dtype(at::kFloat));
       for (int q = 0; q < rec[0].parts(); ++q) {
@@ -797,9 +797,10 @@ int64_t backward_recurrence(const Cell& cell, const RnnShape& s, const StepSched
       if (pack_full) {
         auto W = at::from_blob(const_cast<float*>(p.w_hh), {G, Hs},
                                at::TensorOptions().dtype(at::kFloat));
-        for (int q = 0; q < rec[0].parts(); ++q)
-          packed.add(W.narrow(1, rec[0].begin(q), rec[0].end(q) - rec[0].begin(q)).t().contiguous(),
-                     B0);
+        for (int q = 0; q < rec[0].parts(); ++q) {
+          const int64_t c0 = rec[0].begin(q), cols = rec[0].end(q) - c0;
+          packed.add(W.narrow(1, c0, cols).t().contiguous(), B0);
+        }
       }
     }
   }
@@ -937,7 +938,11 @@ int64_t backward_recurrence(const Cell& cell, const RnnShape& s, const StepSched
               for (int64_t r = 0; r < b; ++r) {
                 const float* src = yp + r * (c1 - c0);
                 float* dst = g + r * Hs + c0;
-                for (int64_t j = 0; j < c1 - c0; ++j) dst[j] = beta_direct * dst[j] + src[j];
+                if (Cell::kDirectGrad) {  // g holds dh z (cells.h); never now: one block only
+                  for (int64_t j = 0; j < c1 - c0; ++j) dst[j] += src[j];
+                } else {
+                  std::copy(src, src + (c1 - c0), dst);
+                }
               }
             }
           } else {
