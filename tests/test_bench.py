@@ -397,6 +397,8 @@ def test_table_header_names_the_cpu_isa_path():
     assert f"CPU kernels: {meta['cpu_isa_path']} path" in report.table([], meta)
     assert meta["cpu_gemm_library"] == rnnattn._C.cpu_gemm() in ("blas", "onednn")
     assert f"large float32 GEMMs: {meta['cpu_gemm_library']}" in report.table([], meta)
+    assert meta["cpu_packed_weights"] == rnnattn._C.cpu_packed_weights()
+    assert ("(steps on packed weights)" in report.table([], meta)) == meta["cpu_packed_weights"]
     meta16 = machine.describe(torch.device("cpu"), torch.bfloat16)
     assert meta16["cpu_bf16_steps"] == rnnattn._C.cpu_bf16_steps() in ("float32", "kernel", "kernel+library", "kernel+packed")
     assert f"bfloat16 steps: {meta16['cpu_bf16_steps']}" in report.table([], meta16)

@@ -48,9 +48,11 @@ def cpu_packed_weights() -> bool:
 
 def cpu_bf16_steps() -> str:
     """How a bfloat16 call's recurrent steps multiply in this process:
-    "float32", "kernel" (AVX512-BF16, small_gemm_bf16) or "kernel+library"
-    (the large steps in oneDNN's bfloat16 GEMM, on AMX CPUs; csrc/cpu/half.h,
-    RNNATTN_CPU_BF16_STEPS forces one)."""
+    "float32", "kernel" (AVX512-BF16, small_gemm_bf16), "kernel+packed" (the
+    large steps in oneDNN's bfloat16 GEMM on W_hh reordered once a call,
+    wherever oneDNN's packed weights take bfloat16) or "kernel+library" (the
+    same on W_hh as stored, on AMX CPUs without them; csrc/cpu/half.h,
+    RNNATTN_CPU_BF16_STEPS forces the kernel or the library)."""
     from rnnattn import _C
 
     return _C.cpu_bf16_steps()
