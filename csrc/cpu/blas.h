@@ -85,14 +85,16 @@ class SerialBlasGuard {
 enum class GemmLib { kBlas, kOnednn };
 constexpr int64_t kOnednnMinWork = int64_t(1) << 23;
 
-inline bool onednn_float_gemm_works() {
+// Whether ATen's oneDNN GEMM takes operands and result of `dtype` here: a
+// probe call (it refuses where the CPU lacks the AVX-512 or, for bfloat16,
+// AVX-NE-CONVERT it needs).
+inline bool onednn_gemm_works(at::ScalarType dtype) {
   if (at::native::mkldnn_matmul == nullptr) return false;
   try {
-    float a = 3.f, b = 2.f, c = 0.f;
-    auto f32 = at::TensorOptions().dtype(at::kFloat);
-    at::native::mkldnn_matmul(at::from_blob(&a, {1, 1}, f32), at::from_blob(&b, {1, 1}, f32),
-                              at::from_blob(&c, {1, 1}, f32), 0.f, 1.f);
-    return c == 6.f;
+    auto o = at::TensorOptions().dtype(dtype);
+    at::Tensor c = at::zeros({1, 1}, o);
+    at::native::mkldnn_matmul(at::full({1, 1}, 3.f, o), at::full({1, 1}, 2.f, o), c, 0.f, 1.f);
+    return c.item<float>() == 6.f;
   } catch (const std::exception&) {
     return false;
   }
@@ -109,7 +111,7 @@ inline GemmLib float_gemm_lib() {
       onednn = !__builtin_cpu_is("intel");
 #endif
     }
-    return onednn && onednn_float_gemm_works() ? GemmLib::kOnednn : GemmLib::kBlas;
+    return onednn && onednn_gemm_works(at::kFloat) ? GemmLib::kOnednn : GemmLib::kBlas;
   }();
   return lib;
 }
@@ -155,21 +157,8 @@ inline void gemm_onednn(bool ta, bool tb, int64_t m, int64_t n, int64_t k, float
   at::native::mkldnn_matmul(A, B, at::from_blob(c, {m, n}, {ldc, 1}, f32), beta, alpha);
 }
 
-// Whether ATen's oneDNN GEMM takes bfloat16 operands here (a probe call; it
-// refuses where the CPU lacks the AVX-512 or AVX-NE-CONVERT it needs).
 inline bool onednn_bf16_gemm_works() {
-  static const bool ok = [] {
-    if (at::native::mkldnn_matmul == nullptr) return false;
-    try {
-      auto bf16 = at::TensorOptions().dtype(at::kBFloat16);
-      at::Tensor c = at::zeros({1, 1}, bf16);
-      at::native::mkldnn_matmul(at::full({1, 1}, 3.f, bf16), at::full({1, 1}, 2.f, bf16), c, 0.f,
-                                1.f);
-      return c.item<float>() == 6.f;
-    } catch (const std::exception&) {
-      return false;
-    }
-  }();
+  static const bool ok = onednn_gemm_works(at::kBFloat16);
   return ok;
 }
 

@@ -72,8 +72,26 @@ inline at::Tensor pack_weight(const PackedLinearOps& ops, const at::Tensor& w, i
   return ops.reorder.call(w, batch);
 }
 
+// Whether the operators' product in `dtype` is right: W (3 x 5) and X (2 x 5)
+// of small integers, whose every sum is exact in float32 and bfloat16.
+// (They refuse bfloat16 where the CPU lacks AVX512-BF16 / AMX.)
+inline bool packed_linear_probe(const PackedLinearOps& o, at::ScalarType dtype) {
+  try {
+    const int64_t n = 3, k = 5, m = 2;
+    auto f32 = at::TensorOptions().dtype(at::kFloat);
+    const at::Tensor w = at::arange(n * k, f32).remainder(7).sub(3).reshape({n, k});
+    const at::Tensor x = at::arange(m * k, f32).remainder(5).sub(2).reshape({m, k});
+    const at::Tensor xd = x.to(dtype);
+    const at::Tensor y = packed_linear(o, pack_weight(o, w.to(dtype), m), xd.data_ptr(), m, k, k);
+    return y.scalar_type() == dtype && y.sizes().equals({m, n}) &&
+           at::equal(y.contiguous().to(at::kFloat), at::mm(x, w.t()));
+  } catch (const std::exception&) {
+    return false;
+  }
+}
+
 // The operators, where this torch has them with the schemas above and a
-// probe product is right; else null.
+// float32 probe product is right; else null.
 inline const PackedLinearOps* packed_linear_ops() {
   static const std::optional<PackedLinearOps> ops = []() -> std::optional<PackedLinearOps> {
     try {
@@ -82,15 +100,7 @@ inline const PackedLinearOps* packed_linear_ops() {
       auto l = d.findSchema({"mkldnn::_linear_pointwise", ""});
       if (!r || !l) return std::nullopt;
       PackedLinearOps o{r->typed<ReorderWeightFn>(), l->typed<PackedLinearFn>()};
-      // A product whose every sum is exact in float32: W (3 x 5) and X (2 x 5)
-      // of small integers.
-      const int64_t n = 3, k = 5, m = 2;
-      auto f32 = at::TensorOptions().dtype(at::kFloat);
-      at::Tensor w = at::arange(n * k, f32).remainder(7).sub(3).reshape({n, k});
-      at::Tensor x = at::arange(m * k, f32).remainder(5).sub(2).reshape({m, k});
-      at::Tensor y = packed_linear(o, pack_weight(o, w, m), x.data_ptr<float>(), m, k, k);
-      if (!y.sizes().equals({m, n}) || !at::equal(y.contiguous(), at::mm(x, w.t())))
-        return std::nullopt;
+      if (!packed_linear_probe(o, at::kFloat)) return std::nullopt;
       return o;
     } catch (const std::exception&) {
       return std::nullopt;
@@ -99,26 +109,10 @@ inline const PackedLinearOps* packed_linear_ops() {
   return ops ? &*ops : nullptr;
 }
 
-// Whether this torch's operators also take bfloat16 (they refuse where the
-// CPU lacks AVX512-BF16 / AMX): the same probe product in bfloat16, whose
-// small integers are exact there too.
+// Whether they also take bfloat16 here.
 inline bool packed_linear_bf16_works() {
-  static const bool ok = [] {
-    const PackedLinearOps* o = packed_linear_ops();
-    if (o == nullptr) return false;
-    try {
-      const int64_t n = 3, k = 5, m = 2;
-      auto bf16 = at::TensorOptions().dtype(at::kBFloat16);
-      at::Tensor w = at::arange(n * k, bf16).remainder(7).sub(3).reshape({n, k});
-      at::Tensor x = at::arange(m * k, bf16).remainder(5).sub(2).reshape({m, k});
-      at::Tensor y = packed_linear(*o, pack_weight(*o, w, m), x.data_ptr(), m, k, k);
-      const at::Tensor want = at::mm(x.to(at::kFloat), w.to(at::kFloat).t());
-      return y.scalar_type() == at::kBFloat16 && y.sizes().equals({m, n}) &&
-             at::equal(y.contiguous().to(at::kFloat), want);
-    } catch (const std::exception&) {
-      return false;
-    }
-  }();
+  static const bool ok =
+      packed_linear_ops() != nullptr && packed_linear_probe(*packed_linear_ops(), at::kBFloat16);
   return ok;
 }
 
