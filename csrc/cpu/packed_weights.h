@@ -124,21 +124,20 @@ inline bool packed_weights_enabled() {
   return on;
 }
 
-// Whether the large float32 steps of a walk, `full_steps` of which have
-// `rows` rows, multiply by packed weights: oneDNN runs a part's product
-// (`part_work` multiply-adds), the operators are here, and enough steps
-// share a packing (min_steps: recurrence.h kPackMinSteps, a pack costs
-// about a step).
-inline bool use_packed_weights(int64_t full_steps, int64_t part_work, int64_t min_steps) {
-  return full_steps >= min_steps && packed_weights_enabled() && use_onednn(part_work, 0.f) &&
-         packed_linear_ops() != nullptr;
-}
-
 // Whether a large float32 step would multiply by packed weights in this
 // process (rnnattn._C.cpu_packed_weights(), the benchmark's table header).
 inline bool steps_use_packed_weights() {
   return float_gemm_lib() == GemmLib::kOnednn && at::globalContext().userEnabledMkldnn() &&
          packed_weights_enabled() && packed_linear_ops() != nullptr;
+}
+
+// Whether the large float32 steps of a walk, `full_steps` of which have
+// `rows` rows, multiply by packed weights: they would here, a part's
+// product (`part_work` multiply-adds) is oneDNN's size, and enough steps
+// share a packing (min_steps: recurrence.h kPackMinSteps, a pack costs
+// about a step).
+inline bool use_packed_weights(int64_t full_steps, int64_t part_work, int64_t min_steps) {
+  return full_steps >= min_steps && use_onednn(part_work, 0.f) && steps_use_packed_weights();
 }
 
 // One packed weight per unit part of a walk's steps.

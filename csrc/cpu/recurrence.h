@@ -772,14 +772,15 @@ int64_t backward_recurrence(const Cell& cell, const RnnShape& s, const StepSched
                : 0;
     // As the forward (forward_layer's `packed`): where oneDNN runs them, the
     // iterations of B0 rows multiply by packed weights, part q's being
-    // W_hh's columns of its units, transposed ((its units) x G*H). Only
-    // where dG_t's rows are contiguous (one block: the Elman RNN's and the
-    // LSTM's; the operator would copy the GRU's two strided blocks). The
+    // W_hh's columns of its units, transposed ((its units) x G*H), the
+    // product copied into g. Only where dG_t's rows are contiguous (one
+    // block: the Elman RNN's and the LSTM's; the operator would copy the
+    // GRU's two strided blocks) and dh_{t-1} has no direct term. The
     // plain path's compact slices are then made only if a smaller
     // iteration reaches oneDNN's size (max_rows).
     bool pack_full = false;
     if constexpr (std::is_same_v<T, float>)
-      pack_full = L.rest_cols() == 0 && ld_dg == G && p.pack &&
+      pack_full = L.rest_cols() == 0 && !Cell::kDirectGrad && ld_dg == G && p.pack &&
                   use_packed_weights(sched.full_steps(), B0 * G * ((Hs + parts - 1) / parts),
                                      kPackMinSteps);
     int64_t max_rows = B0;
@@ -935,15 +936,8 @@ int64_t backward_recurrence(const Cell& cell, const RnnShape& s, const StepSched
             if constexpr (std::is_same_v<T, float>) {
               const at::Tensor y = packed.product(part, d, b, G, ld_dg);
               const float* yp = y.data_ptr<float>();
-              for (int64_t r = 0; r < b; ++r) {
-                const float* src = yp + r * (c1 - c0);
-                float* dst = g + r * Hs + c0;
-                if (Cell::kDirectGrad) {  // g holds dh z (cells.h); never now: one block only
-                  for (int64_t j = 0; j < c1 - c0; ++j) dst[j] += src[j];
-                } else {
-                  std::copy(src, src + (c1 - c0), dst);
-                }
-              }
+              for (int64_t r = 0; r < b; ++r)
+                std::copy(yp + r * (c1 - c0), yp + (r + 1) * (c1 - c0), g + r * Hs + c0);
             }
           } else {
             rec[0].compute(part, d, b, beta_direct, g, ld_dg, Hs);
