@@ -131,8 +131,8 @@ inline bool steps_use_packed_weights() {
          packed_weights_enabled() && packed_linear_ops() != nullptr;
 }
 
-// Whether the large float32 steps of a walk, `full_steps` of which have
-// `rows` rows, multiply by packed weights: they would here, a part's
+// Whether the large float32 steps of a walk (`full_steps` of them with the
+// first step's rows) multiply by packed weights: they would here, a part's
 // product (`part_work` multiply-adds) is oneDNN's size, and enough steps
 // share a packing (min_steps: recurrence.h kPackMinSteps, a pack costs
 // about a step).
