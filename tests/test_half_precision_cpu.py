@@ -109,7 +109,7 @@ def _up(args):
     return [a.float() if isinstance(a, torch.Tensor) and a.is_floating_point() else a for a in args]
 
 
-CHUNKED = [  # several chunks each (half_layer.h: backward chunks >= 128 rows, forward >= 32)
+CHUNKED = [  # several chunks each (half_layer.h: chunks of >= 32 rows)
     ("rnn", (70, 8, 5, 9), None, 0),
     ("rnn", (None, None, 4, 33), [70, 70, 41, 12, 3], 0),
     ("gru", (70, 8, 5, 9), None, 0),
@@ -128,6 +128,9 @@ CHUNKED = [  # several chunks each (half_layer.h: backward chunks >= 128 rows, f
     ("gru", (12, 16, 8, 256), None, 0),
     ("lstm", (None, None, 6, 192), [12, 12, 11, 9, 9, 9, 9, 9, 9, 9, 9, 9, 9, 9, 9, 9, 9, 2], 0),
     ("rnn", (40, 4, 8, 1024), None, 0),
+    # a wide input: chunks of about 70 rows whose x and dX rows (over 2^14
+    # values) convert through ATen, the small ones in plain loops
+    ("gru", (64, 8, 300, 32), None, 0),
     # with RNNATTN_CPU_BF16_STEPS=library (the default on AMX CPUs) the steps
     # of 20 rows go to the library's bfloat16 GEMM and those of 14 and 6 rows
     # to small_gemm_bf16: the walk changes path both ways

@@ -31,6 +31,7 @@
 #include <vector>
 
 #include "../rnn_common.h"
+#include "bf16_bits.h"
 #include "half.h"
 #include "layer.h"
 #include "packed_weights.h"
@@ -38,36 +39,39 @@
 namespace rnnattn::cpu {
 
 // A chunk is 1/kHalfChunks of the steps, so its float32 copies are ~1/32
-// of the sequence's, but at least kHalfChunkMinRows rows: each chunk pays
-// the float32 op's fixed cost (tens of microseconds: allocation, W_hh^T, its
-// GEMM calls), which must stay small beside its steps.
+// of the sequence's. Where that is only a few rows, each chunk also holds
+// at least kHalfChunkWork multiply-adds of the forward, so that its fixed
+// cost (a backward chunk's is about 10 us at a few rows to 0.1 ms at
+// hundreds: conversions, allocations, the weight grads' GEMM calls, a
+// parallel region) stays about a tenth of its work, but only as far as its
+// float32 copies stay within 3/4 of the bytes the call keeps in the half
+// dtype anyway (its output and reserve): a chunk's copies must not dwarf
+// what half precision saves; and never fewer than kHalfChunkMinRows rows.
+// Measured on an AMD EPYC (Zen 4), 2 threads, LSTM (16,100,64,128)
+// bfloat16 against torch's bfloat16 module, alternating in one process:
+// chunks of 128 / 256 / 400 / 512 rows, fwd 1.07x / 1.12x / 1.16x / 1.17x,
+// fwd+bwd 0.94x / 1.09x / 1.21x / 1.18x. The GRU's and the Elman RNN's
+// peaks at 512 rows went over their torch modules' (fwd+bwd 5.29 MiB
+// against 4.30, 1.66 against 1.32); the 3/4 bound keeps them under.
 constexpr int64_t kHalfChunks = 32;
-constexpr int64_t kHalfChunkMinRows = 128;
-// Where 1/32 of the sequence is only a few rows, each chunk also holds at
-// least kHalfChunkWork multiply-adds of the forward, so that its fixed cost
-// (a backward chunk's is about 0.1 ms: conversions, allocations, three
-// library GEMM calls, a parallel region) stays about a tenth of its work,
-// but only as far as its float32 copies stay within 3/4 of the bytes the
-// call keeps in the half dtype anyway (its output and reserve): a chunk's
-// copies must not dwarf what half precision saves. Measured on an AMD EPYC
-// (Zen 4), 2 threads, LSTM (16,100,64,128) bfloat16 against torch's
-// bfloat16 module, alternating in one process: chunks of 128 / 256 / 400 /
-// 512 rows, fwd 1.07x / 1.12x / 1.16x / 1.17x, fwd+bwd 0.94x / 1.09x /
-// 1.21x / 1.18x. The GRU's and the Elman RNN's peaks at 512 rows went over
-// their torch modules' (fwd+bwd 5.29 MiB against 4.30, 1.66 against 1.32);
-// the 3/4 bound keeps them under.
 constexpr int64_t kHalfChunkWork = int64_t(1) << 25;
-// The forward's chunks may be as small as this where the 3/4 bound asks
-// for it: a forward chunk costs only about 7 us (allocations, conversions,
-// a few ATen calls; the weights' bfloat16 pairs are made once a call). At
-// (1,100,32,64) bfloat16 the bound gives 25 rows, and chunks of 32 instead
-// of one of 100 took the forward's peak under torch's module's (GRU 0.088
-// -> 0.063 MiB, nn.GRU 0.071; RNN 0.062 -> 0.037, nn.RNN 0.046; LSTM 0.076,
-// nn.LSTM 0.229) for 15-20% of the call (AMD EPYC Zen 4, 2 threads, the two
-// builds in alternating processes: GRU 36x -> 30x torch's, RNN 12-13x ->
-// 11x, LSTM 2.4x -> 2.0x). The backward keeps kHalfChunkMinRows: its
-// chunks cost about 0.1 ms each.
-constexpr int64_t kHalfForwardChunkMinRows = 32;
+// A chunk may be as small as this where the 3/4 bound asks for it. The
+// forward's chunks cost about 7 us each (allocations, conversions, a few
+// ATen calls; the weights' bfloat16 pairs are made once a call), the
+// backward's more (each runs the float32 op: the gate grads, the weight
+// grads' GEMMs, dX), but a backward chunk's float32 rows (input, grad
+// output, output, reserve, gate grads, dX) are the most such a call holds
+// beside what it keeps. At (1,100,32,64) bfloat16 the bound gives 10-25
+// rows; with a floor of 128 rows the forward's peaks were over torch's
+// modules' (GRU 0.088 MiB against 0.071, RNN 0.062 against 0.046) and the
+// fwd+bwd ones too (GRU 0.455 against 0.213, RNN 0.156 against 0.099; LSTM
+// 0.532, nn.LSTM 0.593). With 32: forward GRU 0.063, RNN 0.037, LSTM 0.076;
+// fwd+bwd GRU 0.273, RNN 0.090, LSTM 0.333, for 5-12% of a fwd+bwd call
+// (16 rows: GRU 0.233, RNN 0.075, for 20-40%). Measured on an AMD EPYC
+// (Zen 4), 2 threads (benchmarks/OPTIMISATIONS.md). Only calls of few rows
+// are cut this fine: from about 700 rows on (the GRU; fewer for the
+// others) the bound asks for 128 rows or more.
+constexpr int64_t kHalfChunkMinRows = 32;
 
 // bfloat16 steps make their own A (recurrence.h step_input), re-reading
 // W_ih^T's pairs every step where a library GEMM over a chunk of steps
@@ -81,12 +85,11 @@ constexpr int64_t kStepInputMaxBytes = int64_t(1) << 20;
 
 // A chunk's least rows (above): work, f32 and kept are per row of the
 // sequence (n rows): multiply-adds, float32 bytes the chunk holds, bytes
-// the call keeps in its dtype; floor: the fewest rows a chunk takes.
-inline int64_t half_chunk_min_rows(int64_t n, int64_t work, int64_t f32, int64_t kept,
-                                   int64_t floor = kHalfChunkMinRows) {
+// the call keeps in its dtype.
+inline int64_t half_chunk_min_rows(int64_t n, int64_t work, int64_t f32, int64_t kept) {
   const int64_t by_work = kHalfChunkWork / std::max<int64_t>(work, 1);
   const int64_t by_bytes = 3 * n * kept / (4 * std::max<int64_t>(f32, 1));
-  return std::max(floor, std::min(by_work, by_bytes));
+  return std::max(kHalfChunkMinRows, std::min(by_work, by_bytes));
 }
 
 // Steps [t_lo, t_hi] of the schedule: rows [row0, row0 + rows), the walk's
@@ -139,6 +142,79 @@ inline void states_entering(const StepSchedule& sched, bool reverse, const StepC
       const char* src = pr >= 0 ? src_out + pr * out.stride(0) * es : src_h0 + r * Hs * es;
       std::memcpy(dst + (sched.offset[t] + r - ch.row0) * hp.stride(0) * es, src, Hs * es);
     }
+}
+
+// Small conversions between a chunk's float32 rows and the call's half
+// dtype run in plain loops: an ATen conversion (an allocation, a
+// TensorIterator) costs microseconds, as much as a few steps of a small
+// layer, and the backward of a call of few rows runs several chunks of a
+// dozen rows each. Larger ones go to ATen (vectorized, on all threads).
+constexpr int64_t kPlainConvertMax = int64_t(1) << 14;
+
+// dst (float32, n rows ld apart) = rows [row0, row0 + n), columns [col0,
+// col0 + w) of src (2-D, a half dtype, any strides). Pointers, not ATen
+// views: a narrow costs about a microsecond too.
+inline void to_float_rows(const at::Tensor& src, int64_t row0, int64_t col0, int64_t n,
+                          int64_t w, float* dst, int64_t ld) {
+  const int64_t s0 = src.stride(0), s1 = src.stride(1), at0 = row0 * s0 + col0 * s1;
+  if (src.scalar_type() == at::kBFloat16 && s1 == 1) {
+    const uint16_t* q = reinterpret_cast<const uint16_t*>(src.data_ptr<at::BFloat16>()) + at0;
+    for (int64_t i = 0; i < n; ++i) widen_bf16(q + i * s0, w, dst + i * ld, /*accumulate=*/false);
+    return;
+  }
+  AT_DISPATCH_REDUCED_FLOATING_TYPES(src.scalar_type(), "rnnattn::to_float_rows", [&] {
+    const scalar_t* q = src.data_ptr<scalar_t>() + at0;
+    for (int64_t i = 0; i < n; ++i)
+      for (int64_t j = 0; j < w; ++j) dst[i * ld + j] = static_cast<float>(q[i * s0 + j * s1]);
+  });
+}
+
+// Rows [row0, row0 + n) of src (2-D, a half dtype) in float32: the first n
+// rows of buf, which the first call makes for `cap` rows and the chunks
+// after reuse.
+inline at::Tensor float_rows(const at::Tensor& src, int64_t row0, int64_t n, int64_t cap,
+                             at::Tensor& buf) {
+  const int64_t w = src.size(1);
+  if (!buf.defined()) buf = at::empty({cap, w}, src.options().dtype(at::kFloat));
+  at::Tensor dst = n == cap ? buf : buf.narrow(0, 0, n);
+  if (n * w > kPlainConvertMax)
+    dst.copy_(src.narrow(0, row0, n));
+  else
+    to_float_rows(src, row0, 0, n, w, buf.data_ptr<float>(), w);
+  return dst;
+}
+
+// Rows [row0, row0 + src's rows) of dst (2-D, a half dtype) = src
+// (float32, as many columns).
+inline void from_float_rows(const at::Tensor& src, const at::Tensor& dst, int64_t row0) {
+  const int64_t n = src.numel(), w = dst.size(1);
+  if (n > kPlainConvertMax || !src.is_contiguous() || !dst.is_contiguous()) {
+    dst.narrow(0, row0, src.size(0)).copy_(src);
+    return;
+  }
+  const float* q = src.data_ptr<float>();
+  if (dst.scalar_type() == at::kBFloat16) {
+    round_to_bf16(q, n, reinterpret_cast<uint16_t*>(dst.data_ptr<at::BFloat16>()) + row0 * w);
+    return;
+  }
+  AT_DISPATCH_REDUCED_FLOATING_TYPES(dst.scalar_type(), "rnnattn::from_float_rows", [&] {
+    scalar_t* d = dst.data_ptr<scalar_t>() + row0 * w;
+    for (int64_t j = 0; j < n; ++j) d[j] = static_cast<scalar_t>(q[j]);
+  });
+}
+
+// The state entering a chunk (float32, in buf, made once a call like
+// init): init's rows (hx or cx, float32), with its first b rows from rows
+// [row, row + b), columns [col0, col0 + init's width) of src (the call's
+// kept output or reserve, in its half dtype): the rows the walk's step
+// before the chunk held.
+inline at::Tensor state_rows(const at::Tensor& init, const at::Tensor& src, int64_t row,
+                             int64_t b, int64_t col0, at::Tensor& buf) {
+  const at::Tensor h = init.contiguous();
+  if (!buf.defined()) buf = at::empty(h.sizes(), h.options());
+  std::memcpy(buf.data_ptr<float>(), h.data_ptr<float>(), h.numel() * sizeof(float));
+  to_float_rows(src, row, col0, b, h.size(1), buf.data_ptr<float>(), h.size(1));
+  return buf;
 }
 
 // dst (float32, contiguous, rows x w) += columns [c0, c0 + w) of p (in a
@@ -262,8 +338,7 @@ LayerForward forward_layer_half(const Cell& cell, const RnnShape& s, const StepS
                                                       : L.gates();
   const int64_t min_rows = half_chunk_min_rows(
       s.rows, L.gates() * (s.input + s.state), 4 * (s.input + s.state + ws_f32),
-      es * (s.state + (has_reserve && train ? Cell::kWsBlocks * H : 0)),
-      kHalfForwardChunkMinRows);
+      es * (s.state + (has_reserve && train ? Cell::kWsBlocks * H : 0)));
   for (const StepChunk& ch : step_chunks(sched, s.batch, reverse, min_rows)) {
     RnnShape sc = s;
     sc.rows = ch.rows;
@@ -355,29 +430,32 @@ LayerGrads backward_layer_half(const Cell& cell, const RnnShape& s, const StepSc
     wh_pairs = weight_pairs(w_hh, /*transposed=*/false);
   // W_hh in float32 only where the steps read it (not with bfloat16 steps).
   wh = steps16 ? at::empty({0}, opts.dtype(at::kFloat)) : up(w_hh);
+  // Each chunk's float32 rows (float_rows), in buffers made for the largest.
+  int64_t cap = 0;
+  for (const StepChunk& c : chunks) cap = std::max(cap, c.rows);
+  at::Tensor buf_gout, buf_x, buf_out, buf_ws, buf_h, buf_c;
   for (auto it = chunks.rbegin(); it != chunks.rend(); ++it) {
     const StepChunk& ch = *it;
-    auto rows = [&](const at::Tensor& t) { return t.narrow(0, ch.row0, ch.rows).to(at::kFloat); };
+    auto rows = [&](const at::Tensor& t, at::Tensor& buf) {
+      return float_rows(t, ch.row0, ch.rows, cap, buf);
+    };
     // The state entering the chunk: the output (and c_t) of the walk's step
     // before it for the rows that step held, hx (cx) for the others.
     at::Tensor h_in = h0, c_in = c0;
     if (ch.t_prev >= 0) {
       const int64_t b = sched.batch[ch.t_prev], row = sched.offset[ch.t_prev];
-      h_in = h0.clone();
-      h_in.narrow(0, 0, b).copy_(out.narrow(0, row, b));
-      if (Cell::kHasCell) {
-        c_in = c0.clone();
-        c_in.narrow(0, 0, b).copy_(ws.narrow(0, row, b).narrow(1, L.gates(), s.hidden));
-      }
+      h_in = state_rows(h0, out, row, b, 0, buf_h);
+      if (Cell::kHasCell) c_in = state_rows(c0, ws, row, b, L.gates(), buf_c);
     }
     RnnShape sc = s;
     sc.rows = ch.rows;
     at::Tensor dgc;
     // The walk alone (gemms16) does not read the input.
-    const at::Tensor xc = gemms16 ? at::empty({0, s.input}, opts.dtype(at::kFloat)) : rows(x);
+    const at::Tensor xc =
+        gemms16 ? at::empty({0, s.input}, opts.dtype(at::kFloat)) : rows(x, buf_x);
     LayerGrads gc = backward_layer_op(
-        cell, sc, ch.sched, rows(gout), g, opt(dc), xc, h_in, opt(c_in), wi, wh, wr,
-        rows(out), ws.defined() ? opt(rows(ws)) : c10::nullopt, reverse,
+        cell, sc, ch.sched, rows(gout, buf_gout), g, opt(dc), xc, h_in, opt(c_in), wi, wh, wr,
+        rows(out, buf_out), ws.defined() ? opt(rows(ws, buf_ws)) : c10::nullopt, reverse,
         need_input_grad && !gemms16, need_weight_grad && !gemms16, /*pack_w_hh=*/false, &sum,
         wh_pairs, gemms16 ? &dgc : nullptr, w16, w16p);
     if (gemms16) {
@@ -414,12 +492,14 @@ LayerGrads backward_layer_half(const Cell& cell, const RnnShape& s, const StepSc
         }
       }
     } else if (need_input_grad) {
-      dx.narrow(0, ch.row0, ch.rows).copy_(gc.dx);
+      from_float_rows(gc.dx, dx, ch.row0);
     }
     g = gc.dhx;
     dc = gc.dcx;
   }
-  // The float32 weights go before the grads are made in the half dtype.
+  // The float32 weights and rows go before the grads are made in the half
+  // dtype.
+  buf_gout = buf_x = buf_out = buf_ws = buf_h = buf_c = at::Tensor();
   wi = wh = at::Tensor();
   wr = c10::nullopt;
   auto down = [&](at::Tensor& t) {
