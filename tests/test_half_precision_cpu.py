@@ -128,6 +128,15 @@ CHUNKED = [  # several chunks each (half_layer.h: chunks of >= 32 rows)
     ("gru", (12, 16, 8, 256), None, 0),
     ("lstm", (None, None, 6, 192), [12, 12, 11, 9, 9, 9, 9, 9, 9, 9, 9, 9, 9, 9, 9, 9, 9, 2], 0),
     ("rnn", (40, 4, 8, 1024), None, 0),
+    # chunks whose GEMMs reach oneDNN's size with bfloat16 steps: the Elman
+    # RNN's and the LSTM's over a padded batch run once over all the rows
+    # after the walk (half_layer.h whole_sequence_gemms; the RNN's (40, 4,
+    # 8, 1024) above too), T = 1 without the output's shifted rows; the
+    # GRU's and a packed batch's a chunk at a time
+    ("lstm", (20, 8, 16, 512), None, 0),
+    ("rnn", (1, 32, 8, 1024), None, 0),
+    ("gru", (20, 8, 16, 512), None, 0),
+    ("rnn", (None, None, 8, 1024), [12, 12, 9, 9, 9, 2], 0),
     # a wide input: chunks of about 70 rows whose x and dX rows (over 2^14
     # values) convert through ATen, the small ones in plain loops
     ("gru", (64, 8, 300, 32), None, 0),
