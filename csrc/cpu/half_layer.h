@@ -147,8 +147,11 @@ inline void states_entering(const StepSchedule& sched, bool reverse, const StepC
 // Small conversions between a chunk's float32 rows and the call's half
 // dtype run in plain loops: an ATen conversion (an allocation, a
 // TensorIterator) costs microseconds, as much as a few steps of a small
-// layer, and the backward of a call of few rows runs several chunks of a
-// dozen rows each. Larger ones go to ATen (vectorized, on all threads).
+// layer, and a call of few rows runs several chunks of a few dozen rows
+// each (forward, (1,100,32,64) bfloat16 on an AMD EPYC (Zen 4), best of 5
+// rounds of 50 calls, ATen -> plain loops: RNN 54.5 -> 47.6 us, GRU 96.5
+// -> 91.4, LSTM 123 -> 115). Larger ones go to ATen (vectorized, on all
+// threads).
 constexpr int64_t kPlainConvertMax = int64_t(1) << 14;
 
 // dst (float32, n rows ld apart) = rows [row0, row0 + n), columns [col0,
@@ -338,18 +341,23 @@ LayerForward forward_layer_half(const Cell& cell, const RnnShape& s, const StepS
   const int64_t min_rows = half_chunk_min_rows(
       s.rows, L.gates() * (s.input + s.state), 4 * (s.input + s.state + ws_f32),
       es * (s.state + (has_reserve && train ? Cell::kWsBlocks * H : 0)));
-  for (const StepChunk& ch : step_chunks(sched, s.batch, reverse, min_rows)) {
+  const std::vector<StepChunk> chunks = step_chunks(sched, s.batch, reverse, min_rows);
+  int64_t cap = 0;
+  for (const StepChunk& ch : chunks) cap = std::max(cap, ch.rows);
+  at::Tensor buf_x;  // small chunks' float32 input rows (float_rows)
+  for (const StepChunk& ch : chunks) {
     RnnShape sc = s;
     sc.rows = ch.rows;
-    const at::Tensor xc = x.narrow(0, ch.row0, ch.rows);
     // A from the library's half-precision GEMM, or undefined: the op
-    // computes it.
-    const at::Tensor a = wit.defined() ? at::Tensor() : half::input_projection(xc, w_ih);
-    LayerForward rc = forward_layer_op(cell, sc, ch.sched, a.defined() ? xc : xc.to(at::kFloat), h,
-                                       opt(c), wi, wh, bi, bh, wr, reverse, train, a,
-                                       /*pack_w_hh=*/false, wt, wit, w16, w16p);
-    out.narrow(0, ch.row0, ch.rows).copy_(rc.output);
-    if (has_reserve && train) r.reserve.narrow(0, ch.row0, ch.rows).copy_(rc.reserve);
+    // computes it from the chunk's input rows in float32.
+    const at::Tensor a =
+        wit.defined() ? at::Tensor() : half::input_projection(x.narrow(0, ch.row0, ch.rows), w_ih);
+    LayerForward rc = forward_layer_op(
+        cell, sc, ch.sched,
+        a.defined() ? x.narrow(0, ch.row0, ch.rows) : float_rows(x, ch.row0, ch.rows, cap, buf_x),
+        h, opt(c), wi, wh, bi, bh, wr, reverse, train, a, /*pack_w_hh=*/false, wt, wit, w16, w16p);
+    from_float_rows(rc.output, out, ch.row0);
+    if (has_reserve && train) from_float_rows(rc.reserve, r.reserve, ch.row0);
     h = rc.h_n;
     c = rc.c_n;
   }
