@@ -404,7 +404,7 @@ LayerGrads backward_layer_half(const Cell& cell, const RnnShape& s, const StepSc
   const auto dtype = input.scalar_type();
   const auto opts = input.options();
   const CellLayout<Cell> L{s.hidden};
-  at::Tensor wi = up(w_ih), wh;
+  at::Tensor wi, wh;  // W_ih, W_hh in float32, where the float32 op reads them (below)
   c10::optional<at::Tensor> wr = up(w_hr);
   const at::Tensor x = input.reshape({-1, s.input});
   const at::Tensor gout = grad_output.reshape({-1, s.state});  // a view where strides allow
@@ -441,6 +441,9 @@ LayerGrads backward_layer_half(const Cell& cell, const RnnShape& s, const StepSc
   const bool steps16 = sched.steps() > 0 && half::bf16_steps(dtype) && !has_proj;
   const bool gemms16 = steps16 && (need_input_grad || need_weight_grad) && !chunks.empty() &&
                        chunks[0].rows * L.gates() * std::max(s.input, s.state) >= kOnednnMinWork;
+  // W_ih in float32 only where the float32 op makes dX or dW_ih (not where
+  // the chunks' GEMMs run in bfloat16 on W_ih as it is).
+  wi = gemms16 ? at::empty({0}, opts.dtype(at::kFloat)) : up(w_ih);
   const at::Tensor out_rows = gemms16 && out.stride(1) != 1 ? out.contiguous() : out;
   const at::Tensor hx_rows = gemms16 ? hx.contiguous() : hx;
   // whole: those GEMMs once over all the rows after the walk instead of
