@@ -21,7 +21,9 @@
 // are small, W_ih^T's: each forward step then makes its own A), and each
 // chunk's GEMMs after its walk run in bfloat16 on its gate grads rounded to
 // bfloat16 (float32 sums inside; the chunks' weight grads summed in
-// float32): results within bfloat16 rounding of the float32 call's.
+// float32), or, for the Elman RNN and the LSTM over a padded batch, once
+// over all the rows after the walk (whole_sequence_gemms): results within
+// bfloat16 rounding of the float32 call's.
 #pragma once
 
 #include <ATen/ATen.h>
@@ -412,7 +414,7 @@ LayerGrads backward_layer_half(const Cell& cell, const RnnShape& s, const StepSc
   const at::Tensor ws = Cell::kWsBlocks > 1 ? *reserve : at::Tensor();
   const at::Tensor h0 = up(hx), c0 = Cell::kHasCell ? up(*cx) : at::Tensor();
   at::Tensor g = up(grad_hn), dc = Cell::kHasCell ? up(*grad_cn) : at::Tensor();
-  LayerGrads r, sum;  // sum: the weight grads, in float32, summed over the chunks
+  LayerGrads r, sum;  // sum: the weight grads (whole: the bias grads), in float32, over the chunks
   at::Tensor dx;  // r.dx as rows
   auto make_dx = [&] {
     r.dx = need_input_grad ? at::empty(input.sizes(), opts) : at::empty({0}, opts);
@@ -422,8 +424,9 @@ LayerGrads backward_layer_half(const Cell& cell, const RnnShape& s, const StepSc
   // GEMMs after its walk (dX, dW_ih, dW_hh), on its gate grads rounded to
   // bfloat16, with the chunks' weight grads summed in float32; not with a
   // projection, whose steps run in float32. Else the float32 op makes them.
-  // (Once over all the rows instead, the gate grads kept in bfloat16 for
-  // the whole sequence took the GRU's peak over torch's.) Only where a
+  // (The Elman RNN's and the LSTM's over a padded batch run once over all
+  // the rows instead: whole_sequence_gemms; the GRU's gate grads kept for
+  // the whole sequence took its peak over torch's.) Only where a
   // chunk's GEMMs reach oneDNN's size (blas.h): below it their fixed cost,
   // three calls a chunk, outweighs the faster arithmetic (LSTM
   // (16,100,64,128) fwd+bwd went from about 1.0x torch's to 0.8x).
