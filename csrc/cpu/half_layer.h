@@ -386,7 +386,8 @@ LayerForward forward_layer_half(const Cell& cell, const RnnShape& s, const StepS
 // AMD EPYC (Zen 4), 2 threads, fwd+bwd against torch's bfloat16 module,
 // alternating in one process: the Elman RNN 0.94-1.04x -> 1.01-1.17x, the
 // LSTM 1.17-1.24x -> 1.17-1.28x (16,100,64,128: 1.17x -> 1.30x); peaks
-// RNN 35.8 -> 35.4 MiB, LSTM 143 -> 156 MiB (torch's 39.6, 375).
+// RNN 35.8 -> 35.4 MiB, LSTM 143 -> 147.5 MiB with W_ih's float32 copy
+// gone too (torch's 39.6, 375).
 template <typename Cell>
 bool whole_sequence_gemms(const RnnShape& s, const StepSchedule& sched) {
   return sched.steps() > 0 && sched.full_steps() == sched.steps() &&
@@ -578,12 +579,9 @@ LayerGrads backward_layer_half(const Cell& cell, const RnnShape& s, const StepSc
   if (Cell::kHasCell) r.dcx = dc.to(dtype);
   if (gemms16 && need_weight_grad && L.rest_cols() > 0)  // the summed gates' b_hh grad is b_ih's
     sum.db_hh.narrow(0, 0, L.sum_cols()).copy_(sum.db_ih.narrow(0, 0, L.sum_cols()));
-  if (!whole) {
+  if (!whole || !need_weight_grad) {  // whole: made above
     r.dw_ih = down(sum.dw_ih);
     r.dw_hh = down(sum.dw_hh);
-  } else if (!need_weight_grad) {
-    r.dw_ih = at::empty({0}, opts);
-    r.dw_hh = at::empty({0}, opts);
   }
   r.db_ih = down(sum.db_ih);
   if (L.rest_cols() > 0) r.db_hh = down(sum.db_hh);
