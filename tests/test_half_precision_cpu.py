@@ -137,6 +137,14 @@ CHUNKED = [  # several chunks each (half_layer.h: chunks of >= 32 rows)
     ("rnn", (1, 32, 8, 1024), None, 0),
     ("gru", (20, 8, 16, 512), None, 0),
     ("rnn", (None, None, 8, 1024), [12, 12, 9, 9, 9, 2], 0),
+    # few rows: the kept gate grads take fewer bytes than the float32
+    # weight-grad sums, so every cell's GEMMs run once after the walk in
+    # plain loops (half_product.h), the GRU's dR apart; a packed batch's
+    # a chunk at a time in the float32 op
+    ("gru", (100, 1, 32, 64), None, 0),
+    ("lstm", (90, 2, 32, 64), None, 0),
+    ("rnn", (100, 2, 32, 64), None, 0),
+    ("gru", (None, None, 32, 64), [60, 40, 7], 0),
     # a wide input: chunks of about 70 rows whose x and dX rows (over 2^14
     # values) convert through ATen, the small ones in plain loops
     ("gru", (64, 8, 300, 32), None, 0),

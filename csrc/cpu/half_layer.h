@@ -18,12 +18,15 @@
 //
 // With bfloat16 steps (half.h bf16_steps) the steps read W_hh^T (forward)
 // and W_hh (backward) as bfloat16 pairs made once per call (and, where they
-// are small, W_ih^T's: each forward step then makes its own A), and each
-// chunk's GEMMs after its walk run in bfloat16 on its gate grads rounded to
-// bfloat16 (float32 sums inside; the chunks' weight grads summed in
-// float32), or, for the Elman RNN and the LSTM over a padded batch, once
-// over all the rows after the walk (whole_sequence_gemms): results within
-// bfloat16 rounding of the float32 call's.
+// are small, W_ih^T's: each forward step then makes its own A), and where
+// a chunk's GEMMs reach oneDNN's size they run after its walk in bfloat16
+// on its gate grads rounded to bfloat16 (float32 sums inside; the chunks'
+// weight grads summed in float32), or, for the Elman RNN and the LSTM over
+// a padded batch, once over all the rows after the walk
+// (whole_sequence_gemms), as every cell's do in a padded call of few rows
+// (in plain loops there): results within bfloat16 rounding of the float32
+// call's. Those walks write their gate grads over the chunk's float32
+// reserve rows.
 #pragma once
 
 #include <ATen/ATen.h>
@@ -35,6 +38,7 @@
 #include "../rnn_common.h"
 #include "bf16_bits.h"
 #include "half.h"
+#include "half_product.h"
 #include "layer.h"
 #include "packed_weights.h"
 
@@ -189,22 +193,40 @@ inline at::Tensor float_rows(const at::Tensor& src, int64_t row0, int64_t n, int
 }
 
 // Rows [row0, row0 + src's rows) of dst (2-D, a half dtype) = src
-// (float32, as many columns).
+// (float32, as many columns, rows any distance apart).
 inline void from_float_rows(const at::Tensor& src, const at::Tensor& dst, int64_t row0) {
-  const int64_t n = src.numel(), w = dst.size(1);
-  if (n > kPlainConvertMax || !src.is_contiguous() || !dst.is_contiguous()) {
-    dst.narrow(0, row0, src.size(0)).copy_(src);
+  const int64_t n = src.numel(), w = dst.size(1), rows = src.size(0);
+  if (n > kPlainConvertMax || src.stride(1) != 1 || !dst.is_contiguous()) {
+    dst.narrow(0, row0, rows).copy_(src);
     return;
   }
   const float* q = src.data_ptr<float>();
+  const int64_t ld = src.stride(0);
   if (dst.scalar_type() == at::kBFloat16) {
-    round_to_bf16(q, n, reinterpret_cast<uint16_t*>(dst.data_ptr<at::BFloat16>()) + row0 * w);
+    uint16_t* d = reinterpret_cast<uint16_t*>(dst.data_ptr<at::BFloat16>()) + row0 * w;
+    if (ld == w) return round_to_bf16(q, n, d);
+    for (int64_t r = 0; r < rows; ++r) round_to_bf16(q + r * ld, w, d + r * w);
     return;
   }
   AT_DISPATCH_REDUCED_FLOATING_TYPES(dst.scalar_type(), "rnnattn::from_float_rows", [&] {
     scalar_t* d = dst.data_ptr<scalar_t>() + row0 * w;
-    for (int64_t j = 0; j < n; ++j) d[j] = static_cast<scalar_t>(q[j]);
+    for (int64_t r = 0; r < rows; ++r)
+      for (int64_t j = 0; j < w; ++j) d[r * w + j] = static_cast<scalar_t>(q[r * ld + j]);
   });
+}
+
+// dst (float32, contiguous) += the column sums of src (float32 rows, unit
+// column stride), in a plain loop where small (as the conversions above).
+inline void add_column_sums(const at::Tensor& dst, const at::Tensor& src) {
+  if (src.numel() > kPlainConvertMax || src.stride(1) != 1) {
+    dst.add_(src.sum(0));
+    return;
+  }
+  float* d = dst.data_ptr<float>();
+  const float* q = src.data_ptr<float>();
+  const int64_t w = src.size(1), ld = src.stride(0);
+  for (int64_t r = 0; r < src.size(0); ++r)
+    for (int64_t j = 0; j < w; ++j) d[j] += q[r * ld + j];
 }
 
 // The state entering a chunk (float32, in buf, made once a call like
@@ -372,26 +394,92 @@ LayerForward forward_layer_half(const Cell& cell, const RnnShape& s, const StepS
 // (backward_layer_half's gemms16) runs them once over the whole sequence
 // instead, after the walk: each chunk's gate grads go, rounded, into one
 // (N, kGradBlocks * H) tensor in the half dtype, and dX, dW_ih and dW_hh
-// are one library call each, with results in the half dtype. That drops
-// the float32 sums of the weight grads and, a chunk, the product rounded
-// to the dtype and added into them (at (64,100,512,1024), 25 chunks: 0.56
-// ms of adding a chunk for the Elman RNN), and the weight grads are
-// rounded once instead of once a chunk.
+// are one library call each (the GRU's dW_hh two), with results in the
+// half dtype. That drops the float32 sums of the weight grads and, a
+// chunk, the product rounded to the dtype and added into them (at
+// (64,100,512,1024), 25 chunks: 0.56 ms of adding a chunk for the Elman
+// RNN), and the weight grads are rounded once instead of once a chunk.
 // Only where every step holds all the batch's rows: the output one step
-// back is then each row's h_{t-1} (a packed batch keeps the chunks). And
-// only where every gate's A and R add (the Elman RNN, the LSTM): the GRU's
-// gate grads take four blocks a row for its three gates (dR kept apart),
-// and over the whole sequence they took its peak at (64,100,512,1024) from
-// 110.8 to 136.6 MiB, torch's bfloat16 module's being 137.6. Measured on an
-// AMD EPYC (Zen 4), 2 threads, fwd+bwd against torch's bfloat16 module,
-// alternating in one process: the Elman RNN 0.94-1.04x -> 1.01-1.17x, the
-// LSTM 1.17-1.24x -> 1.17-1.28x (16,100,64,128: 1.17x -> 1.30x); peaks
-// RNN 35.8 -> 35.4 MiB, LSTM 143 -> 147.5 MiB with W_ih's float32 copy
-// gone too (torch's 39.6, 375).
+// back is then each row's h_{t-1} (a packed batch keeps the chunks).
+// lib_size: the chunks' GEMMs reach oneDNN's size (where they run in
+// bfloat16 anyway). There only where every gate's A and R add (the Elman
+// RNN, the LSTM): the GRU's gate grads take four blocks a row for its
+// three gates (dR kept apart), and over the whole sequence they took its
+// peak at (64,100,512,1024) from 110.8 to 136.6 MiB, torch's bfloat16
+// module's being 137.6. Measured on an AMD EPYC (Zen 4), 2 threads,
+// fwd+bwd against torch's bfloat16 module, alternating in one process: the
+// Elman RNN 0.94-1.04x -> 1.01-1.17x, the LSTM 1.17-1.24x -> 1.17-1.28x
+// (16,100,64,128: 1.17x -> 1.30x); peaks RNN 35.8 -> 35.4 MiB, LSTM 143 ->
+// 147.5 MiB with W_ih's float32 copy gone too (torch's 39.6, 375).
+// Below that size, for every cell, where the kept gate grads take no more
+// bytes than what they replace: the float32 sums of dW_ih and dW_hh and
+// W_ih's float32 copy (the float32 op's dX reads it). That is a call of
+// few rows (up to 2 (2I + H) for the LSTM and the Elman RNN, 1.5 (2I + H)
+// for the GRU), whose peak those sums set; its products run in plain loops
+// (whole_weight_grads). Measured on an AMD EPYC (Zen 4), 2 threads,
+// bfloat16 fwd+bwd, with the walk's gate grads written over the chunk's
+// float32 reserve rows too (backward_layer_half): peaks at (1,100,32,64)
+// GRU 0.273 -> 0.183 MiB (torch's module 0.213), LSTM 0.333 -> 0.212, RNN
+// 0.090 -> 0.057; time against the chunks' float32 GEMMs, alternating in
+// one process, 1.04x faster at (1,100,32,64), 1.08x at (2,100,64,128).
 template <typename Cell>
-bool whole_sequence_gemms(const RnnShape& s, const StepSchedule& sched) {
-  return sched.steps() > 0 && sched.full_steps() == sched.steps() &&
-         sched.batch[0] == s.batch && CellLayout<Cell>{s.hidden}.rest_cols() == 0;
+bool whole_sequence_gemms(const RnnShape& s, const StepSchedule& sched, bool lib_size,
+                          int64_t elem_size) {
+  const CellLayout<Cell> L{s.hidden};
+  if (!(sched.steps() > 0 && sched.full_steps() == sched.steps() && sched.batch[0] == s.batch))
+    return false;
+  if (lib_size) return L.rest_cols() == 0;
+  return s.rows * Cell::kGradBlocks * s.hidden * elem_size <=
+         4 * L.gates() * (2 * s.input + s.state);
+}
+
+// A bfloat16 tensor's data as its bits (half_product.h).
+inline uint16_t* bf16_data(const at::Tensor& t) {
+  TORCH_INTERNAL_ASSERT(t.scalar_type() == at::kBFloat16);
+  return reinterpret_cast<uint16_t*>(t.data_ptr<at::BFloat16>());
+}
+
+// The weight grads of whole_sequence_gemms from every row's gate grads dg
+// (N x kGradBlocks * H, contiguous, the half dtype): dW_ih = dA^T X, dW_hh =
+// dG^T h_{t-1} (the GRU's n rows: dR^T h_{t-1}), h_{t-1} being hx's rows
+// for the walk's first step and the output one step back for the others.
+// Through the library where its GEMMs run at their size (lib_size), else in
+// plain loops (half_product.h: no operand copies at the peak of a call of
+// few rows). dw_ih and dw_hh are made here, in dg's dtype.
+template <typename Cell>
+void whole_weight_grads(const RnnShape& s, bool reverse, bool lib_size, const at::Tensor& dg,
+                        const at::Tensor& x, const at::Tensor& hx, const at::Tensor& out,
+                        at::Tensor& dw_ih, at::Tensor& dw_hh) {
+  const CellLayout<Cell> L{s.hidden};
+  const auto opts = dg.options();
+  const int64_t B = s.batch, n = s.rows - B;
+  const int64_t first = reverse ? n : 0, rest = reverse ? 0 : B, out0 = reverse ? B : 0;
+  // dW_hh's rows [row, row + cnt) from dg's columns [col, col + cnt).
+  auto recurrent = [&](int64_t row, int64_t col, int64_t cnt) {
+    at::Tensor dst = dw_hh.narrow(0, row, cnt);
+    const at::Tensor d = dg.narrow(1, col, cnt);
+    if (lib_size) {
+      at::mm_out(dst, d.narrow(0, first, B).t(), hx);
+      if (n > 0) dst.addmm_(d.narrow(0, rest, n).t(), out.narrow(0, out0, n));
+      return;
+    }
+    const uint16_t* g = bf16_data(dg) + col;
+    const int64_t ld = dg.stride(0);
+    bf16_product(bf16_data(dst), s.state, cnt, s.state,
+                 {{g + first * ld, 1, ld, bf16_data(hx), hx.stride(0), B},
+                  {g + rest * ld, 1, ld, bf16_data(out) + out0 * out.stride(0), out.stride(0), n}});
+  };
+  dw_ih = at::empty({L.gates(), s.input}, opts);
+  if (lib_size) {
+    at::mm_out(dw_ih, dg.narrow(1, 0, L.gates()).t(), x);
+  } else {
+    const at::Tensor xr = x.stride(1) == 1 ? x : x.contiguous();
+    bf16_product(bf16_data(dw_ih), s.input, L.gates(), s.input,
+                 {{bf16_data(dg), 1, dg.stride(0), bf16_data(xr), xr.stride(0), s.rows}});
+  }
+  dw_hh = at::empty({L.gates(), s.state}, opts);  // after dW_ih's library call, as dX (below)
+  recurrent(0, 0, L.sum_cols());
+  if (L.rest_cols() > 0) recurrent(L.sum_cols(), L.rest_at(), L.rest_cols());
 }
 
 template <typename Cell>
@@ -443,21 +531,25 @@ LayerGrads backward_layer_half(const Cell& cell, const RnnShape& s, const StepSc
                           es * (s.state + ws_cols)));
   // The steps multiply in bfloat16 (half.h bf16_steps; not with a projection).
   const bool steps16 = sched.steps() > 0 && half::bf16_steps(dtype) && !has_proj;
-  const bool gemms16 = steps16 && (need_input_grad || need_weight_grad) && !chunks.empty() &&
-                       chunks[0].rows * L.gates() * std::max(s.input, s.state) >= kOnednnMinWork;
+  const bool asked = steps16 && (need_input_grad || need_weight_grad) && !chunks.empty();
+  const bool lib_size =
+      asked && chunks[0].rows * L.gates() * std::max(s.input, s.state) >= kOnednnMinWork;
+  // whole: those GEMMs once over all the rows after the walk instead of
+  // once a chunk (whole_sequence_gemms; below lib_size too where that keeps
+  // less).
+  const bool whole = asked && whole_sequence_gemms<Cell>(s, sched, lib_size, es);
+  const bool gemms16 = lib_size || whole;
   // W_ih in float32 only where the float32 op makes dX or dW_ih (not where
   // the chunks' GEMMs run in bfloat16 on W_ih as it is).
   wi = gemms16 ? at::empty({0}, opts.dtype(at::kFloat)) : up(w_ih);
   const at::Tensor out_rows = gemms16 && out.stride(1) != 1 ? out.contiguous() : out;
   const at::Tensor hx_rows = gemms16 ? hx.contiguous() : hx;
-  // whole: those GEMMs once over all the rows after the walk instead of
-  // once a chunk (whole_sequence_gemms).
-  const bool whole = gemms16 && whole_sequence_gemms<Cell>(s, sched);
   at::Tensor dg16;  // whole: every row's gate grads, rounded to the half dtype
   if (whole) dg16 = at::empty({s.rows, Cell::kGradBlocks * H}, opts);
   if (!whole) make_dx();  // whole: after the walk, whose peak it would raise
   if (need_weight_grad && whole) {
-    sum.db_ih = at::zeros({L.gates()}, opts.dtype(at::kFloat));  // no gates apart: no db_hh
+    sum.db_ih = at::zeros({L.gates()}, opts.dtype(at::kFloat));
+    if (L.rest_cols() > 0) sum.db_hh = at::zeros({L.gates()}, opts.dtype(at::kFloat));
   } else if (need_weight_grad) {
     const auto f32 = opts.dtype(at::kFloat);
     sum.dw_ih = at::zeros(w_ih.sizes(), f32);
@@ -498,18 +590,27 @@ LayerGrads backward_layer_half(const Cell& cell, const RnnShape& s, const StepSc
     }
     RnnShape sc = s;
     sc.rows = ch.rows;
-    at::Tensor dgc;
-    // The walk alone (gemms16) does not read the input.
+    // The walk alone (gemms16) does not read the input, and writes its gate
+    // grads over the reserve's float32 rows (layer.h backward_layer_op's
+    // dg_out), whose first kGradBlocks * H columns each row reads before.
     const at::Tensor xc =
         gemms16 ? at::empty({0, s.input}, opts.dtype(at::kFloat)) : rows(x, buf_x);
+    const at::Tensor wsc = ws.defined() ? rows(ws, buf_ws) : at::Tensor();
+    at::Tensor dgc =
+        gemms16 && wsc.defined() ? wsc.narrow(1, 0, Cell::kGradBlocks * H) : at::Tensor();
     LayerGrads gc = backward_layer_op(
         cell, sc, ch.sched, rows(gout, buf_gout), g, opt(dc), xc, h_in, opt(c_in), wi, wh, wr,
-        rows(out, buf_out), ws.defined() ? opt(rows(ws, buf_ws)) : c10::nullopt, reverse,
-        need_input_grad && !gemms16, need_weight_grad && !gemms16, /*pack_w_hh=*/false, &sum,
-        wh_pairs, gemms16 ? &dgc : nullptr, w16, w16p);
+        rows(out, buf_out), opt(wsc), reverse, need_input_grad && !gemms16,
+        need_weight_grad && !gemms16, /*pack_w_hh=*/false, &sum, wh_pairs,
+        gemms16 ? &dgc : nullptr, w16, w16p);
     if (whole) {
-      dg16.narrow(0, ch.row0, ch.rows).copy_(dgc);
-      if (need_weight_grad) sum.db_ih.add_(dgc.sum(0));
+      from_float_rows(dgc, dg16, ch.row0);
+      if (need_weight_grad) {
+        add_column_sums(sum.db_ih, dgc.narrow(1, 0, L.gates()));
+        if (L.rest_cols() > 0)
+          add_column_sums(sum.db_hh.narrow(0, L.sum_cols(), L.rest_cols()),
+                          dgc.narrow(1, L.rest_at(), L.rest_cols()));
+      }
     } else if (gemms16) {
       const at::Tensor d = dgc.narrow(1, 0, L.gates());
       const at::Tensor d16 = d.to(dtype);
@@ -555,18 +656,19 @@ LayerGrads backward_layer_half(const Cell& cell, const RnnShape& s, const StepSc
   wi = wh = w16 = w16p = wh_pairs = at::Tensor();
   wr = c10::nullopt;
   if (whole) {
+    const at::Tensor da = dg16.narrow(1, 0, L.gates());  // the gates' dA (the GRU's dR apart)
     if (need_weight_grad) {
-      r.dw_ih = at::mm(dg16.t(), x);
-      // dW_hh = dG^T h_{t-1}: h_{t-1} is the output one step back in the
-      // walk (every step holds all B rows), hx for the walk's first step.
-      const int64_t B = s.batch, n = s.rows - B;
-      r.dw_hh = at::mm(dg16.narrow(0, reverse ? n : 0, B).t(), hx_rows);
-      if (n > 0)
-        r.dw_hh.addmm_(dg16.narrow(0, reverse ? 0 : B, n).t(),
-                       out_rows.narrow(0, reverse ? B : 0, n));
+      whole_weight_grads<Cell>(s, reverse, lib_size, dg16, x, hx_rows, out_rows, r.dw_ih,
+                               r.dw_hh);
     }
     make_dx();  // last: the weight grads' library calls take scratch of their own
-    if (need_input_grad) at::mm_out(dx, dg16, w_ih);
+    if (need_input_grad && lib_size) {
+      at::mm_out(dx, da, w_ih);
+    } else if (need_input_grad) {
+      const at::Tensor w = w_ih.stride(1) == 1 ? w_ih : w_ih.contiguous();
+      bf16_product(bf16_data(dx), dx.stride(0), s.rows, s.input,
+                   {{bf16_data(dg16), dg16.stride(0), 1, bf16_data(w), w.stride(0), L.gates()}});
+    }
     dg16 = at::Tensor();
   }
   auto down = [&](at::Tensor& t) {

@@ -276,13 +276,25 @@ LayerGrads backward_layer_op(const Cell& cell, const RnnShape& s, const StepSche
   // its chunks of steps (half_layer.h). pack_w_hh: LayerPtrs::pack.
   // w_hh_pairs: W_hh in bfloat16 pairs, LayerPtrs::w_hh_bf16 (float only).
   // dg_out: the walk only (with no grads asked for); its gate grads
-  // (rows, kGradBlocks * H) go to *dg_out for the caller's own GEMMs.
+  // (rows, kGradBlocks * H) go to *dg_out for the caller's own GEMMs. Where
+  // *dg_out is defined on entry, the walk writes them there (rows x at least
+  // kGradBlocks * H, unit column stride, rows any distance apart): it may be
+  // the reserve's first columns, as the cells read a row's reserve before
+  // they write that row's grads over it, unit by unit, and read it no more
+  // (cells.h; the LSTM's c_t sits past them).
   // w_hh16: W_hh in bfloat16, LayerPtrs::w_hh16 (float only);
   // w_hh16_packed: W_hh^T in oneDNN's layout, LayerPtrs::w_hh16_packed.
   constexpr bool kOutputIsReserve = Cell::kWsBlocks == 1;
   const CellLayout<Cell> L{s.hidden};
   const int64_t H = s.hidden, Hs = s.state, B = s.batch, N = s.rows;
-  const int64_t ld_dg = Cell::kGradBlocks * H;
+  const bool dg_given = dg_out != nullptr && dg_out->defined();
+  TORCH_INTERNAL_ASSERT(!dg_given || (dg_out->dim() == 2 && dg_out->size(0) == N &&
+                                      dg_out->size(1) >= Cell::kGradBlocks * H &&
+                                      dg_out->stride(1) == 1 &&
+                                      dg_out->stride(0) >= Cell::kGradBlocks * H &&
+                                      dg_out->scalar_type() == input.scalar_type()));
+  at::Tensor dg = dg_given ? *dg_out : at::empty({N, Cell::kGradBlocks * H}, input.options());
+  const int64_t ld_dg = dg.stride(0);
   auto x = input.contiguous();
   auto h0 = hx.contiguous();
   auto c0 = opt_contiguous(cx);
@@ -298,7 +310,6 @@ LayerGrads backward_layer_op(const Cell& cell, const RnnShape& s, const StepSche
   LayerGrads r;
   r.dhx = grad_hn.contiguous().clone();  // g: grad_hn -> grad_hx
   if (Cell::kHasCell) r.dcx = grad_cn->contiguous().clone();
-  at::Tensor dg = at::empty({N, ld_dg}, opts);
   // The LSTM's double backward keeps tanh(c_t) in tmp; float does it in
   // registers (cell_kernels.h).
   at::Tensor tmp =
