@@ -21,9 +21,9 @@
 // sums), without a projection each step makes its own rows' A with the same
 // kernel (x_t in bfloat16, A summed in float32: no library GEMM first), and
 // the backward's GEMMs after each chunk's walk (dX, dW_ih, dW_hh) run in
-// bfloat16 through ATen, or after the whole walk (half_layer.h). On an AMD EPYC (Zen 4), 2 threads,
-// these made the float32 steps' 2x over torch's bfloat16 modules at H = 1024
-// a win (benchmarks/OPTIMISATIONS.md).
+// bfloat16 through ATen, or after the whole walk (half_layer.h). On an AMD
+// EPYC (Zen 4), 2 threads, these made the float32 steps' 2x over torch's
+// bfloat16 modules at H = 1024 a win (benchmarks/OPTIMISATIONS.md).
 #pragma once
 
 #include <ATen/ATen.h>

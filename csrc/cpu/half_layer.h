@@ -435,12 +435,6 @@ bool whole_sequence_gemms(const RnnShape& s, const StepSchedule& sched, bool lib
          4 * L.gates() * (2 * s.input + s.state);
 }
 
-// A bfloat16 tensor's data as its bits (half_product.h).
-inline uint16_t* bf16_data(const at::Tensor& t) {
-  TORCH_INTERNAL_ASSERT(t.scalar_type() == at::kBFloat16);
-  return reinterpret_cast<uint16_t*>(t.data_ptr<at::BFloat16>());
-}
-
 // The weight grads of whole_sequence_gemms from every row's gate grads dg
 // (N x kGradBlocks * H, contiguous, the half dtype): dW_ih = dA^T X, dW_hh =
 // dG^T h_{t-1} (the GRU's n rows: dR^T h_{t-1}), h_{t-1} being hx's rows
@@ -465,19 +459,20 @@ void whole_weight_grads(const RnnShape& s, bool reverse, bool lib_size, const at
       if (n > 0) dst.addmm_(d.narrow(0, rest, n).t(), out.narrow(0, out0, n));
       return;
     }
-    const uint16_t* g = bf16_data(dg) + col;
+    const uint16_t* g = bf16_bits_of(dg) + col;
     const int64_t ld = dg.stride(0);
-    bf16_product(bf16_data(dst), s.state, cnt, s.state,
-                 {{g + first * ld, 1, ld, bf16_data(hx), hx.stride(0), B},
-                  {g + rest * ld, 1, ld, bf16_data(out) + out0 * out.stride(0), out.stride(0), n}});
+    const uint16_t* out_prev = bf16_bits_of(out) + out0 * out.stride(0);
+    bf16_product(bf16_bits_of(dst), s.state, cnt, s.state,
+                 {{g + first * ld, 1, ld, bf16_bits_of(hx), hx.stride(0), B},
+                  {g + rest * ld, 1, ld, out_prev, out.stride(0), n}});
   };
   dw_ih = at::empty({L.gates(), s.input}, opts);
   if (lib_size) {
     at::mm_out(dw_ih, dg.narrow(1, 0, L.gates()).t(), x);
   } else {
     const at::Tensor xr = x.stride(1) == 1 ? x : x.contiguous();
-    bf16_product(bf16_data(dw_ih), s.input, L.gates(), s.input,
-                 {{bf16_data(dg), 1, dg.stride(0), bf16_data(xr), xr.stride(0), s.rows}});
+    bf16_product(bf16_bits_of(dw_ih), s.input, L.gates(), s.input,
+                 {{bf16_bits_of(dg), 1, dg.stride(0), bf16_bits_of(xr), xr.stride(0), s.rows}});
   }
   dw_hh = at::empty({L.gates(), s.state}, opts);  // after dW_ih's library call, as dX (below)
   recurrent(0, 0, L.sum_cols());
@@ -668,8 +663,9 @@ LayerGrads backward_layer_half(const Cell& cell, const RnnShape& s, const StepSc
       at::mm_out(dx, da, w_ih);
     } else if (need_input_grad) {
       const at::Tensor w = w_ih.stride(1) == 1 ? w_ih : w_ih.contiguous();
-      bf16_product(bf16_data(dx), dx.stride(0), s.rows, s.input,
-                   {{bf16_data(dg16), dg16.stride(0), 1, bf16_data(w), w.stride(0), L.gates()}});
+      bf16_product(
+          bf16_bits_of(dx), dx.stride(0), s.rows, s.input,
+          {{bf16_bits_of(dg16), dg16.stride(0), 1, bf16_bits_of(w), w.stride(0), L.gates()}});
     }
     dg16 = at::Tensor();
   }

@@ -3,7 +3,6 @@
 #include <ATen/Parallel.h>
 
 #include <algorithm>
-#include <vector>
 
 #include "bf16_bits.h"
 #include "isa.h"
@@ -93,17 +92,17 @@ RNNATTN_TARGET_AVX512 void rows_avx512(uint16_t* c, int64_t ldc, int64_t i0, int
 
 void bf16_product(uint16_t* c, int64_t ldc, int64_t m, int64_t n,
                   std::initializer_list<Bf16Term> terms) {
-  const std::vector<Bf16Term> t(terms);
+  const Bf16Term* t = terms.begin();
+  const int64_t nt = static_cast<int64_t>(terms.size());
   int64_t work = 0;
-  for (const Bf16Term& x : t) work += x.k * n;
+  for (const Bf16Term& x : terms) work += x.k * n;
   // 256K multiply-adds or more a task: a product of few rows runs on one thread
   const int64_t grain = std::max<int64_t>(1, (int64_t(1) << 18) / std::max<int64_t>(work, 1));
   at::parallel_for(0, m, grain, [&](int64_t i0, int64_t i1) {
-    const int64_t nt = static_cast<int64_t>(t.size());
 #if RNNATTN_X86_DISPATCH
-    if (cpu_isa() == Isa::kAvx512) return rows_avx512(c, ldc, i0, i1, n, t.data(), nt);
+    if (cpu_isa() == Isa::kAvx512) return rows_avx512(c, ldc, i0, i1, n, t, nt);
 #endif
-    rows_base(c, ldc, i0, i1, n, t.data(), nt);
+    rows_base(c, ldc, i0, i1, n, t, nt);
   });
 }
 

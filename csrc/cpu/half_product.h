@@ -6,7 +6,7 @@
 // operands, to float32 or to a compact layout (at (100 x 192)^T (100 x 32):
 // 59-106 KiB of tensors), and those copies, not the call's own tensors, set
 // the peak of a backward of few rows: GRU (1,100,32,64) bfloat16 fwd+bwd
-// 0.251 MiB through them, torch's module 0.213. These loops allocate only
+// 0.251 MiB through them, torch's module 0.213. These loops allocate
 // nothing, keep their sums in registers, and run at AVX-512's width where
 // the CPU has it (isa.h; the bfloat16 steps that lead here need it).
 #pragma once

@@ -336,8 +336,9 @@ at::Tensor lib_product(const LayerPtrs<T>& p, const uint16_t* x16, int64_t rows,
   return at::Tensor();
 }
 
-inline const uint16_t* bf16_bits_of(const at::Tensor& t) {
-  return reinterpret_cast<const uint16_t*>(t.data_ptr<at::BFloat16>());
+// A bfloat16 tensor's data as its bits (data_ptr checks the dtype).
+inline uint16_t* bf16_bits_of(const at::Tensor& t) {
+  return reinterpret_cast<uint16_t*>(t.data_ptr<at::BFloat16>());
 }
 
 // Forward of one layer and direction. state/spare: the (B, Hs) state
