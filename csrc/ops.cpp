@@ -13,6 +13,7 @@
 #include "cpu/half.h"
 #include "cpu/isa.h"
 #include "cpu/packed_weights.h"
+#include "cpu/small_gemm_bf16.h"
 #include "stack.h"
 
 TORCH_LIBRARY(rnnattn, m) {
@@ -130,8 +131,10 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
         "a padded eager call of rnnattn.RNN / GRU / LSTM; [] where the module's Python checks "
         "must run");
   m.def(
-      "cpu_isa", [] { return std::string(rnnattn::cpu::isa_name(rnnattn::cpu::cpu_isa())); },
-      "the build of the CPU kernels that runs here: 'avx512', 'avx2' or 'base' (csrc/cpu/isa.h)");
+      "cpu_isa", [] { return std::string(rnnattn::cpu::cpu_isa_path_name()); },
+      "the build of the CPU kernels that runs here: 'amx' (the avx512 build, with AMX tiles for "
+      "the bfloat16 steps' products), 'avx512', 'avx2' or 'base' (csrc/cpu/isa.h, "
+      "csrc/cpu/small_gemm_bf16.h)");
   m.def(
       "cpu_gemm",
       [] { return std::string(rnnattn::cpu::gemm_lib_name(rnnattn::cpu::float_gemm_lib())); },

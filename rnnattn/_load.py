@@ -18,9 +18,11 @@ except ImportError as err:  # pragma: no cover - exercised by a subprocess test
 
 WITH_CUDA = bool(_C.with_cuda)
 
-# RNNATTN_CPU_ISA lowers the build of the CPU kernels that runs (csrc/cpu/isa.h);
-# a value it does not know is ignored there, so say so here.
-_CPU_ISAS = ("base", "avx2", "avx512")
+# RNNATTN_CPU_ISA lowers the build of the CPU kernels that runs (csrc/cpu/isa.h;
+# "amx" is the avx512 build with AMX tiles for the bfloat16 steps' products,
+# csrc/cpu/small_gemm_bf16.h); a value it does not know is ignored there, so
+# say so here.
+_CPU_ISAS = ("base", "avx2", "avx512", "amx")
 _isa = os.environ.get("RNNATTN_CPU_ISA")
 if _isa is not None and _isa not in _CPU_ISAS:
     warnings.warn(

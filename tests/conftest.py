@@ -38,9 +38,11 @@ SHAPES = [  # (T, B, I, H)
 # ---- the CPU kernels' builds ------------------------------------------------------------
 
 ROOT = Path(__file__).resolve().parents[1]
-# The builds of csrc/cpu (isa.h), lowest first. A test run takes the highest
-# the CPU has; RNNATTN_CPU_ISA forces a lower one in a subprocess.
-CPU_ISAS = ["base", "avx2", "avx512"]
+# The builds of csrc/cpu (isa.h), lowest first ("amx": the avx512 build with
+# AMX tiles for the bfloat16 steps' products, small_gemm_bf16.h). A test run
+# takes the highest the CPU has; RNNATTN_CPU_ISA forces a lower one in a
+# subprocess.
+CPU_ISAS = ["base", "avx2", "avx512", "amx"]
 
 
 @functools.lru_cache(maxsize=None)

@@ -393,7 +393,7 @@ def test_table_header_names_the_cpu_isa_path():
     from rnnattn.bench import machine
 
     meta = machine.describe(torch.device("cpu"), torch.float32)
-    assert meta["cpu_isa_path"] == rnnattn._C.cpu_isa() in ("avx512", "avx2", "base")
+    assert meta["cpu_isa_path"] == rnnattn._C.cpu_isa() in ("amx", "avx512", "avx2", "base")
     assert f"CPU kernels: {meta['cpu_isa_path']} path" in report.table([], meta)
     assert meta["cpu_gemm_library"] == rnnattn._C.cpu_gemm() in ("blas", "onednn")
     assert f"large float32 GEMMs: {meta['cpu_gemm_library']}" in report.table([], meta)
@@ -427,4 +427,4 @@ def test_rnnattn_cpu_isa_lowers_the_build_and_unknown_values_warn():
         got, err = _cpu_isa_with(isa)
         assert got == levels[min(levels.index(isa), levels.index(best))] and "RNNATTN_CPU_ISA" not in err
     got, err = _cpu_isa_with("avx3")
-    assert got == best and "RNNATTN_CPU_ISA='avx3' is not one of base, avx2, avx512" in err
+    assert got == best and "RNNATTN_CPU_ISA='avx3' is not one of base, avx2, avx512, amx" in err

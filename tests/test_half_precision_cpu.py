@@ -402,7 +402,7 @@ def test_input_gemm_runs_in_the_dtype_where_chosen():
     csrc/cpu/half.h bf16_steps), each step makes its own A in bfloat16 instead."""
     how = os.environ.get("RNNATTN_CPU_HALF_GEMM")
     library = how == "library" if how in ("library", "float32") else _cpu_has_native_bf16()
-    bf16_steps = library and _cpu_has_avx512_bf16() and rnnattn._C.cpu_isa() == "avx512"
+    bf16_steps = library and _cpu_has_avx512_bf16() and rnnattn._C.cpu_isa() in ("avx512", "amx")
     want = library and not bf16_steps
     args = [a.detach() if isinstance(a, torch.Tensor) else a for a in layer_case("gru", 5, 2, 3, 4, torch.bfloat16)]
     with torch.no_grad(), torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as prof:

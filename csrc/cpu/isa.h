@@ -5,7 +5,9 @@
 // target("avx512f,...") functions, and callers switch on cpu_isa(). The
 // AVX-512 builds use 64-byte vectors where the code has an explicit vector
 // width (small_gemm, the activations); the compiler widens the plain loops
-// (attention) by itself.
+// (attention) by itself. Above avx512, "amx" (small_gemm_bf16.h
+// amx_bf16_available) adds AMX tiles to the avx512 build for one loop, the
+// bfloat16 steps' products; RNNATTN_CPU_ISA=avx512 turns them off.
 //
 // Why not GCC's target_clones("arch=haswell"): its resolver tests the CPU
 // *model* (is this an Intel Haswell?), not its features, so AMD CPUs with

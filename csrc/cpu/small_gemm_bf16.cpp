@@ -1,10 +1,18 @@
 #include "small_gemm_bf16.h"
 
+#include <cstdlib>
+#include <cstring>
 #include <vector>
+
+#if defined(__linux__)
+#include <sys/syscall.h>
+#include <unistd.h>
+#endif
 
 #include <c10/util/Exception.h>
 
 #include "isa.h"
+#include "small_gemm_amx_kernels.h"
 #include "small_gemm_bf16_kernels.h"
 
 namespace rnnattn::cpu {
@@ -17,6 +25,39 @@ bool bf16_small_gemm_available() {
   return false;
 #endif
 }
+
+namespace {
+// Linux hands a process the AMX tile state (8 KiB more to save on each
+// switch) only when it asks (arch_prctl ARCH_REQ_XCOMP_PERM for
+// XTILEDATA); a tile instruction before that is killed with SIGILL. The
+// grant is for the whole process, and asking again is harmless (oneDNN
+// asks too before its own AMX kernels).
+bool os_grants_amx() {
+#if defined(__linux__) && defined(SYS_arch_prctl)
+  constexpr long kReqXcompPerm = 0x1023, kXfeatureXtiledata = 18;
+  return syscall(SYS_arch_prctl, kReqXcompPerm, kXfeatureXtiledata) == 0;
+#else
+  return false;
+#endif
+}
+}  // namespace
+
+bool amx_bf16_available() {
+#if RNNATTN_AMX_GEMM_BUILT && RNNATTN_X86_DISPATCH
+  static const bool ok = [] {
+    const char* want = std::getenv("RNNATTN_CPU_ISA");  // a level below turns it off
+    for (const char* lower : {"base", "avx2", "avx512"})
+      if (want != nullptr && std::strcmp(want, lower) == 0) return false;
+    return bf16_small_gemm_available() && __builtin_cpu_supports("amx-tile") &&
+           __builtin_cpu_supports("amx-bf16") && os_grants_amx();
+  }();
+  return ok;
+#else
+  return false;
+#endif
+}
+
+const char* cpu_isa_path_name() { return amx_bf16_available() ? "amx" : isa_name(cpu_isa()); }
 
 void pack_bf16_pairs(const uint16_t* src, int64_t k, int64_t n, int64_t sk, int64_t sn,
                      uint32_t* out) {
@@ -36,6 +77,13 @@ RNNATTN_TARGET_AVX512BF16 void gemm_bf16_avx512(const float* X, const uint32_t* 
                                                 bool accumulate, uint32_t* xp) {
   bf16_kernels::gemm(X, B, Y, ld, m, k, n, accumulate, xp);
 }
+#if RNNATTN_AMX_GEMM_BUILT
+RNNATTN_TARGET_AMX void gemm_bf16_amx(const float* X, const uint32_t* B, float* Y, const Ld& ld,
+                                      int64_t m, int64_t k, int64_t n, bool accumulate,
+                                      uint32_t* xp) {
+  amx_kernels::gemm(X, B, Y, ld, m, k, n, accumulate, xp);
+}
+#endif
 }  // namespace
 #endif
 
@@ -48,6 +96,10 @@ void small_gemm_bf16(const float* X, const uint32_t* B, float* Y, int64_t m, int
   thread_local std::vector<uint32_t> xp;
   const size_t need = static_cast<size_t>(m * ((k + 1) / 2));
   if (xp.size() < need) xp.resize(need);
+#if RNNATTN_AMX_GEMM_BUILT
+  if (m >= kAmxMinRows && amx_bf16_available())
+    return gemm_bf16_amx(X, B, Y, ld, m, k, n, accumulate, xp.data());
+#endif
 #if RNNATTN_BF16_GEMM_BUILT
   gemm_bf16_avx512(X, B, Y, ld, m, k, n, accumulate, xp.data());
 #endif

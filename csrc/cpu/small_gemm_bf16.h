@@ -21,6 +21,17 @@ namespace rnnattn::cpu {
 // small_gemm_bf16.
 bool bf16_small_gemm_available();
 
+// Whether small_gemm_bf16 multiplies on AMX tiles (small_gemm_amx_kernels.h)
+// from kAmxMinRows rows: a CPU with AMX-BF16 whose OS grants the process
+// the tile state, unless RNNATTN_CPU_ISA names a level below "amx" (its
+// "avx512" keeps VDPBF16PS; tests run both). Read once.
+bool amx_bf16_available();
+constexpr int64_t kAmxMinRows = 2;
+
+// The CPU kernels' path for the benchmark's header and rnnattn._C.cpu_isa():
+// "amx" where amx_bf16_available(), else isa.h's level.
+const char* cpu_isa_path_name();
+
 // The pairs of a k x n matrix B of bfloat16 bits whose element (p, j) is
 // at src[p * sk + j * sn]: out is ((k + 1) / 2) x n. W_hh^T from W_hh as
 // stored (the forward): sk = 1, sn = Hs; W_hh itself (the backward):

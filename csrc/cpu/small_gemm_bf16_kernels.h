@@ -100,30 +100,38 @@ RNNATTN_TARGET_AVX512BF16 __attribute__((always_inline)) inline void panel(
   }
 }
 
-// Y [+]= bf16(X) @ B; xp: scratch of m * ((k + 1) / 2) uint32. The pairs
-// in slices of kKc, so that a panel's slice of B (kKc x 3 vectors, 24 KiB)
-// stays in L1 for all the row blocks (a step at H = 1024 has 512 pairs:
-// 96 KiB a panel, re-read from L2 by every block without the slices).
+// Y [+]= (X's packed rows, pairs [q0, q1)) @ (B's pairs [q0, q1)): xp's
+// rows kp pairs apart. The pairs in slices of kKc, so that a panel's slice
+// of B (kKc x 3 vectors, 24 KiB) stays in L1 for all the row blocks (a step
+// at H = 1024 has 512 pairs: 96 KiB a panel, re-read from L2 by every block
+// without the slices). With no pairs, Y = 0 unless accumulate.
 constexpr int64_t kKc = 128;
-RNNATTN_TARGET_AVX512BF16 __attribute__((always_inline)) inline void gemm(
-    const float* X, const uint32_t* B, float* Y, const Ld& ld, int64_t m, int64_t k, int64_t n,
-    bool accumulate, uint32_t* xp) {
-  const int64_t kp = (k + 1) / 2;
-  pack_rows(X, ld.x, m, k, xp);
+RNNATTN_TARGET_AVX512BF16 __attribute__((always_inline)) inline void gemm_packed(
+    const uint32_t* xp, int64_t kp, int64_t q0, int64_t q1, const uint32_t* B, int64_t ldb,
+    float* Y, int64_t ldy, int64_t m, int64_t n, bool accumulate) {
   for (int64_t j = 0; j < n; j += 48) {
     const int64_t cols = std::min<int64_t>(48, n - j);
     const int nv = static_cast<int>((cols + 15) / 16);
     const int tail = static_cast<int>(cols - 16 * (nv - 1));
     const __mmask16 last = static_cast<__mmask16>(tail == 16 ? 0xffff : (1u << tail) - 1);
-    for (int64_t q = 0; q < kp || q == 0; q += kKc) {  // once when k = 0: Y = 0 unless accumulate
-      const int64_t kc = std::min(kKc, kp - q);
-      const bool acc = accumulate || q > 0;
-      const uint32_t* b = B + q * ld.b + j;
-      if (nv == 3) panel<3>(xp + q, kp, kc, b, ld.b, Y + j, ld.y, m, last, acc);
-      if (nv == 2) panel<2>(xp + q, kp, kc, b, ld.b, Y + j, ld.y, m, last, acc);
-      if (nv == 1) panel<1>(xp + q, kp, kc, b, ld.b, Y + j, ld.y, m, last, acc);
+    for (int64_t q = q0; q < q1 || q == q0; q += kKc) {  // once when q0 = q1
+      const int64_t kc = std::min(kKc, q1 - q);
+      const bool acc = accumulate || q > q0;
+      const uint32_t* b = B + q * ldb + j;
+      if (nv == 3) panel<3>(xp + q, kp, kc, b, ldb, Y + j, ldy, m, last, acc);
+      if (nv == 2) panel<2>(xp + q, kp, kc, b, ldb, Y + j, ldy, m, last, acc);
+      if (nv == 1) panel<1>(xp + q, kp, kc, b, ldb, Y + j, ldy, m, last, acc);
     }
   }
+}
+
+// Y [+]= bf16(X) @ B; xp: scratch of m * ((k + 1) / 2) uint32.
+RNNATTN_TARGET_AVX512BF16 __attribute__((always_inline)) inline void gemm(
+    const float* X, const uint32_t* B, float* Y, const Ld& ld, int64_t m, int64_t k, int64_t n,
+    bool accumulate, uint32_t* xp) {
+  const int64_t kp = (k + 1) / 2;
+  pack_rows(X, ld.x, m, k, xp);
+  gemm_packed(xp, kp, 0, kp, B, ld.b, Y, ld.y, m, n, accumulate);
 }
 
 }  // namespace rnnattn::cpu::bf16_kernels

@@ -5,8 +5,11 @@
 // several slices of pairs), n not a multiple of 16 (the masked last
 // vector) and past 48 (several panels), dense and strided rows, with and
 // without accumulation; every value of Y outside the m x n block must be
-// untouched. Run by tests/test_cpu_kernel_widths.py; prints "skipped" on a
-// CPU without AVX512-BF16.
+// untouched. Where the CPU has AMX-BF16 (and Linux grants the tiles), the
+// same cases run again on the AMX kernel (small_gemm_amx_kernels.h), with
+// more rows: 16-row tiles, and the rows, pairs and columns past the whole
+// tiles on the AVX-512 loops. Run by tests/test_cpu_kernel_widths.py;
+// prints "skipped" on a CPU without AVX512-BF16.
 #include <cmath>
 #include <cstdint>
 #include <cstdio>
@@ -14,6 +17,12 @@
 #include <random>
 #include <vector>
 
+#if defined(__linux__)
+#include <sys/syscall.h>
+#include <unistd.h>
+#endif
+
+#include "small_gemm_amx_kernels.h"
 #include "small_gemm_bf16_kernels.h"
 
 using rnnattn::cpu::Ld;
@@ -37,6 +46,20 @@ RNNATTN_TARGET_AVX512BF16 static void run(const float* X, const uint32_t* B, flo
   rnnattn::cpu::bf16_kernels::gemm(X, B, Y, ld, m, k, n, acc, xp);
 }
 #endif
+#if RNNATTN_AMX_GEMM_BUILT
+RNNATTN_TARGET_AMX static void run_amx(const float* X, const uint32_t* B, float* Y, const Ld& ld,
+                                       int64_t m, int64_t k, int64_t n, bool acc, uint32_t* xp) {
+  rnnattn::cpu::amx_kernels::gemm(X, B, Y, ld, m, k, n, acc, xp);
+}
+static bool amx_runs() {
+#if defined(__linux__) && defined(SYS_arch_prctl)
+  return __builtin_cpu_supports("amx-tile") && __builtin_cpu_supports("amx-bf16") &&
+         syscall(SYS_arch_prctl, 0x1023 /* ARCH_REQ_XCOMP_PERM */, 18 /* XTILEDATA */) == 0;
+#else
+  return false;
+#endif
+}
+#endif
 
 int main() {
 #if !RNNATTN_BF16_GEMM_BUILT
@@ -51,14 +74,20 @@ int main() {
   std::mt19937 gen(7);
   std::normal_distribution<float> nd(0.f, 1.f);
   int cases = 0, failures = 0;
-  const int64_t ms[] = {1, 2, 3, 5, 7, 8, 9, 15, 16, 19};
+  bool amx = false;
+#if RNNATTN_AMX_GEMM_BUILT
+  amx = amx_runs();
+#endif
+  std::printf("AMX kernel: %s\n", amx ? "checked" : "not run (no AMX-BF16 here)");
+  const int64_t ms[] = {1, 2, 3, 5, 7, 8, 9, 15, 16, 19, 32, 37};
   const int64_t ks[] = {1, 2, 7, 16, 33, 64, 129, 300, 517};  // 300, 517: slices of pairs
   const int64_t ns[] = {1, 5, 16, 17, 33, 48, 49, 100, 150};
   for (int64_t m : ms)
     for (int64_t k : ks)
       for (int64_t n : ns)
         for (int strided = 0; strided < 2; ++strided)
-          for (int acc = 0; acc < 2; ++acc) {
+          for (int acc = 0; acc < 2; ++acc)
+            for (int tiles = 0; tiles < 1 + amx; ++tiles) {
             const Ld ld{k + 3 * strided, n + 5 * strided, n + 7 * strided};
             const int64_t kp = (k + 1) / 2;
             std::vector<float> X(m * ld.x), Y(m * ld.y + 16);
@@ -73,7 +102,11 @@ int main() {
                                    (2 * q + 1 < k ? static_cast<uint32_t>(W[j * k + 2 * q + 1]) << 16 : 0u);
             const std::vector<float> Y0 = Y;
             std::vector<uint32_t> xp(m * kp);
-            run(X.data(), Bp.data(), Y.data(), ld, m, k, n, acc, xp.data());
+#if RNNATTN_AMX_GEMM_BUILT
+            if (tiles) run_amx(X.data(), Bp.data(), Y.data(), ld, m, k, n, acc, xp.data());
+            else
+#endif
+              run(X.data(), Bp.data(), Y.data(), ld, m, k, n, acc, xp.data());
             ++cases;
             bool ok = true;
             for (int64_t i = 0; i < m && ok; ++i)
@@ -94,8 +127,8 @@ int main() {
             for (size_t j = m * ld.y; j < Y.size() && ok; ++j) ok = Y[j] == Y0[j];
             if (!ok) {
               ++failures;
-              std::printf("FAIL m=%ld k=%ld n=%ld strided=%d acc=%d\n", (long)m, (long)k, (long)n,
-                          strided, acc);
+              std::printf("FAIL %s m=%ld k=%ld n=%ld strided=%d acc=%d\n", tiles ? "amx" : "avx512",
+                          (long)m, (long)k, (long)n, strided, acc);
             }
           }
   std::printf("%d cases, %d failed\n", cases, failures);
