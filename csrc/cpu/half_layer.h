@@ -105,12 +105,18 @@ struct StepChunk {
   StepSchedule sched;
 };
 
-// The chunks of a schedule in walk order (time descending when reverse).
+// The chunks of a schedule in walk order (time descending when reverse):
+// as many as chunks of min_rows rows (at most kHalfChunks) make, their
+// steps dealt evenly, so that the largest chunk, whose float32 rows set the
+// call's peak, is no larger than it must be (T = 100 at B = 1: 4 chunks of
+// 25 steps, not 32, 32, 32 and 4).
 inline std::vector<StepChunk> step_chunks(const StepSchedule& sched, int64_t batch,
                                           bool reverse, int64_t min_rows) {
   const int64_t T = sched.steps();
   const int64_t min_steps = (min_rows + batch - 1) / std::max<int64_t>(batch, 1);
-  const int64_t K = std::max<int64_t>({1, min_steps, (T + kHalfChunks - 1) / kHalfChunks});
+  const int64_t K0 = std::max<int64_t>({1, min_steps, (T + kHalfChunks - 1) / kHalfChunks});
+  const int64_t n_chunks = (T + K0 - 1) / K0;
+  const int64_t K = n_chunks > 0 ? (T + n_chunks - 1) / n_chunks : 1;
   std::vector<StepChunk> chunks;
   for (int64_t i0 = 0; i0 < T; i0 += K) {
     const int64_t i1 = std::min(T, i0 + K);
