@@ -20,8 +20,9 @@ def _cpu_model() -> str:
 
 
 def cpu_isa_path() -> str:
-    """The build of the CPU kernels that runs in this process: "avx512",
-    "avx2" or "base" (csrc/cpu/isa.h: the CPU's best, lowered by
+    """The build of the CPU kernels that runs in this process: "amx" (the
+    avx512 build with AMX tiles for the bfloat16 steps' products),
+    "avx512", "avx2" or "base" (csrc/cpu/isa.h: the CPU's best, lowered by
     RNNATTN_CPU_ISA, which is read once, on the first call of a kernel)."""
     from rnnattn import _C
 
