@@ -22,6 +22,12 @@
 // known from the saved context before touching H. Then per valid step
 //     de_t = a_t (g_t - s),  dH_t = sum_h a_t dc_h + de_t w_h,  dw_h += de_t H_t.
 //
+// bfloat16 H is read as it is stored, each value widened to float32 as it is
+// loaded (attention_vec.h widen), and its grad rounded as it is written; the
+// sums, the context and the weights are float32 until the outputs are
+// rounded. (float16 still converts slices of the batch to float32 first:
+// for_half_slices.)
+//
 // Invalid steps (beyond lengths, or masked) are never read: NaN/inf stored
 // there cannot reach any output or gradient; their grad rows are written as
 // zeros.
@@ -37,6 +43,7 @@
 #include <cstdlib>
 #include <cstring>
 #include <limits>
+#include <type_traits>
 #include <vector>
 
 #include "../attention_common.h"
@@ -52,10 +59,11 @@ namespace {
 constexpr int64_t kGrainFlops = 1 << 15;
 
 // The read-only side of one call: H, the score source, the valid steps.
-template <typename T>
+// H's rows are X (attention_vec.h: T, or bfloat16 bits with T = float).
+template <typename T, typename X = T>
 struct PoolInput {
   AttnShape s;
-  const T* x;  // H: row (b, t) at x + b * x_sb + t * x_st, D contiguous
+  const X* x;  // H: row (b, t) at x + b * x_sb + t * x_st, D contiguous
   int64_t x_sb, x_st;
   const T* w;  // linear: (k, D) contiguous
   const T* sc;  // scores op: (b, t, h) at sc + b * sc_sb + t * sc_st + h * sc_sh
@@ -68,7 +76,7 @@ struct PoolInput {
   RNNATTN_INLINE bool kept(int64_t b, int64_t t) const {
     return mask == nullptr || mask[b * m_sb + t * m_st];
   }
-  RNNATTN_INLINE const T* row(int64_t b, int64_t t) const { return x + b * x_sb + t * x_st; }
+  RNNATTN_INLINE const X* row(int64_t b, int64_t t) const { return x + b * x_sb + t * x_st; }
 };
 
 // Steps [t0, t1) of a unit (sequence b, chunk c); steps >= tv are padding.
@@ -76,8 +84,8 @@ struct Unit {
   int64_t b, t0, t1, tv;
 };
 
-template <typename T>
-RNNATTN_INLINE Unit unit_of(const PoolInput<T>& p, int64_t i) {
+template <typename T, typename X>
+RNNATTN_INLINE Unit unit_of(const PoolInput<T, X>& p, int64_t i) {
   const int64_t b = i / p.s.chunks, c = i % p.s.chunks;
   const int64_t t0 = c * p.s.chunk;
   const int64_t t1 = std::min(t0 + p.s.chunk, p.s.steps);
@@ -96,9 +104,9 @@ RNNATTN_INLINE T score_of(const PoolInput<T>& p, int64_t b, int64_t t, int64_t h
 
 // The next (up to) kGroup valid steps of unit u from step t on (t advances
 // past them): their steps and rows; unused slots get the zero row.
-template <typename T>
-RNNATTN_INLINE int next_group(const PoolInput<T>& p, const Unit& u, int64_t& t, int64_t* ts,
-                              const T** xr, const T* zero) {
+template <typename T, typename X>
+RNNATTN_INLINE int next_group(const PoolInput<T, X>& p, const Unit& u, int64_t& t, int64_t* ts,
+                              const X** xr, const X* zero) {
   int n = 0;
   for (; t < u.tv && n < vec::kGroup; ++t) {
     if (!p.kept(u.b, t)) continue;
@@ -112,9 +120,9 @@ RNNATTN_INLINE int next_group(const PoolInput<T>& p, const Unit& u, int64_t& t, 
 
 // Units [i0, i1). ctx_all (B, C, k, D), wts_all (B, k, T); m, l: k scratch;
 // zero: a row of D zeros.
-template <typename T, bool kLinear>
-RNNATTN_INLINE void forward_units(const PoolInput<T>& p, T* ctx_all, T* wts_all, int64_t i0,
-                                  int64_t i1, T* m, T* l, const T* zero) {
+template <typename T, typename X, bool kLinear>
+RNNATTN_INLINE void forward_units(const PoolInput<T, X>& p, T* ctx_all, T* wts_all, int64_t i0,
+                                  int64_t i1, T* m, T* l, const X* zero) {
   constexpr int G = vec::kGroup;
   const int64_t D = p.s.dim, k = p.s.heads, T_ = p.s.steps;
   constexpr T kNegInf = -std::numeric_limits<T>::infinity();
@@ -129,7 +137,7 @@ RNNATTN_INLINE void forward_units(const PoolInput<T>& p, T* ctx_all, T* wts_all,
     }
     int64_t t = u.t0;
     int64_t ts[G];
-    const T* xr[G];
+    const X* xr[G];
     for (int n; (n = next_group(p, u, t, ts, xr, zero)) > 0;) {
       for (int64_t h = 0; h < k; ++h) {
         T e[G];
@@ -152,7 +160,7 @@ RNNATTN_INLINE void forward_units(const PoolInput<T>& p, T* ctx_all, T* wts_all,
         if (!any) continue;  // no step, or only -inf scores (weight 0)
         const T scale = std::exp(m[h] - mx);  // 0 the first time (m = -inf)
         T q[G];
-        const T* xa[G];
+        const X* xa[G];
         T lsum = scale * l[h];
         for (int j = 0; j < G; ++j) {
           const bool add = j < n && e[j] != kNegInf;
@@ -181,24 +189,28 @@ RNNATTN_INLINE void forward_units(const PoolInput<T>& p, T* ctx_all, T* wts_all,
   }
 }
 
-// What the backward reads beside PoolInput, and writes.
-template <typename T>
+// What the backward reads beside PoolInput, and writes (dx's rows are X,
+// as H's).
+template <typename T, typename X = T>
 struct PoolGrads {
   const T* ctx;  // (B, C, k, D) contiguous
   const T* dc;   // (B, C, k, D) contiguous
   const T* wts;  // (B, k, T) contiguous
   const T* da;   // (B, k, T) contiguous, or null (weights not used downstream)
-  T* dx;         // grad of H, or null; row (b, t) at dx + b * dx_sb + t * dx_st
+  X* dx;         // grad of H, or null; row (b, t) at dx + b * dx_sb + t * dx_st
   int64_t dx_sb, dx_st;
   T* dsc;  // scores op: grad of scores, or null
   int64_t dsc_sb, dsc_st, dsc_sh;
 };
 
 // Units [i0, i1). dw: (k, D) accumulator of this task (linear op), or null;
-// sh: k scratch, ad: 2 * k * kGroup scratch; zero: a row of D zeros.
-template <typename T, bool kLinear>
-RNNATTN_INLINE void backward_units(const PoolInput<T>& p, const PoolGrads<T>& g, int64_t i0,
-                                   int64_t i1, T* dw, T* sh, T* ad, const T* zero) {
+// sh: k scratch, ad: 2 * k * kGroup scratch; zero: a row of D zeros; dxf: a
+// row of D, where a step's dH is summed over the heads before it is rounded
+// into dx's row (X other than T).
+template <typename T, typename X, bool kLinear>
+RNNATTN_INLINE void backward_units(const PoolInput<T, X>& p, const PoolGrads<T, X>& g,
+                                   int64_t i0, int64_t i1, T* dw, T* sh, T* ad, const X* zero,
+                                   T* dxf) {
   constexpr int G = vec::kGroup;
   const int64_t D = p.s.dim, k = p.s.heads, T_ = p.s.steps;
   // The scores op needs g_t (hence a pass with dots) only for grad_scores;
@@ -233,7 +245,7 @@ RNNATTN_INLINE void backward_units(const PoolInput<T>& p, const PoolGrads<T>& g,
     }
     int64_t t = u.t0;
     int64_t ts[G];
-    const T* xr[G];
+    const X* xr[G];
     for (int n; (n = next_group(p, u, t, ts, xr, zero)) > 0;) {
       for (int64_t h = 0; h < k; ++h) {
         T gd[G] = {};
@@ -254,7 +266,13 @@ RNNATTN_INLINE void backward_units(const PoolInput<T>& p, const PoolGrads<T>& g,
       }
       if (!g.dx) continue;
       for (int j = 0; j < n; ++j) {
-        T* dxt = g.dx + u.b * g.dx_sb + ts[j] * g.dx_st;
+        X* dxr = g.dx + u.b * g.dx_sb + ts[j] * g.dx_st;
+        T* dxt;
+        if constexpr (std::is_same_v<X, T>) {
+          dxt = dxr;
+        } else {
+          dxt = dxf;
+        }
         for (int64_t h = 0; h < k; ++h) {
           const T a = av[h * G + j], de = dev[h * G + j];
           const T* dch = dc + h * D;
@@ -272,6 +290,7 @@ RNNATTN_INLINE void backward_units(const PoolInput<T>& p, const PoolGrads<T>& g,
             }
           }
         }
+        if constexpr (!std::is_same_v<X, T>) vec::store_row(dxr, dxt, D);
       }
     }
   }
@@ -280,66 +299,67 @@ RNNATTN_INLINE void backward_units(const PoolInput<T>& p, const PoolGrads<T>& g,
 // Three builds of each kernel: baseline x86-64, AVX2+FMA and AVX-512 (chosen
 // at run time, so the extension needs no -march flag and still runs
 // anywhere); the compiler vectorizes the loops of attention_vec.h for each.
-template <typename T, bool kLinear>
-RNNATTN_TARGET_AVX2 void forward_avx2(const PoolInput<T>& p, T* ctx, T* wts, int64_t i0,
-                                      int64_t i1, T* m, T* l, const T* zero) {
-  forward_units<T, kLinear>(p, ctx, wts, i0, i1, m, l, zero);
+template <typename T, typename X, bool kLinear>
+RNNATTN_TARGET_AVX2 void forward_avx2(const PoolInput<T, X>& p, T* ctx, T* wts, int64_t i0,
+                                      int64_t i1, T* m, T* l, const X* zero) {
+  forward_units<T, X, kLinear>(p, ctx, wts, i0, i1, m, l, zero);
 }
-template <typename T, bool kLinear>
-RNNATTN_TARGET_AVX512 void forward_avx512(const PoolInput<T>& p, T* ctx, T* wts, int64_t i0,
-                                          int64_t i1, T* m, T* l, const T* zero) {
-  forward_units<T, kLinear>(p, ctx, wts, i0, i1, m, l, zero);
+template <typename T, typename X, bool kLinear>
+RNNATTN_TARGET_AVX512 void forward_avx512(const PoolInput<T, X>& p, T* ctx, T* wts, int64_t i0,
+                                          int64_t i1, T* m, T* l, const X* zero) {
+  forward_units<T, X, kLinear>(p, ctx, wts, i0, i1, m, l, zero);
 }
-template <typename T, bool kLinear>
-void forward_any(const PoolInput<T>& p, T* ctx, T* wts, int64_t i0, int64_t i1, T* m, T* l,
-                 const T* zero) {
+template <typename T, typename X, bool kLinear>
+void forward_any(const PoolInput<T, X>& p, T* ctx, T* wts, int64_t i0, int64_t i1, T* m, T* l,
+                 const X* zero) {
   switch (cpu_isa()) {
-    case Isa::kAvx512: return forward_avx512<T, kLinear>(p, ctx, wts, i0, i1, m, l, zero);
-    case Isa::kAvx2: return forward_avx2<T, kLinear>(p, ctx, wts, i0, i1, m, l, zero);
-    default: return forward_units<T, kLinear>(p, ctx, wts, i0, i1, m, l, zero);
+    case Isa::kAvx512: return forward_avx512<T, X, kLinear>(p, ctx, wts, i0, i1, m, l, zero);
+    case Isa::kAvx2: return forward_avx2<T, X, kLinear>(p, ctx, wts, i0, i1, m, l, zero);
+    default: return forward_units<T, X, kLinear>(p, ctx, wts, i0, i1, m, l, zero);
   }
 }
 
-template <typename T, bool kLinear>
-RNNATTN_TARGET_AVX2 void backward_avx2(const PoolInput<T>& p, const PoolGrads<T>& g, int64_t i0,
-                                       int64_t i1, T* dw, T* sh, T* ad, const T* zero) {
-  backward_units<T, kLinear>(p, g, i0, i1, dw, sh, ad, zero);
+template <typename T, typename X, bool kLinear>
+RNNATTN_TARGET_AVX2 void backward_avx2(const PoolInput<T, X>& p, const PoolGrads<T, X>& g,
+                                       int64_t i0, int64_t i1, T* dw, T* sh, T* ad,
+                                       const X* zero, T* dxf) {
+  backward_units<T, X, kLinear>(p, g, i0, i1, dw, sh, ad, zero, dxf);
 }
-template <typename T, bool kLinear>
-RNNATTN_TARGET_AVX512 void backward_avx512(const PoolInput<T>& p, const PoolGrads<T>& g,
+template <typename T, typename X, bool kLinear>
+RNNATTN_TARGET_AVX512 void backward_avx512(const PoolInput<T, X>& p, const PoolGrads<T, X>& g,
                                            int64_t i0, int64_t i1, T* dw, T* sh, T* ad,
-                                           const T* zero) {
-  backward_units<T, kLinear>(p, g, i0, i1, dw, sh, ad, zero);
+                                           const X* zero, T* dxf) {
+  backward_units<T, X, kLinear>(p, g, i0, i1, dw, sh, ad, zero, dxf);
 }
-template <typename T, bool kLinear>
-void backward_any(const PoolInput<T>& p, const PoolGrads<T>& g, int64_t i0, int64_t i1, T* dw,
-                  T* sh, T* ad, const T* zero) {
+template <typename T, typename X, bool kLinear>
+void backward_any(const PoolInput<T, X>& p, const PoolGrads<T, X>& g, int64_t i0, int64_t i1,
+                  T* dw, T* sh, T* ad, const X* zero, T* dxf) {
   switch (cpu_isa()) {
-    case Isa::kAvx512: return backward_avx512<T, kLinear>(p, g, i0, i1, dw, sh, ad, zero);
-    case Isa::kAvx2: return backward_avx2<T, kLinear>(p, g, i0, i1, dw, sh, ad, zero);
-    default: return backward_units<T, kLinear>(p, g, i0, i1, dw, sh, ad, zero);
+    case Isa::kAvx512: return backward_avx512<T, X, kLinear>(p, g, i0, i1, dw, sh, ad, zero, dxf);
+    case Isa::kAvx2: return backward_avx2<T, X, kLinear>(p, g, i0, i1, dw, sh, ad, zero, dxf);
+    default: return backward_units<T, X, kLinear>(p, g, i0, i1, dw, sh, ad, zero, dxf);
   }
 }
 
-template <typename T, bool kLinear>
-void run_forward(const PoolInput<T>& p, T* ctx, T* wts) {
+template <typename T, typename X, bool kLinear>
+void run_forward(const PoolInput<T, X>& p, T* ctx, T* wts) {
   const int64_t units = p.s.batch * p.s.chunks;
   const int64_t per_unit = std::max<int64_t>(1, p.s.chunk * p.s.dim * p.s.heads);
   at::parallel_for(0, units, std::max<int64_t>(1, kGrainFlops / per_unit),
                    [&](int64_t i0, int64_t i1) {
-                     // m, l: k each; then a row of D zeros.
-                     std::vector<T> scratch(2 * p.s.heads + p.s.dim, T(0));
+                     // m, l: k each; a row of D zeros.
+                     std::vector<T> scratch(2 * p.s.heads, T(0));
+                     std::vector<X> zero(p.s.dim, X(0));
                      T* m = scratch.data();
                      T* l = m + p.s.heads;
-                     const T* zero = l + p.s.heads;
-                     forward_any<T, kLinear>(p, ctx, wts, i0, i1, m, l, zero);
+                     forward_any<T, X, kLinear>(p, ctx, wts, i0, i1, m, l, zero.data());
                    });
 }
 
 // dw_out: (k, D) or null. Tasks are a fixed split of the units, so the sum of
 // their partial weight grads has a fixed order.
-template <typename T, bool kLinear>
-void run_backward(const PoolInput<T>& p, const PoolGrads<T>& g, T* dw_out) {
+template <typename T, typename X, bool kLinear>
+void run_backward(const PoolInput<T, X>& p, const PoolGrads<T, X>& g, T* dw_out) {
   const int64_t units = p.s.batch * p.s.chunks;
   const int64_t kd = p.s.heads * p.s.dim;
   const int64_t per_unit = std::max<int64_t>(1, p.s.chunk * kd);
@@ -348,16 +368,18 @@ void run_backward(const PoolInput<T>& p, const PoolGrads<T>& g, T* dw_out) {
       1, std::min<int64_t>(at::get_num_threads(), (units + grain - 1) / grain));
   std::vector<T> partial(dw_out ? tasks * kd : 0, T(0));
   at::parallel_for(0, tasks, 1, [&](int64_t j0, int64_t j1) {
-    // sh: k; ad: 2 * k * kGroup; then a row of D zeros.
+    // sh: k; ad: 2 * k * kGroup; dxf: D (X other than T); a row of D zeros.
     const int64_t k = p.s.heads;
-    std::vector<T> scratch(k + 2 * k * vec::kGroup + p.s.dim, T(0));
+    const int64_t n_dxf = std::is_same_v<X, T> ? 0 : p.s.dim;
+    std::vector<T> scratch(k + 2 * k * vec::kGroup + n_dxf, T(0));
+    std::vector<X> zero(p.s.dim, X(0));
     T* sh = scratch.data();
     T* ad = sh + k;
-    const T* zero = ad + 2 * k * vec::kGroup;
+    T* dxf = n_dxf ? ad + 2 * k * vec::kGroup : nullptr;
     for (int64_t j = j0; j < j1; ++j) {
       const int64_t i0 = units * j / tasks, i1 = units * (j + 1) / tasks;
       T* dw = dw_out ? partial.data() + j * kd : nullptr;
-      backward_any<T, kLinear>(p, g, i0, i1, dw, sh, ad, zero);
+      backward_any<T, X, kLinear>(p, g, i0, i1, dw, sh, ad, zero.data(), dxf);
     }
   });
   if (dw_out) {
@@ -393,11 +415,16 @@ Prepared prepare(const AttnShape& s, const at::Tensor& input,
   return r;
 }
 
-template <typename T>
-PoolInput<T> make_input(const AttnShape& s, const Prepared& r) {
-  PoolInput<T> p{};
+// X = uint16_t: H is bfloat16, read as its bits.
+template <typename T, typename X = T>
+PoolInput<T, X> make_input(const AttnShape& s, const Prepared& r) {
+  PoolInput<T, X> p{};
   p.s = s;
-  p.x = r.x.data_ptr<T>();
+  if constexpr (std::is_same_v<X, T>) {
+    p.x = r.x.data_ptr<T>();
+  } else {
+    p.x = reinterpret_cast<const X*>(r.x.data_ptr<at::BFloat16>());
+  }
   p.x_sb = r.x.stride(0);
   p.x_st = r.x.stride(1);
   p.len = r.len.defined() ? r.len.data_ptr<int64_t>() : nullptr;
@@ -409,24 +436,28 @@ PoolInput<T> make_input(const AttnShape& s, const Prepared& r) {
   return p;
 }
 
-template <typename T>
-PoolGrads<T> make_grads(const at::Tensor& context, const at::Tensor& grad_context,
-                        const at::Tensor& weights, const at::Tensor& grad_weights,
-                        const at::Tensor& dx) {
-  PoolGrads<T> g{};
+template <typename T, typename X = T>
+PoolGrads<T, X> make_grads(const at::Tensor& context, const at::Tensor& grad_context,
+                           const at::Tensor& weights, const at::Tensor& grad_weights,
+                           const at::Tensor& dx) {
+  PoolGrads<T, X> g{};
   g.ctx = context.data_ptr<T>();
   g.dc = grad_context.data_ptr<T>();
   g.wts = weights.data_ptr<T>();
   g.da = grad_weights.defined() ? grad_weights.data_ptr<T>() : nullptr;
   if (dx.defined()) {
-    g.dx = dx.data_ptr<T>();
+    if constexpr (std::is_same_v<X, T>) {
+      g.dx = dx.data_ptr<T>();
+    } else {
+      g.dx = reinterpret_cast<X*>(dx.data_ptr<at::BFloat16>());
+    }
     g.dx_sb = dx.stride(0);
     g.dx_st = dx.stride(1);
   }
   return g;
 }
 
-// bfloat16 / float16: the float32 kernel over slices of the batch, each
+// float16: the float32 kernel over slices of the batch, each
 // slice's tensors converted to float32 when its turn comes. The call then
 // holds one slice's float32 copy of H, not the whole input's (which made its
 // peak ~60x the eager composition's in bfloat16), and reads that copy back
@@ -458,6 +489,17 @@ std::tuple<at::Tensor, at::Tensor> attention_pool_forward_cpu(
   // a head, and softmax is shift-invariant, so it changes neither output.
   const AttnShape s = check_attn_linear_args(input, weight, bias, lengths, mask, chunk_size);
   check_cpu_dtype(input, op);
+  if (input.scalar_type() == at::kBFloat16) {  // H read as bfloat16, float32 sums
+    const Prepared r = prepare(s, input, lengths, mask, op);
+    const at::Tensor w = weight.to(at::kFloat).contiguous();
+    const auto f32 = input.options().dtype(at::kFloat);
+    auto context = at::empty({s.batch, s.chunks, s.heads, s.dim}, f32);
+    auto weights = at::empty({s.batch, s.heads, s.steps}, f32);
+    PoolInput<float, uint16_t> p = make_input<float, uint16_t>(s, r);
+    p.w = w.data_ptr<float>();
+    run_forward<float, uint16_t, true>(p, context.data_ptr<float>(), weights.data_ptr<float>());
+    return {context.to(at::kBFloat16), weights.to(at::kBFloat16)};
+  }
   if (half::is_half(input)) {  // float32 inside, over slices of the batch
     auto context = at::empty({s.batch, s.chunks, s.heads, s.dim}, input.options());
     auto weights = at::empty({s.batch, s.heads, s.steps}, input.options());
@@ -478,7 +520,7 @@ std::tuple<at::Tensor, at::Tensor> attention_pool_forward_cpu(
   AT_DISPATCH_FLOATING_TYPES(input.scalar_type(), "rnnattn::attention_pool_forward", [&] {
     PoolInput<scalar_t> p = make_input<scalar_t>(s, r);
     p.w = w.data_ptr<scalar_t>();
-    run_forward<scalar_t, true>(p, context.data_ptr<scalar_t>(), weights.data_ptr<scalar_t>());
+    run_forward<scalar_t, scalar_t, true>(p, context.data_ptr<scalar_t>(), weights.data_ptr<scalar_t>());
   });
   return {context, weights};
 }
@@ -493,6 +535,24 @@ std::tuple<at::Tensor, at::Tensor> attention_pool_backward_cpu(
       check_attn_linear_args(input, weight, c10::nullopt, lengths, mask, chunk_size);
   check_attn_backward_args(s, input, grad_context, grad_weights, context, weights, op);
   check_cpu_dtype(input, op);
+  if (input.scalar_type() == at::kBFloat16) {  // H and dH as bfloat16, float32 sums
+    const Prepared r = prepare(s, input, lengths, mask, op);
+    const at::Tensor w = weight.to(at::kFloat).contiguous();
+    auto f32 = [](const at::Tensor& t) { return t.to(at::kFloat).contiguous(); };
+    const at::Tensor ctx = f32(context), dc = f32(grad_context), wts = f32(weights);
+    const at::Tensor da = grad_weights.has_value() ? f32(*grad_weights) : at::Tensor();
+    const auto none = at::empty({0}, input.options());
+    // grad_input takes the layout of input (a time-major view stays time-major).
+    at::Tensor dx = need_input_grad ? at::empty_like(r.x) : at::Tensor();
+    at::Tensor dw = need_weight_grad ? at::empty({s.heads, s.dim}, w.options()) : at::Tensor();
+    if (need_input_grad || need_weight_grad) {
+      PoolInput<float, uint16_t> p = make_input<float, uint16_t>(s, r);
+      p.w = w.data_ptr<float>();
+      const PoolGrads<float, uint16_t> g = make_grads<float, uint16_t>(ctx, dc, wts, da, dx);
+      run_backward<float, uint16_t, true>(p, g, dw.defined() ? dw.data_ptr<float>() : nullptr);
+    }
+    return {dx.defined() ? dx : none, dw.defined() ? dw.to(at::kBFloat16) : none};
+  }
   if (half::is_half(input)) {  // float32 inside, over slices of the batch
     const auto none = at::empty({0}, input.options());
     at::Tensor dx = need_input_grad ? at::empty_like(input) : none;
@@ -523,7 +583,7 @@ std::tuple<at::Tensor, at::Tensor> attention_pool_backward_cpu(
       PoolInput<scalar_t> p = make_input<scalar_t>(s, r);
       p.w = w.data_ptr<scalar_t>();
       const PoolGrads<scalar_t> g = make_grads<scalar_t>(ctx, dc, wts, da, dx);
-      run_backward<scalar_t, true>(p, g, dw.defined() ? dw.data_ptr<scalar_t>() : nullptr);
+      run_backward<scalar_t, scalar_t, true>(p, g, dw.defined() ? dw.data_ptr<scalar_t>() : nullptr);
     });
   }
   return {dx.defined() ? dx : none, dw.defined() ? dw : none};
@@ -556,7 +616,7 @@ std::tuple<at::Tensor, at::Tensor> attention_pool_scores_forward_cpu(
     p.sc_sb = scores.stride(0);
     p.sc_st = scores.stride(1);
     p.sc_sh = scores.stride(2);
-    run_forward<scalar_t, false>(p, context.data_ptr<scalar_t>(), weights.data_ptr<scalar_t>());
+    run_forward<scalar_t, scalar_t, false>(p, context.data_ptr<scalar_t>(), weights.data_ptr<scalar_t>());
   });
   return {context, weights};
 }
@@ -606,7 +666,7 @@ std::tuple<at::Tensor, at::Tensor> attention_pool_scores_backward_cpu(
         g.dsc_st = dsc.stride(1);
         g.dsc_sh = dsc.stride(2);
       }
-      run_backward<scalar_t, false>(p, g, nullptr);
+      run_backward<scalar_t, scalar_t, false>(p, g, nullptr);
     });
   }
   return {dx.defined() ? dx : none, dsc.defined() ? dsc : none};

@@ -9,6 +9,9 @@
 #pragma once
 
 #include <cstdint>
+#include <type_traits>
+
+#include "bf16_bits.h"
 
 #if defined(__GNUC__)
 #define RNNATTN_INLINE inline __attribute__((always_inline))
@@ -20,21 +23,47 @@
 
 namespace rnnattn::cpu::vec {
 
+// The rows of H (and of its grad) are stored as X: T itself, or bfloat16
+// bits (uint16_t) with T = float. They are widened as they are read and
+// rounded (to nearest even) as they are written; every sum stays in T.
+template <typename T, typename X>
+RNNATTN_INLINE T widen(X v) {
+  if constexpr (std::is_same_v<X, uint16_t>) {
+    return bf16_value(v);
+  } else {
+    return v;
+  }
+}
+template <typename X, typename T>
+RNNATTN_INLINE X narrow(T v) {
+  if constexpr (std::is_same_v<X, uint16_t>) {
+    return bf16_bits(v);
+  } else {
+    return v;
+  }
+}
+
+// y = x, rounded to X.
+template <typename X, typename T>
+RNNATTN_INLINE void store_row(X* RNNATTN_RESTRICT y, const T* RNNATTN_RESTRICT x, int64_t n) {
+  for (int64_t d = 0; d < n; ++d) y[d] = narrow<X>(x[d]);
+}
+
 // Independent partial sums: four 256-bit registers' worth. A single running
 // sum would serialise on the FMA latency; separate named lanes let the
 // compiler vectorize without reassociating (so no -ffast-math is needed).
 template <typename T>
 constexpr int kLanes = 4 * 32 / static_cast<int>(sizeof(T));
 
-template <typename T>
-RNNATTN_INLINE T dot(const T* RNNATTN_RESTRICT x, const T* RNNATTN_RESTRICT y, int64_t n) {
+template <typename X, typename T>
+RNNATTN_INLINE T dot(const X* RNNATTN_RESTRICT x, const T* RNNATTN_RESTRICT y, int64_t n) {
   constexpr int L = kLanes<T>;
   T acc[L] = {};
   int64_t d = 0;
   for (; d + L <= n; d += L) {
-    for (int j = 0; j < L; ++j) acc[j] += x[d + j] * y[d + j];
+    for (int j = 0; j < L; ++j) acc[j] += widen<T>(x[d + j]) * y[d + j];
   }
-  for (int j = 0; d < n; ++d, ++j) acc[j] += x[d] * y[d];
+  for (int j = 0; d < n; ++d, ++j) acc[j] += widen<T>(x[d]) * y[d];
   // Pairwise fold, so it vectorizes too.
   for (int w = L / 2; w >= 1; w /= 2) {
     for (int j = 0; j < w; ++j) acc[j] += acc[j + w];
@@ -99,22 +128,23 @@ constexpr int kGroup = 4;
 // out[i] = x[i] . y for the first n rows x[i] (each dot already keeps
 // independent partial sums; interleaving the rows in one loop makes GCC's
 // vectorizer shuffle instead).
-template <typename T>
-RNNATTN_INLINE void dot_group(const T* const* x, const T* y, int64_t d, int n, T* out) {
+template <typename T, typename X>
+RNNATTN_INLINE void dot_group(const X* const* x, const T* y, int64_t d, int n, T* out) {
   for (int i = 0; i < n; ++i) out[i] = dot(x[i], y, d);
 }
 
 // y = s * y + sum_i q[i] * x[i]   over the kGroup rows x[i].
-template <typename T>
-RNNATTN_INLINE void combine_group(T* RNNATTN_RESTRICT y, T s, const T* q, const T* const* x,
+template <typename T, typename X>
+RNNATTN_INLINE void combine_group(T* RNNATTN_RESTRICT y, T s, const T* q, const X* const* x,
                                   int64_t n) {
-  const T* RNNATTN_RESTRICT x0 = x[0];
-  const T* RNNATTN_RESTRICT x1 = x[1];
-  const T* RNNATTN_RESTRICT x2 = x[2];
-  const T* RNNATTN_RESTRICT x3 = x[3];
+  const X* RNNATTN_RESTRICT x0 = x[0];
+  const X* RNNATTN_RESTRICT x1 = x[1];
+  const X* RNNATTN_RESTRICT x2 = x[2];
+  const X* RNNATTN_RESTRICT x3 = x[3];
   const T q0 = q[0], q1 = q[1], q2 = q[2], q3 = q[3];
   for (int64_t d = 0; d < n; ++d) {
-    y[d] = s * y[d] + q0 * x0[d] + q1 * x1[d] + q2 * x2[d] + q3 * x3[d];
+    y[d] = s * y[d] + q0 * widen<T>(x0[d]) + q1 * widen<T>(x1[d]) + q2 * widen<T>(x2[d]) +
+           q3 * widen<T>(x3[d]);
   }
 }
 
