@@ -6,6 +6,10 @@
 // float32 kernel's is X's (the state h_{t-1}, which the call's output
 // stores in bfloat16 anyway, as torch's own bfloat16 modules use it).
 //
+// On CPUs with AMX-BF16 the same product runs on the AMX tiles from
+// kAmxMinRows rows (small_gemm_amx_kernels.h: the packed X rows and B's
+// pairs are the tiles' layouts as they are).
+//
 // B's layout, "pairs": element (q, j) of a ((k + 1) / 2) x n array of
 // uint32 holds B[2q][j] in its low half and B[2q + 1][j] (0 past k) in its
 // high half, the operand order VDPBF16PS reads.
