@@ -85,6 +85,25 @@ class SerialBlasGuard {
 enum class GemmLib { kBlas, kOnednn };
 constexpr int64_t kOnednnMinWork = int64_t(1) << 23;
 
+// Whether ATen's oneDNN float32 GEMM keeps float32 precision at a size the
+// large GEMMs use (64 x 256 x 512, 2^23 multiply-adds). torch 2.4.1's
+// oneDNN did not on a 2-core Intel Xeon with AMX: relative errors of a
+// bfloat16 product (up to 0.0045 on values near 1), where torch 2.13's
+// did; the float32 GEMMs then stay in the BLAS. The operands' values
+// need all of float32's mantissa; the reference is the same product in
+// float64.
+inline bool onednn_float_gemm_is_float32() {
+  const auto f64 = at::TensorOptions().dtype(at::kDouble);
+  const at::Tensor a = 1 + at::arange(64 * 256, f64).remainder(97).reshape({64, 256}) / 4099;
+  const at::Tensor b = 1 - at::arange(256 * 512, f64).remainder(89).reshape({256, 512}) / 4111;
+  const at::Tensor a32 = a.to(at::kFloat), b32 = b.to(at::kFloat);
+  at::Tensor c = at::zeros({64, 512}, a32.options());
+  at::native::mkldnn_matmul(a32, b32, c, 0.f, 1.f);
+  const at::Tensor want = at::mm(a32.to(at::kDouble), b32.to(at::kDouble));
+  const double err = (c.to(at::kDouble) - want).abs().max().item<double>();
+  return err <= 1e-5 * want.abs().max().item<double>();  // float32 sums: ~1e-6; bfloat16: ~1e-3
+}
+
 // Whether ATen's oneDNN GEMM takes operands and result of `dtype` here: a
 // probe call (it refuses where the CPU lacks the AVX-512 or, for bfloat16,
 // AVX-NE-CONVERT it needs).
@@ -94,7 +113,8 @@ inline bool onednn_gemm_works(at::ScalarType dtype) {
     auto o = at::TensorOptions().dtype(dtype);
     at::Tensor c = at::zeros({1, 1}, o);
     at::native::mkldnn_matmul(at::full({1, 1}, 3.f, o), at::full({1, 1}, 2.f, o), c, 0.f, 1.f);
-    return c.item<float>() == 6.f;
+    if (c.item<float>() != 6.f) return false;
+    return dtype != at::kFloat || onednn_float_gemm_is_float32();
   } catch (const std::exception&) {
     return false;
   }
