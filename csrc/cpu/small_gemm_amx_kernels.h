@@ -51,7 +51,9 @@ struct alignas(64) TileConfig {
 // memory they read (LDTILECFG names 8 of its 64 bytes, TILELOADD none):
 // this makes every store before it (the config, X's packed rows) land
 // first.
-__attribute__((always_inline)) inline void memory_barrier() { __asm__ __volatile__("" ::: "memory"); }
+__attribute__((always_inline)) inline void memory_barrier() {
+  __asm__ __volatile__("" ::: "memory");
+}
 
 // The tiles for blocks of R rows: 4 sums (R x 16 floats), X's block (R x 16
 // pairs), 3 of B (16 pairs x 16 columns).
@@ -121,7 +123,8 @@ RNNATTN_TARGET_AMX __attribute__((always_inline)) inline void gemm(
   bf16_kernels::pack_rows(X, ld.x, m, k, xp);
   const int64_t R = std::min<int64_t>(m, 16);
   const int64_t mA = m / R * R, n16 = n / 16 * 16, kq = kp / 16 * 16;
-  if (kq == 0 || n16 == 0) return bf16_kernels::gemm_packed(xp, kp, 0, kp, B, ld.b, Y, ld.y, m, n, accumulate);
+  if (kq == 0 || n16 == 0)
+    return bf16_kernels::gemm_packed(xp, kp, 0, kp, B, ld.b, Y, ld.y, m, n, accumulate);
   configure(static_cast<int>(R));
   memory_barrier();
   // Columns outer: a group's B (64 columns x kq pairs, 256 bytes a pair)
@@ -142,7 +145,8 @@ RNNATTN_TARGET_AMX __attribute__((always_inline)) inline void gemm(
   // The pairs past kq on the tiles' rows and columns (added), then the
   // columns past n16 and the rows past mA whole.
   if (kq < kp) bf16_kernels::gemm_packed(xp, kp, kq, kp, B, ld.b, Y, ld.y, mA, n16, true);
-  if (n16 < n) bf16_kernels::gemm_packed(xp, kp, 0, kp, B + n16, ld.b, Y + n16, ld.y, mA, n - n16, accumulate);
+  if (n16 < n)
+    bf16_kernels::gemm_packed(xp, kp, 0, kp, B + n16, ld.b, Y + n16, ld.y, mA, n - n16, accumulate);
   if (mA < m)
     bf16_kernels::gemm_packed(xp + mA * kp, kp, 0, kp, B, ld.b, Y + mA * ld.y, ld.y, m - mA, n, accumulate);
 }
