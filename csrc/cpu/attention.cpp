@@ -457,6 +457,22 @@ PoolGrads<T, X> make_grads(const at::Tensor& context, const at::Tensor& grad_con
   return g;
 }
 
+// Runs f(X{}) with X the type H's rows are read as under sums of type T:
+// bfloat16's bits under float32 sums where H is bfloat16, else T itself.
+template <typename T, typename F>
+void with_row_type(const at::Tensor& input, const F& f) {
+  if constexpr (std::is_same_v<T, float>) {
+    if (input.scalar_type() == at::kBFloat16) return f(uint16_t{});
+  }
+  f(T{});
+}
+
+// The dtype of a call's sums: float32 for bfloat16 H (read as stored),
+// else H's own.
+at::ScalarType sum_dtype(const at::Tensor& input) {
+  return input.scalar_type() == at::kBFloat16 ? at::kFloat : input.scalar_type();
+}
+
 // float16: the float32 kernel over slices of the batch, each
 // slice's tensors converted to float32 when its turn comes. The call then
 // holds one slice's float32 copy of H, not the whole input's (which made its
@@ -489,18 +505,7 @@ std::tuple<at::Tensor, at::Tensor> attention_pool_forward_cpu(
   // a head, and softmax is shift-invariant, so it changes neither output.
   const AttnShape s = check_attn_linear_args(input, weight, bias, lengths, mask, chunk_size);
   check_cpu_dtype(input, op);
-  if (input.scalar_type() == at::kBFloat16) {  // H read as bfloat16, float32 sums
-    const Prepared r = prepare(s, input, lengths, mask, op);
-    const at::Tensor w = weight.to(at::kFloat).contiguous();
-    const auto f32 = input.options().dtype(at::kFloat);
-    auto context = at::empty({s.batch, s.chunks, s.heads, s.dim}, f32);
-    auto weights = at::empty({s.batch, s.heads, s.steps}, f32);
-    PoolInput<float, uint16_t> p = make_input<float, uint16_t>(s, r);
-    p.w = w.data_ptr<float>();
-    run_forward<float, uint16_t, true>(p, context.data_ptr<float>(), weights.data_ptr<float>());
-    return {context.to(at::kBFloat16), weights.to(at::kBFloat16)};
-  }
-  if (half::is_half(input)) {  // float32 inside, over slices of the batch
+  if (input.scalar_type() == at::kHalf) {  // float32 inside, over slices of the batch
     auto context = at::empty({s.batch, s.chunks, s.heads, s.dim}, input.options());
     auto weights = at::empty({s.batch, s.heads, s.steps}, input.options());
     const at::Tensor w = weight.to(at::kFloat);
@@ -513,16 +518,22 @@ std::tuple<at::Tensor, at::Tensor> attention_pool_forward_cpu(
     });
     return {context, weights};
   }
+  // bfloat16 H is read as stored, under float32 sums (sum_dtype); the
+  // outputs are rounded at the end (.to() of the same dtype is a no-op).
   const Prepared r = prepare(s, input, lengths, mask, op);
-  const at::Tensor w = weight.contiguous();
-  auto context = at::empty({s.batch, s.chunks, s.heads, s.dim}, input.options());
-  auto weights = at::empty({s.batch, s.heads, s.steps}, input.options());
-  AT_DISPATCH_FLOATING_TYPES(input.scalar_type(), "rnnattn::attention_pool_forward", [&] {
-    PoolInput<scalar_t> p = make_input<scalar_t>(s, r);
-    p.w = w.data_ptr<scalar_t>();
-    run_forward<scalar_t, scalar_t, true>(p, context.data_ptr<scalar_t>(), weights.data_ptr<scalar_t>());
+  const auto acc = input.options().dtype(sum_dtype(input));
+  const at::Tensor w = weight.to(acc.dtype()).contiguous();
+  auto context = at::empty({s.batch, s.chunks, s.heads, s.dim}, acc);
+  auto weights = at::empty({s.batch, s.heads, s.steps}, acc);
+  AT_DISPATCH_FLOATING_TYPES(acc.dtype().toScalarType(), "rnnattn::attention_pool_forward", [&] {
+    with_row_type<scalar_t>(input, [&](auto row) {
+      using X = decltype(row);
+      PoolInput<scalar_t, X> p = make_input<scalar_t, X>(s, r);
+      p.w = w.data_ptr<scalar_t>();
+      run_forward<scalar_t, X, true>(p, context.data_ptr<scalar_t>(), weights.data_ptr<scalar_t>());
+    });
   });
-  return {context, weights};
+  return {context.to(input.scalar_type()), weights.to(input.scalar_type())};
 }
 
 std::tuple<at::Tensor, at::Tensor> attention_pool_backward_cpu(
@@ -535,25 +546,7 @@ std::tuple<at::Tensor, at::Tensor> attention_pool_backward_cpu(
       check_attn_linear_args(input, weight, c10::nullopt, lengths, mask, chunk_size);
   check_attn_backward_args(s, input, grad_context, grad_weights, context, weights, op);
   check_cpu_dtype(input, op);
-  if (input.scalar_type() == at::kBFloat16) {  // H and dH as bfloat16, float32 sums
-    const Prepared r = prepare(s, input, lengths, mask, op);
-    const at::Tensor w = weight.to(at::kFloat).contiguous();
-    auto f32 = [](const at::Tensor& t) { return t.to(at::kFloat).contiguous(); };
-    const at::Tensor ctx = f32(context), dc = f32(grad_context), wts = f32(weights);
-    const at::Tensor da = grad_weights.has_value() ? f32(*grad_weights) : at::Tensor();
-    const auto none = at::empty({0}, input.options());
-    // grad_input takes the layout of input (a time-major view stays time-major).
-    at::Tensor dx = need_input_grad ? at::empty_like(r.x) : at::Tensor();
-    at::Tensor dw = need_weight_grad ? at::empty({s.heads, s.dim}, w.options()) : at::Tensor();
-    if (need_input_grad || need_weight_grad) {
-      PoolInput<float, uint16_t> p = make_input<float, uint16_t>(s, r);
-      p.w = w.data_ptr<float>();
-      const PoolGrads<float, uint16_t> g = make_grads<float, uint16_t>(ctx, dc, wts, da, dx);
-      run_backward<float, uint16_t, true>(p, g, dw.defined() ? dw.data_ptr<float>() : nullptr);
-    }
-    return {dx.defined() ? dx : none, dw.defined() ? dw.to(at::kBFloat16) : none};
-  }
-  if (half::is_half(input)) {  // float32 inside, over slices of the batch
+  if (input.scalar_type() == at::kHalf) {  // float32 inside, over slices of the batch
     const auto none = at::empty({0}, input.options());
     at::Tensor dx = need_input_grad ? at::empty_like(input) : none;
     at::Tensor dw = need_weight_grad ? at::zeros(weight.sizes(), weight.options().dtype(at::kFloat))
@@ -569,24 +562,29 @@ std::tuple<at::Tensor, at::Tensor> attention_pool_backward_cpu(
     });
     return {dx, need_weight_grad ? dw.to(input.scalar_type()) : none};
   }
+  // bfloat16 H and dH as stored, under float32 sums (as the forward).
   const Prepared r = prepare(s, input, lengths, mask, op);
-  const at::Tensor w = weight.contiguous();
-  const at::Tensor ctx = context.contiguous(), dc = grad_context.contiguous();
-  const at::Tensor wts = weights.contiguous();
-  const at::Tensor da = grad_weights.has_value() ? grad_weights->contiguous() : at::Tensor();
+  const at::ScalarType acc = sum_dtype(input);
+  auto sums = [&](const at::Tensor& t) { return t.to(acc).contiguous(); };
+  const at::Tensor w = sums(weight);
+  const at::Tensor ctx = sums(context), dc = sums(grad_context), wts = sums(weights);
+  const at::Tensor da = grad_weights.has_value() ? sums(*grad_weights) : at::Tensor();
   const auto none = at::empty({0}, input.options());
   // grad_input takes the layout of input (a time-major view stays time-major).
   at::Tensor dx = need_input_grad ? at::empty_like(r.x) : at::Tensor();
-  at::Tensor dw = need_weight_grad ? at::empty({s.heads, s.dim}, input.options()) : at::Tensor();
+  at::Tensor dw = need_weight_grad ? at::empty({s.heads, s.dim}, w.options()) : at::Tensor();
   if (need_input_grad || need_weight_grad) {
-    AT_DISPATCH_FLOATING_TYPES(input.scalar_type(), "rnnattn::attention_pool_backward", [&] {
-      PoolInput<scalar_t> p = make_input<scalar_t>(s, r);
-      p.w = w.data_ptr<scalar_t>();
-      const PoolGrads<scalar_t> g = make_grads<scalar_t>(ctx, dc, wts, da, dx);
-      run_backward<scalar_t, scalar_t, true>(p, g, dw.defined() ? dw.data_ptr<scalar_t>() : nullptr);
+    AT_DISPATCH_FLOATING_TYPES(acc, "rnnattn::attention_pool_backward", [&] {
+      with_row_type<scalar_t>(input, [&](auto row) {
+        using X = decltype(row);
+        PoolInput<scalar_t, X> p = make_input<scalar_t, X>(s, r);
+        p.w = w.data_ptr<scalar_t>();
+        const PoolGrads<scalar_t, X> g = make_grads<scalar_t, X>(ctx, dc, wts, da, dx);
+        run_backward<scalar_t, X, true>(p, g, dw.defined() ? dw.data_ptr<scalar_t>() : nullptr);
+      });
     });
   }
-  return {dx.defined() ? dx : none, dw.defined() ? dw : none};
+  return {dx.defined() ? dx : none, dw.defined() ? dw.to(input.scalar_type()) : none};
 }
 
 std::tuple<at::Tensor, at::Tensor> attention_pool_scores_forward_cpu(

@@ -24,6 +24,11 @@
 #include <algorithm>
 #include <cstdint>
 
+#if defined(__linux__)
+#include <sys/syscall.h>
+#include <unistd.h>
+#endif
+
 #include "small_gemm_bf16_kernels.h"
 
 #if RNNATTN_BF16_GEMM_BUILT && (defined(__clang__) || __GNUC__ >= 11)
@@ -37,6 +42,22 @@
 
 #if RNNATTN_AMX_GEMM_BUILT
 namespace rnnattn::cpu::amx_kernels {
+
+// Linux hands a process the AMX tile state (8 KiB more to save on each
+// switch) only when it asks (arch_prctl ARCH_REQ_XCOMP_PERM for
+// XTILEDATA); a tile instruction before that is killed with SIGILL. The
+// grant is for the whole process, and asking again is harmless (oneDNN
+// asks too before its own AMX kernels). Whether this CPU has the tiles and
+// the process may use them.
+inline bool tiles_granted() {
+#if defined(__linux__) && defined(SYS_arch_prctl)
+  constexpr long kReqXcompPerm = 0x1023, kXfeatureXtiledata = 18;
+  return __builtin_cpu_supports("amx-tile") && __builtin_cpu_supports("amx-bf16") &&
+         syscall(SYS_arch_prctl, kReqXcompPerm, kXfeatureXtiledata) == 0;
+#else
+  return false;
+#endif
+}
 
 // LDTILECFG's operand: palette 1, each tile's rows and bytes a row.
 struct alignas(64) TileConfig {

@@ -4,11 +4,6 @@
 #include <cstring>
 #include <vector>
 
-#if defined(__linux__)
-#include <sys/syscall.h>
-#include <unistd.h>
-#endif
-
 #include <c10/util/Exception.h>
 
 #include "isa.h"
@@ -26,30 +21,13 @@ bool bf16_small_gemm_available() {
 #endif
 }
 
-namespace {
-// Linux hands a process the AMX tile state (8 KiB more to save on each
-// switch) only when it asks (arch_prctl ARCH_REQ_XCOMP_PERM for
-// XTILEDATA); a tile instruction before that is killed with SIGILL. The
-// grant is for the whole process, and asking again is harmless (oneDNN
-// asks too before its own AMX kernels).
-bool os_grants_amx() {
-#if defined(__linux__) && defined(SYS_arch_prctl)
-  constexpr long kReqXcompPerm = 0x1023, kXfeatureXtiledata = 18;
-  return syscall(SYS_arch_prctl, kReqXcompPerm, kXfeatureXtiledata) == 0;
-#else
-  return false;
-#endif
-}
-}  // namespace
-
 bool amx_bf16_available() {
 #if RNNATTN_AMX_GEMM_BUILT && RNNATTN_X86_DISPATCH
   static const bool ok = [] {
     const char* want = std::getenv("RNNATTN_CPU_ISA");  // a level below turns it off
     for (const char* lower : {"base", "avx2", "avx512"})
       if (want != nullptr && std::strcmp(want, lower) == 0) return false;
-    return bf16_small_gemm_available() && __builtin_cpu_supports("amx-tile") &&
-           __builtin_cpu_supports("amx-bf16") && os_grants_amx();
+    return bf16_small_gemm_available() && amx_kernels::tiles_granted();
   }();
   return ok;
 #else

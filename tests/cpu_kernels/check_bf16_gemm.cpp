@@ -17,11 +17,6 @@
 #include <random>
 #include <vector>
 
-#if defined(__linux__)
-#include <sys/syscall.h>
-#include <unistd.h>
-#endif
-
 #include "small_gemm_amx_kernels.h"
 #include "small_gemm_bf16_kernels.h"
 
@@ -51,14 +46,6 @@ RNNATTN_TARGET_AMX static void run_amx(const float* X, const uint32_t* B, float*
                                        int64_t m, int64_t k, int64_t n, bool acc, uint32_t* xp) {
   rnnattn::cpu::amx_kernels::gemm(X, B, Y, ld, m, k, n, acc, xp);
 }
-static bool amx_runs() {
-#if defined(__linux__) && defined(SYS_arch_prctl)
-  return __builtin_cpu_supports("amx-tile") && __builtin_cpu_supports("amx-bf16") &&
-         syscall(SYS_arch_prctl, 0x1023 /* ARCH_REQ_XCOMP_PERM */, 18 /* XTILEDATA */) == 0;
-#else
-  return false;
-#endif
-}
 #endif
 
 int main() {
@@ -76,7 +63,7 @@ int main() {
   int cases = 0, failures = 0;
   bool amx = false;
 #if RNNATTN_AMX_GEMM_BUILT
-  amx = amx_runs();
+  amx = rnnattn::cpu::amx_kernels::tiles_granted();
 #endif
   std::printf("AMX kernel: %s\n", amx ? "checked" : "not run (no AMX-BF16 here)");
   const int64_t ms[] = {1, 2, 3, 5, 7, 8, 9, 15, 16, 19, 32, 37};
