@@ -377,11 +377,14 @@ def test_inference_matches_training_forward(cell, dtype):
     make their own A, csrc/cpu/layer.h ws_one_step; a chunk of steps' A otherwise)
     but computes the same: the outputs of a module under no_grad and with grad
     are equal, bit for bit. Padded and packed (unsorted), 2 layers, both
-    directions; B = 1 (chunks of 32 steps), a batch that shrinks, and W_ih's
-    bfloat16 pairs over 1 MiB for the GRU and LSTM (library input GEMM)."""
+    directions; B = 1 (chunks of 32 steps), a batch that shrinks, W_ih's
+    bfloat16 pairs over 1 MiB for the GRU and LSTM (library input GEMM), and
+    steps past small_step's size (on AMX CPUs the library's bfloat16 GEMM in
+    unit parts, recurrence.h lib_step; the LSTM's A read in bfloat16 where
+    every step is such a step, layer.h a16)."""
     torch.manual_seed(0)
     M = {"rnn": rnnattn.RNN, "gru": rnnattn.GRU, "lstm": rnnattn.LSTM}[cell]
-    for T, B, I, H in [(70, 1, 5, 7), (9, 20, 3, 40), (3, 2, 520, 300)]:
+    for T, B, I, H in [(70, 1, 5, 7), (9, 20, 3, 40), (3, 2, 520, 300), (5, 24, 8, 320)]:
         m = M(I, H, num_layers=2, bidirectional=True).to(dtype)
         x = torch.randn(T, B, I).to(dtype)
         lengths = torch.tensor([T] + [1 + (5 * k) % T for k in range(1, B)])

@@ -1,8 +1,8 @@
-// float32 <-> bfloat16 as raw 16-bit patterns, in plain loops the compiler
-// vectorizes (c10::BFloat16's conversion tests for NaN with a branch per
-// value). The large bfloat16 steps that go to the library's bfloat16 GEMM
-// (recurrence.h, LayerPtrs::w_hh16) round their left operand and widen its
-// product with these, a few hundred thousand values a step.
+// float32 <-> bfloat16 as raw 16-bit patterns (c10::BFloat16's conversion
+// tests for NaN with a branch per value). The large bfloat16 steps that go
+// to the library's bfloat16 GEMM (recurrence.h, LayerPtrs::w_hh16) round
+// their left operand and widen its product with these, a few hundred
+// thousand values a step.
 #pragma once
 
 #include <cstdint>
@@ -27,19 +27,10 @@ inline float bf16_value(uint16_t b) {
   return f;
 }
 
-// dst[j] = bf16(src[j]), j < n.
-inline void round_to_bf16(const float* __restrict src, int64_t n, uint16_t* __restrict dst) {
-  for (int64_t j = 0; j < n; ++j) dst[j] = bf16_bits(src[j]);
-}
-
-// dst[j] (+)= src[j] widened to float32, j < n.
-inline void widen_bf16(const uint16_t* __restrict src, int64_t n, float* __restrict dst,
-                       bool accumulate) {
-  if (accumulate) {
-    for (int64_t j = 0; j < n; ++j) dst[j] += bf16_value(src[j]);
-  } else {
-    for (int64_t j = 0; j < n; ++j) dst[j] = bf16_value(src[j]);
-  }
-}
+// dst[j] = bf16(src[j]) and dst[j] (+)= src[j] widened, j < n: these
+// loops vectorized for the CPU's ISA level (bf16_convert.cpp, from
+// bf16_lanes.h's lanes).
+void round_to_bf16(const float* src, int64_t n, uint16_t* dst);
+void widen_bf16(const uint16_t* src, int64_t n, float* dst, bool accumulate);
 
 }  // namespace rnnattn::cpu

@@ -20,6 +20,7 @@
 #include <cstdint>
 
 #include "activation_kernels.h"
+#include "bf16_lanes.h"
 #include "cell_row.h"
 
 #pragma GCC diagnostic push
@@ -28,9 +29,9 @@
 namespace rnnattn::cpu::kernels {
 
 // LSTM forward over units [c0, c1) of one row (cells.h LstmCell::forward):
-// gates i, f, g, o = sigmoid, sigmoid, tanh, sigmoid of (ws + bias), stored
-// back into ws; c = f c + i g (and into c_keep unless null); h = o tanh(c)
-// into h_out, and h_next unless null.
+// gates i, f, g, o = sigmoid, sigmoid, tanh, sigmoid of (A [+ r16] +
+// bias), A being ws's (or a16's where not null), stored into ws; c = f c + i g (and into c_keep unless null);
+// h = o tanh(c) into h_out, and h_next and h16 (rounded) unless null.
 template <int N>
 __attribute__((always_inline)) inline void lstm_forward_lanes(const CellRow<float>& r,
                                                               const float* bias, int64_t H,
@@ -42,12 +43,21 @@ __attribute__((always_inline)) inline void lstm_forward_lanes(const CellRow<floa
   float* c_keep = r.c_keep ? r.c_keep + c0 : nullptr;
   float* h_out = r.h_out + c0;
   float* h_next = r.h_next ? r.h_next + c0 : nullptr;
+  const uint16_t* r16 = r.r16;  // at unit c0 already
+  const int64_t gr = r.r16_gate;
+  const uint16_t* a16 = r.a16 ? r.a16 + c0 : nullptr;
+  uint16_t* h16 = r.h16 ? r.h16 + c0 : nullptr;
   for_lanes<N>(c1 - c0, [&](int64_t j, int m) __attribute__((always_inline)) {
     const LaneIo<N> io{m};
-    const V i = sigmoid_lanes<N>(io.load(ws + j) + io.load(b + j));
-    const V f = sigmoid_lanes<N>(io.load(ws + H + j) + io.load(b + H + j));
-    const V g = tanh_lanes<N>(io.load(ws + 2 * H + j) + io.load(b + 2 * H + j));
-    const V o = sigmoid_lanes<N>(io.load(ws + 3 * H + j) + io.load(b + 3 * H + j));
+    // (A + R) + bias, in the order of the unfused steps (R widened into ws first).
+    auto pre = [&](int64_t g) __attribute__((always_inline)) {
+      const V a = a16 ? load_bf16_lanes<N>(a16 + g * H + j, m) : io.load(ws + g * H + j);
+      return (r16 ? a + load_bf16_lanes<N>(r16 + g * gr + j, m) : a) + io.load(b + g * H + j);
+    };
+    const V i = sigmoid_lanes<N>(pre(0));
+    const V f = sigmoid_lanes<N>(pre(1));
+    const V g = tanh_lanes<N>(pre(2));
+    const V o = sigmoid_lanes<N>(pre(3));
     io.store(ws + j, i);
     io.store(ws + H + j, f);
     io.store(ws + 2 * H + j, g);
@@ -58,6 +68,7 @@ __attribute__((always_inline)) inline void lstm_forward_lanes(const CellRow<floa
     const V h = o * tanh_lanes<N>(cn);
     io.store(h_out + j, h);
     if (h_next) io.store(h_next + j, h);
+    if (h16) store_bf16_lanes<N>(h16 + j, h, m);
   });
 }
 

@@ -15,7 +15,13 @@ namespace rnnattn::cpu {
 // state entering the step; h_out the output row (the projection's input with
 // proj_size); h_next the next state row (null with proj_size); c the cell
 // state, updated in place, and c_keep where c_t is kept for the backward
-// (null in inference). Backward: dh is the grad of h_t (gout is added to it)
+// (null in inference). r16 and h16 (float rows only, else null): the
+// large bfloat16 steps' fused form (recurrence.h lib_step, cells with
+// kFusedBf16Step): r16 holds the step's R of every gate in bfloat16 (unit
+// c0's, not unit 0's; gate blocks r16_gate apart), added to A as it is
+// read, and h16 receives h_t rounded to bfloat16 (the next step's left
+// operand); a16 (with r16, or null): A in bfloat16, read in place of ws's.
+// Backward: dh is the grad of h_t (gout is added to it)
 // and receives the part of the grad of h_{t-1} that does not go through
 // W_hh; c holds dc, updated in place; dg receives the gate grads.
 template <typename T>
@@ -32,6 +38,10 @@ struct CellRow {
   T* dh = nullptr;
   T* dg = nullptr;
   T* tmp = nullptr;  // H scratch values (the LSTM backward in double)
+  const uint16_t* r16 = nullptr;
+  int64_t r16_gate = 0;
+  const uint16_t* a16 = nullptr;
+  uint16_t* h16 = nullptr;
 };
 
 }  // namespace rnnattn::cpu

@@ -18,6 +18,10 @@
 //   gate grads ("dg"; the first kGates blocks are dA = dL/dA, and dR = dL/dR
 //   is the same for the first kSumGates blocks, the rest follow kGates):
 //     RNN   [dz]   GRU [dA_r, dA_z, dA_n, dR_n]   LSTM [di, df, dg, do]
+//
+// kFusedBf16Step: the cell's float forward takes CellRow's r16 / h16 (the
+// large bfloat16 steps' R and rounded h_t, recurrence.h lib_step) in its
+// one pass; the others' steps widen R and round h_t in passes of their own.
 #pragma once
 
 #include <algorithm>
@@ -38,6 +42,7 @@ struct RnnCell {
   static constexpr int kGradBlocks = 1;
   static constexpr bool kHasCell = false;
   static constexpr bool kDirectGrad = false;  // dh_{t-1} = dR W_hh only
+  static constexpr bool kFusedBf16Step = false;
   bool relu = false;
 
   template <typename T>
@@ -59,6 +64,7 @@ struct GruCell {
   static constexpr int kGradBlocks = 4;
   static constexpr bool kHasCell = false;
   static constexpr bool kDirectGrad = true;  // dh_{t-1} = dh z + dR W_hh
+  static constexpr bool kFusedBf16Step = false;
 
   template <typename T>
   void forward(const CellRow<T>& r, const T* bias, int64_t H, int64_t c0, int64_t c1) const {
@@ -114,6 +120,7 @@ struct LstmCell {
   static constexpr int kGradBlocks = 4;
   static constexpr bool kHasCell = true;
   static constexpr bool kDirectGrad = false;
+  static constexpr bool kFusedBf16Step = true;
 
   template <typename T>
   void forward(const CellRow<T>& r, const T* bias, int64_t H, int64_t c0, int64_t c1) const {

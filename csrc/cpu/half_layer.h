@@ -202,10 +202,8 @@ inline at::Tensor float_rows(const at::Tensor& src, int64_t row0, int64_t n, int
 // (float32, as many columns, rows any distance apart).
 inline void from_float_rows(const at::Tensor& src, const at::Tensor& dst, int64_t row0) {
   const int64_t n = src.numel(), w = dst.size(1), rows = src.size(0);
-  if (n > kPlainConvertMax || src.stride(1) != 1 || !dst.is_contiguous()) {
-    dst.narrow(0, row0, rows).copy_(src);
-    return;
-  }
+  if (n > kPlainConvertMax || src.stride(1) != 1 || !dst.is_contiguous())
+    return copy_from_float(src, dst.narrow(0, row0, rows));
   const float* q = src.data_ptr<float>();
   const int64_t ld = src.stride(0);
   if (dst.scalar_type() == at::kBFloat16) {
@@ -304,6 +302,37 @@ inline at::Tensor packed_bf16_weight(const at::Tensor& w, int64_t rows) {
   return half::bf16_packed_steps() ? pack_weight(*packed_linear_ops(), w, rows) : at::Tensor();
 }
 
+// The forward's library steps' W_hh (w16, bfloat16, G x Hs) in oneDNN's
+// layout for products of `rows` rows: one weight per unit part of the
+// steps (recurrence.h LayerPtrs::w_hh16_parts: part q's W_hh rows of unit
+// slice q in every gate), so that each thread multiplies by its own and
+// runs its units' pointwise step on that product with no wait between,
+// where the steps split into parts; else one weight. Empty where oneDNN's
+// packed weights do not take bfloat16 (the steps then hand it W_hh as it
+// is). One product over all threads, then the pointwise step split the
+// same way, left the threads waiting on each other at two barriers a step
+// (libgomp: 16% of the samples of the LSTM (64,100,512,1024) bfloat16
+// forward on a 2-core Xeon (AMX)); split, XX.
+template <typename Cell>
+std::vector<at::Tensor> packed_step_parts(const at::Tensor& w16, const RnnShape& s,
+                                          int64_t rows) {
+  if (!half::bf16_packed_steps()) return {};
+  const int64_t H = s.hidden, Hs = s.state;
+  const int parts = recurrent_parts(rows * Hs * CellLayout<Cell>{H}.gates(), H);
+  if (parts <= 1) return {pack_weight(*packed_linear_ops(), w16, rows)};
+  const at::Tensor w = w16.view({Cell::kGates, H, Hs});
+  const int64_t width = unit_slice_width(parts, H);
+  std::vector<at::Tensor> packed(parts);
+  for (int q = 0; q < parts; ++q) {
+    const int64_t c0 = q * width, c1 = std::min(H, c0 + width);
+    if (c0 < c1)
+      packed[q] = pack_weight(*packed_linear_ops(),
+                              w.narrow(1, c0, c1 - c0).reshape({Cell::kGates * (c1 - c0), Hs}),
+                              rows);
+  }
+  return packed;
+}
+
 inline c10::optional<at::Tensor> opt(const at::Tensor& t) {
   return t.defined() ? c10::optional<at::Tensor>(t) : c10::nullopt;
 }
@@ -351,7 +380,8 @@ LayerForward forward_layer_half(const Cell& cell, const RnnShape& s, const StepS
   // float32 input (recurrence.h step_input).
   const bool lib = pairs && no_proj && library_steps<Cell>(s, sched);
   const at::Tensor w16 = lib ? w_hh.contiguous() : at::Tensor();
-  const at::Tensor w16p = lib ? packed_bf16_weight(w16, sched.batch[0]) : at::Tensor();
+  const std::vector<at::Tensor> w16p =
+      lib ? packed_step_parts<Cell>(w16, s, sched.batch[0]) : std::vector<at::Tensor>();
   at::Tensor wt, wit;
   if (pairs) {
     if (!lib || small) wt = weight_pairs(w_hh, /*transposed=*/true);

@@ -126,7 +126,7 @@ LayerForward forward_layer_op(const Cell& cell, const RnnShape& s, const StepSch
                               bool pack_w_hh = true, const at::Tensor& w_hh_t = at::Tensor(),
                               const at::Tensor& w_ih_t_pairs = at::Tensor(),
                               const at::Tensor& w_hh16 = at::Tensor(),
-                              const at::Tensor& w_hh16_packed = at::Tensor()) {
+                              const std::vector<at::Tensor>& w_hh16_packed = {}) {
   // a_given: A = X W_ih^T, (rows, gates) in any floating dtype, computed by
   // the caller (half.h); input is then read for its shape only, and may be
   // of another dtype than the rest. pack_w_hh: LayerPtrs::pack. w_hh_t:
@@ -137,8 +137,9 @@ LayerForward forward_layer_op(const Cell& cell, const RnnShape& s, const StepSch
   // the steps make A themselves (LayerPtrs::w_ih_t_bf16) from the float32
   // input. w_hh16: W_hh in bfloat16 (a float32 call without a projection):
   // the large steps multiply through the library's bfloat16 GEMM
-  // (LayerPtrs::w_hh16), on w_hh16_packed where defined (W_hh in oneDNN's
-  // layout, LayerPtrs::w_hh16_packed).
+  // (LayerPtrs::w_hh16), on w_hh16_packed where given: W_hh in oneDNN's
+  // layout, one weight (LayerPtrs::w_hh16_packed) or one per unit part
+  // (LayerPtrs::w_hh16_parts).
   constexpr bool kOutputIsReserve = Cell::kWsBlocks == 1;  // the Elman RNN
   const CellLayout<Cell> L{s.hidden};
   const int64_t H = s.hidden, Hs = s.state, B = s.batch;
@@ -162,7 +163,15 @@ LayerForward forward_layer_op(const Cell& cell, const RnnShape& s, const StepSch
   TORCH_CHECK(!w_ih_t_pairs.defined() || (w_hh_t.defined() && w_hh_t.scalar_type() == at::kInt &&
                                           x.scalar_type() == at::kFloat),
               "rnnattn: W_ih^T's bfloat16 pairs need W_hh^T's and a float32 call");
-  const bool ws_one_step = !train && !kOutputIsReserve && w_ih_t_pairs.defined() && !wr.defined();
+  // A given in bfloat16 stays so where every step is a fused large
+  // bfloat16 step (LayerPtrs::a16): the steps' batch only shrinks, so
+  // where the last is past small_step's size, so are the others.
+  const bool a16 = a_given.defined() && a_given.scalar_type() == at::kBFloat16 &&
+                   a_given.is_contiguous() && Cell::kFusedBf16Step && w_hh16.defined() &&
+                   !wr.defined() && sched.steps() > 0 &&
+                   !small_step<Cell>(sched.batch.back(), Hs, L.gates());
+  const bool ws_one_step =
+      !train && !kOutputIsReserve && (w_ih_t_pairs.defined() || a16) && !wr.defined();
   const int64_t ws_steps = !train && !kOutputIsReserve && !a_given.defined() && !ws_one_step &&
                                    sched.steps() > kInputChunkSteps
                                ? kInputChunkSteps
@@ -189,9 +198,12 @@ LayerForward forward_layer_op(const Cell& cell, const RnnShape& s, const StepSch
                 n_bias = L.gates() + L.rest_cols(),
                 n_wh_t = small && !w_hh_t.defined() ? Hs * L.gates() : 0;
   at::Tensor scratch = at::empty({n_spare + n_m + n_bias + n_wh_t}, opts);
-  if (a_given.defined())
-    (kOutputIsReserve ? r.output.view({s.rows, Hs}) : ws).narrow(1, 0, L.gates()).copy_(a_given);
-  at::Tensor scratch16 = bf16_step_scratch(w_hh16, h0, wr, B * (Hs + L.gates()));
+  if (a_given.defined() && !a16)
+    copy_to_float(a_given,
+                  (kOutputIsReserve ? r.output.view({s.rows, Hs}) : ws).narrow(1, 0, L.gates()));
+  const bool parts16 = w_hh16_packed.size() > 1;
+  at::Tensor scratch16 =
+      bf16_step_scratch(w_hh16, h0, wr, B * (Hs + L.gates() + (parts16 ? Hs : 0)));
   AT_DISPATCH_FLOATING_TYPES(h0.scalar_type(), "rnnattn::recurrent_forward", [&] {
     using T = scalar_t;
     T* spare = scratch.data_ptr<T>();
@@ -208,6 +220,7 @@ LayerForward forward_layer_op(const Cell& cell, const RnnShape& s, const StepSch
     LayerPtrs<T> p;
     p.x = a_given.defined() ? nullptr : x.data_ptr<T>();
     p.a_given = a_given.defined();
+    if (a16) p.a16 = bf16_bits_of(a_given);
     p.w_ih = wi.data_ptr<T>();
     p.w_hh = wh.data_ptr<T>();
     p.w_hh_t = wt;
@@ -219,7 +232,14 @@ LayerForward forward_layer_op(const Cell& cell, const RnnShape& s, const StepSch
       if (w_ih_t_pairs.defined())
         p.w_ih_t_bf16 = reinterpret_cast<const uint32_t*>(w_ih_t_pairs.data_ptr<int32_t>());
     }
-    if (w_hh16.defined()) set_bf16_steps(p, w_hh16, scratch16, B * Hs, w_hh16_packed);
+    if (w_hh16.defined()) {
+      set_bf16_steps(p, w_hh16, scratch16, B * Hs,
+                     w_hh16_packed.size() == 1 ? w_hh16_packed[0] : at::Tensor());
+      if (parts16) {
+        p.w_hh16_parts = &w_hh16_packed;
+        p.x16_next = p.y16 + B * L.gates();
+      }
+    }
     p.w_hr = ptr_or_null<T>(wr);
     p.bias = bias;
     p.out = r.output.data_ptr<T>();

@@ -109,6 +109,15 @@ struct LayerPtrs {
   // layout, made once a call; the product is then oneDNN's own result
   // tensor instead of y16. Else null.
   const at::Tensor* w_hh16_packed = nullptr;
+  // Or, in the forward, one such weight per unit part of the steps
+  // (half_layer.h packed_step_parts): part q's W_hh rows of slice q's units
+  // (unit_parts.h, parts = its size) in every gate, gate-major (undefined
+  // for an empty slice); each part then multiplies on its own thread, its
+  // product (rows x kGates * its units) read there by its units' pointwise
+  // step, with no wait between; h_t goes to x16_next (B rows of Hs) while
+  // the other parts' products still read x16, and the two swap each step.
+  const std::vector<at::Tensor>* w_hh16_parts = nullptr;
+  uint16_t* x16_next = nullptr;
   const T* w_hr = nullptr;    // LSTM projection (P x H), or null
   const T* bias = nullptr;    // the cell's combined bias (cells.h)
   T* out = nullptr;
@@ -130,6 +139,11 @@ struct LayerPtrs {
   // A is already in ws (computed by the caller: a half-precision call's
   // input GEMM in its own dtype, half.h); x is then not read.
   bool a_given = false;
+  // Or A given in bfloat16 bits (rows x G, contiguous) and left there:
+  // where every step is a fused large bfloat16 step (lib_step with a
+  // kFusedBf16Step cell), which reads it as it reads R; ws then only
+  // receives the activations (in inference one step's rows: ws_one_step).
+  const uint16_t* a16 = nullptr;
   // Whether the recurrent GEMMs may pack W_hh (packed_rows): a half-precision
   // call, which runs the engine once per chunk of steps and is there to save
   // memory, does not (half_layer.h).
@@ -341,6 +355,40 @@ inline uint16_t* bf16_bits_of(const at::Tensor& t) {
   return reinterpret_cast<uint16_t*>(t.data_ptr<at::BFloat16>());
 }
 
+// dst (float32, unit column stride) = src (2-D, same shape); bfloat16 rows
+// widened on all threads by bf16_bits.h's loops for the CPU's ISA level,
+// not by ATen's conversion, which ran at AVX2 width on an AVX-512 Xeon
+// (torch 2.13): a large bfloat16 chunk's A (layer.h) and its output rows
+// (half_layer.h) took 4.8% of the LSTM (64,100,512,1024) bfloat16 forward
+// there.
+inline void copy_to_float(const at::Tensor& src, const at::Tensor& dst) {
+  if (src.scalar_type() != at::kBFloat16 || dst.scalar_type() != at::kFloat ||
+      src.stride(1) != 1 || dst.stride(1) != 1)
+    return void(dst.copy_(src));
+  const uint16_t* q = bf16_bits_of(src);
+  float* d = dst.data_ptr<float>();
+  const int64_t w = src.size(1), lq = src.stride(0), ld = dst.stride(0);
+  const int64_t grain = std::max<int64_t>(1, (int64_t(1) << 15) / std::max<int64_t>(w, 1));
+  at::parallel_for(0, src.size(0), grain, [&](int64_t r0, int64_t r1) {
+    for (int64_t r = r0; r < r1; ++r) widen_bf16(q + r * lq, w, d + r * ld, false);
+  });
+}
+
+// dst (bfloat16 or another dtype, 2-D) = src (float32, same shape), as
+// copy_to_float.
+inline void copy_from_float(const at::Tensor& src, const at::Tensor& dst) {
+  if (dst.scalar_type() != at::kBFloat16 || src.scalar_type() != at::kFloat ||
+      src.stride(1) != 1 || dst.stride(1) != 1)
+    return void(dst.copy_(src));
+  const float* q = src.data_ptr<float>();
+  uint16_t* d = bf16_bits_of(dst);
+  const int64_t w = src.size(1), lq = src.stride(0), ld = dst.stride(0);
+  const int64_t grain = std::max<int64_t>(1, (int64_t(1) << 15) / std::max<int64_t>(w, 1));
+  at::parallel_for(0, src.size(0), grain, [&](int64_t r0, int64_t r1) {
+    for (int64_t r = r0; r < r1; ++r) round_to_bf16(q + r * lq, w, d + r * ld);
+  });
+}
+
 // Forward of one layer and direction. state/spare: the (B, Hs) state
 // buffers, both holding hx on entry; c: (B, H) holding cx (LSTM). m: (B, H)
 // scratch for the projection's input (proj only). Returns the
@@ -479,11 +527,18 @@ T* forward_layer(const Cell& cell, const RnnShape& s, const StepSchedule& sched,
     for (int64_t r = std::max(a.b, r0); r < std::min(b_prev, r1); ++r)
       std::copy(cur + r * Hs + c0, cur + r * Hs + c1, nxt + r * Hs + c0);
   };
-  // Units [c0, c1) of rows [r0, r1) below a.b.
+  // Units [c0, c1) of rows [r0, r1) below a.b. r16 / h16: a fused large
+  // bfloat16 step's R (its rows ld_r16 apart, gate blocks g_r16 apart,
+  // starting at unit c0: CellRow) and h_t (its rows Hs apart).
   auto pointwise = [&](const At& a, const T* cur, T* nxt, int64_t c0, int64_t c1,
-                       int64_t r0 = 0, int64_t r1 = INT64_MAX) {
+                       int64_t r0 = 0, int64_t r1 = INT64_MAX, const uint16_t* r16 = nullptr,
+                       int64_t ld_r16 = 0, int64_t g_r16 = 0, uint16_t* h16 = nullptr) {
     for (int64_t r = r0; r < std::min(r1, a.b); ++r) {
       CellRow<T> row;
+      row.r16 = r16 ? r16 + r * ld_r16 : nullptr;
+      row.r16_gate = g_r16;
+      row.h16 = h16 ? h16 + r * Hs : nullptr;
+      row.a16 = r16 && p.a16 ? p.a16 + (a.row0 + r) * G : nullptr;
       row.ws = a.ws + r * p.ld_ws;
       row.rest = a.rest + r * a.ld_rest;
       row.h_prev = cur + r * Hs;
@@ -517,29 +572,65 @@ T* forward_layer(const Cell& cell, const RnnShape& s, const StepSchedule& sched,
   // its rows in bfloat16 (x16; the step before wrote it where it was such a
   // step too), R = x16 W_hh^T over all gates in one call (y16), then on each
   // unit part: the ended rows carried, its A (step_input), R added to A (or
-  // kept apart), the pointwise step, and h_t's units rounded into x16.
-  int64_t x16_step = -1, x16_rows = 0;  // the step whose entering state x16 holds; its rows
+  // kept apart), the pointwise step, and h_t's units rounded into x16; the
+  // last three in the cell's one pass where it takes them (kFusedBf16Step;
+  // A too, read in bfloat16, where the call gives it so: LayerPtrs::a16:
+  // the LSTM's (64,100,512,1024) bfloat16 forward on a 2-core Xeon (AMX),
+  // alternating processes, went from XX to XX ms).
+  // The large steps' left operand: x16 holds the state entering step
+  // x16_step for its first x16_rows rows; with unit parts, x16_next
+  // receives h_t (LayerPtrs::w_hh16_parts).
+  uint16_t* x16 = p.x16;
+  uint16_t* x16_next = p.x16_next;
+  int64_t x16_step = -1, x16_rows = 0;
+  // Units [c0, c1) of large step i from their product y (at unit c0 of its
+  // first gate; rows ldy apart, gate blocks gs apart), h_t's units into h16.
+  auto lib_units = [&](const At& a, int64_t i, const uint16_t* y, int64_t ldy, int64_t gs,
+                       int64_t c0, int64_t c1, uint16_t* h16) {
+    if constexpr (std::is_same_v<T, float>) {
+      const int64_t b = a.b;
+      carry_ended(a, i, cur, nxt, c0, c1);
+      input_rows(a, 0, b, c0, c1 - c0);
+      if constexpr (Cell::kFusedBf16Step) {
+        pointwise(a, cur, nxt, c0, c1, 0, b, y, ldy, gs, h16);
+        return;
+      }
+      for (int64_t r = 0; r < b; ++r)
+        for (int g = 0; g < Cell::kGates; ++g)
+          widen_bf16(y + r * ldy + g * gs, c1 - c0, gate_out(a, g) + r * gate_ld(a, g) + c0,
+                     g < Cell::kSumGates);
+      pointwise(a, cur, nxt, c0, c1);
+      for (int64_t r = 0; r < b; ++r)
+        round_to_bf16(nxt + r * Hs + c0, c1 - c0, h16 + r * Hs + c0);
+    }
+  };
   auto lib_step = [&](const At& a, int64_t i) {
     if constexpr (std::is_same_v<T, float>) {
       const int64_t b = a.b;
       const int64_t fresh = x16_step == i ? std::min(x16_rows, b) : 0;
       if (fresh < b)  // rows starting here (hx) or after a step of another path
         at::parallel_for(fresh, b, 16, [&](int64_t r0, int64_t r1) {
-          round_to_bf16(cur + r0 * Hs, (r1 - r0) * Hs, p.x16 + r0 * Hs);
+          round_to_bf16(cur + r0 * Hs, (r1 - r0) * Hs, x16 + r0 * Hs);
         });
-      const at::Tensor y = lib_product(p, p.x16, b, Hs, G, /*forward=*/true);
-      const uint16_t* y16 = y.defined() ? bf16_bits_of(y) : p.y16;
-      for_unit_slices(recurrent_parts(b * Hs * G, H), H, [&](int64_t c0, int64_t c1) {
-        carry_ended(a, i, cur, nxt, c0, c1);
-        input_rows(a, 0, b, c0, c1 - c0);
-        for (int64_t r = 0; r < b; ++r)
-          for (int g = 0; g < Cell::kGates; ++g)
-            widen_bf16(y16 + r * G + g * H + c0, c1 - c0,
-                       gate_out(a, g) + r * gate_ld(a, g) + c0, g < Cell::kSumGates);
-        pointwise(a, cur, nxt, c0, c1);
-        for (int64_t r = 0; r < b; ++r)
-          round_to_bf16(nxt + r * Hs + c0, c1 - c0, p.x16 + r * Hs + c0);
-      });
+      if (const std::vector<at::Tensor>* parts = p.w_hh16_parts) {
+        const int n = static_cast<int>(parts->size());
+        const int64_t width = unit_slice_width(n, H);
+        at::parallel_for(0, n, 1, [&](int64_t q0, int64_t q1) {
+          for (int64_t q = q0; q < q1; ++q) {
+            const int64_t c0 = q * width, c1 = std::min(H, c0 + width);
+            if (c0 >= c1) continue;
+            const at::Tensor y = packed_linear(*packed_linear_ops(), (*parts)[q], x16, b, Hs, Hs);
+            lib_units(a, i, bf16_bits_of(y), Cell::kGates * (c1 - c0), c1 - c0, c0, c1, x16_next);
+          }
+        });
+        std::swap(x16, x16_next);
+      } else {
+        const at::Tensor y = lib_product(p, x16, b, Hs, G, /*forward=*/true);
+        const uint16_t* y16 = y.defined() ? bf16_bits_of(y) : p.y16;
+        for_unit_slices(recurrent_parts(b * Hs * G, H), H, [&](int64_t c0, int64_t c1) {
+          lib_units(a, i, y16 + c0, G, H, c0, c1, x16);
+        });
+      }
       x16_step = i + 1;
       x16_rows = b;
     }

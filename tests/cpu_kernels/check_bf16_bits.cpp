@@ -1,9 +1,11 @@
-// bf16_bits.h's float32 -> bfloat16 rounding against round-to-nearest-even
-// worked out on the values (in double), and its widening against the bit
-// pattern: every bfloat16 pattern as the high half, with low halves at and
-// around the tie (0x8000) and at the ends, both signs; values that round up
-// into infinity, and NaNs whose payload would carry into the exponent.
-// Run by tests/test_cpu_kernel_widths.py.
+// bf16_bits.h's float32 -> bfloat16 rounding and bf16_lanes.h's row loops
+// (bf16_convert.cpp builds them at 8 and 16 lanes) against
+// round-to-nearest-even worked out on the values (in double), and the
+// widening against the bit pattern: every bfloat16 pattern as the high
+// half, with low halves at and around the tie (0x8000) and at the ends, both
+// signs; values that round up into infinity, and NaNs whose payload would
+// carry into the exponent; rows of every length up to 40 and offsets for
+// the ragged tails. Run by tests/test_cpu_kernel_widths.py.
 #include <cmath>
 #include <cstdint>
 #include <cstdio>
@@ -11,6 +13,7 @@
 #include <vector>
 
 #include "bf16_bits.h"
+#include "bf16_lanes.h"
 
 using rnnattn::cpu::bf16_bits;
 using rnnattn::cpu::bf16_value;
@@ -36,41 +39,72 @@ static uint16_t reference(uint32_t u) {
   return static_cast<uint16_t>(hi % 2 == 0 ? hi : hi + 1);
 }
 
+// The rows at N lanes: src rounded in runs of every length up to 40 (the
+// ragged tails) and then whole, compared with bf16_bits value by value;
+// the widening against the pattern, and adding.
+template <int N>
+long check_lanes(const std::vector<float>& src, long& checked) {
+  long failures = 0;
+  std::vector<uint16_t> got(src.size(), 0xdead);
+  int64_t at = 0;
+  for (int64_t len = 1; len <= 40; ++len, at += len - 1)
+    rnnattn::cpu::kernels::round_row_lanes<N>(src.data() + at, len, got.data() + at);
+  rnnattn::cpu::kernels::round_row_lanes<N>(src.data() + at, static_cast<int64_t>(src.size()) - at,
+                                            got.data() + at);
+  for (size_t i = 0; i < src.size(); ++i) {
+    ++checked;
+    if (got[i] != bf16_bits(src[i]) && failures++ < 10) {
+      uint32_t u;
+      std::memcpy(&u, &src[i], 4);
+      std::printf("FAIL round lanes %d: %08x -> %04x\n", N, u, got[i]);
+    }
+  }
+  std::vector<uint16_t> pattern(0x10000);
+  for (uint32_t h = 0; h < 0x10000; ++h) pattern[h] = static_cast<uint16_t>(h);
+  std::vector<float> wide(0x10000 + 1, 7.0f), acc(0x10000 + 1, 1.0f);
+  rnnattn::cpu::kernels::widen_row_lanes<N>(pattern.data(), 37, wide.data(), false);
+  rnnattn::cpu::kernels::widen_row_lanes<N>(pattern.data() + 37, 0x10000 - 37, wide.data() + 37, false);
+  rnnattn::cpu::kernels::widen_row_lanes<N>(pattern.data(), 0x10000 - 3, acc.data(), true);
+  rnnattn::cpu::kernels::widen_row_lanes<N>(pattern.data() + 0x10000 - 3, 3, acc.data() + 0x10000 - 3, true);
+  for (uint32_t h = 0; h < 0x10000; ++h) {
+    uint32_t u;
+    std::memcpy(&u, &wide[h], 4);
+    const float sum = 1.0f + from_bits(h << 16);
+    ++checked;
+    const bool ok = u == h << 16 && (std::isnan(sum) ? std::isnan(acc[h]) : acc[h] == sum);
+    if (!ok && failures++ < 10) std::printf("FAIL widen lanes %d: %04x\n", N, h);
+  }
+  ++checked;
+  if ((wide[0x10000] != 7.0f || acc[0x10000] != 1.0f) && failures++ < 10)
+    std::printf("FAIL lanes %d: wrote past the row\n", N);
+  return failures;
+}
+
 int main() {
   const uint32_t lows[] = {0x0000, 0x0001, 0x4000, 0x7ffe, 0x7fff, 0x8000, 0x8001, 0xc000, 0xfffe, 0xffff};
   long failures = 0, checked = 0;
   std::vector<float> src;
   for (uint32_t hi = 0; hi < 0x10000; ++hi)
     for (uint32_t lo : lows) src.push_back(from_bits(hi << 16 | lo));
-  std::vector<uint16_t> got(src.size());
-  rnnattn::cpu::round_to_bf16(src.data(), static_cast<int64_t>(src.size()), got.data());
   for (size_t i = 0; i < src.size(); ++i) {
     uint32_t u;
     std::memcpy(&u, &src[i], 4);
+    const uint16_t got = bf16_bits(src[i]);
     const bool nan = std::isnan(src[i]);
-    const bool ok = nan ? (got[i] & 0x7f80) == 0x7f80 && (got[i] & 0x7f) != 0
-                        : got[i] == reference(u) && got[i] == bf16_bits(src[i]);
+    const bool ok = nan ? (got & 0x7f80) == 0x7f80 && (got & 0x7f) != 0 : got == reference(u);
     ++checked;
-    if (!ok && failures++ < 10) std::printf("FAIL round %08x -> %04x\n", u, got[i]);
+    if (!ok && failures++ < 10) std::printf("FAIL round %08x -> %04x\n", u, got);
   }
-  // Widening: exact, and adds when asked.
-  std::vector<uint16_t> pattern(0x10000);
-  for (uint32_t h = 0; h < 0x10000; ++h) pattern[h] = static_cast<uint16_t>(h);
-  std::vector<float> wide(0x10000), acc(0x10000, 1.0f);
-  rnnattn::cpu::widen_bf16(pattern.data(), 0x10000, wide.data(), false);
-  rnnattn::cpu::widen_bf16(pattern.data(), 0x10000, acc.data(), true);
+  // Widening: exact.
   for (uint32_t h = 0; h < 0x10000; ++h) {
-    uint32_t u;
-    std::memcpy(&u, &wide[h], 4);
-    const float sum = 1.0f + from_bits(h << 16);
     const float one = bf16_value(static_cast<uint16_t>(h));
     uint32_t v;
     std::memcpy(&v, &one, 4);
-    const bool ok = u == h << 16 && v == u &&
-                    (std::isnan(sum) ? std::isnan(acc[h]) : acc[h] == sum);
     ++checked;
-    if (!ok && failures++ < 10) std::printf("FAIL widen %04x\n", h);
+    if (v != h << 16 && failures++ < 10) std::printf("FAIL widen %04x\n", h);
   }
+  failures += check_lanes<8>(src, checked);
+  failures += check_lanes<16>(src, checked);
   if (failures) {
     std::printf("%ld of %ld failed\n", failures, checked);
     return 1;
