@@ -29,10 +29,13 @@
 namespace rnnattn::cpu::kernels {
 
 // LSTM forward over units [c0, c1) of one row (cells.h LstmCell::forward):
-// gates i, f, g, o = sigmoid, sigmoid, tanh, sigmoid of (A [+ r16] +
-// bias), A being ws's (or a16's where not null), stored into ws; c = f c + i g (and into c_keep unless null);
-// h = o tanh(c) into h_out, and h_next and h16 (rounded) unless null.
-template <int N>
+// gates i, f, g, o = sigmoid, sigmoid, tanh, sigmoid of (ws + bias),
+// stored back into ws; c = f c + i g (and into c_keep unless null); h = o
+// tanh(c) into h_out, and h_next unless null. kFused (a fused large
+// bfloat16 step, CellRow::r16): the gates of ((A + r16) + bias), A from
+// a16 unless null, and h into h16 too; a build of its own, so that the
+// float32 steps' loop carries none of it.
+template <int N, bool kFused = false>
 __attribute__((always_inline)) inline void lstm_forward_lanes(const CellRow<float>& r,
                                                               const float* bias, int64_t H,
                                                               int64_t c0, int64_t c1) {
@@ -51,8 +54,12 @@ __attribute__((always_inline)) inline void lstm_forward_lanes(const CellRow<floa
     const LaneIo<N> io{m};
     // (A + R) + bias, in the order of the unfused steps (R widened into ws first).
     auto pre = [&](int64_t g) __attribute__((always_inline)) {
-      const V a = a16 ? load_bf16_lanes<N>(a16 + g * H + j, m) : io.load(ws + g * H + j);
-      return (r16 ? a + load_bf16_lanes<N>(r16 + g * gr + j, m) : a) + io.load(b + g * H + j);
+      if constexpr (kFused) {
+        const V a = a16 ? load_bf16_lanes<N>(a16 + g * H + j, m) : io.load(ws + g * H + j);
+        return (a + load_bf16_lanes<N>(r16 + g * gr + j, m)) + io.load(b + g * H + j);
+      } else {
+        return io.load(ws + g * H + j) + io.load(b + g * H + j);
+      }
     };
     const V i = sigmoid_lanes<N>(pre(0));
     const V f = sigmoid_lanes<N>(pre(1));
@@ -68,7 +75,7 @@ __attribute__((always_inline)) inline void lstm_forward_lanes(const CellRow<floa
     const V h = o * tanh_lanes<N>(cn);
     io.store(h_out + j, h);
     if (h_next) io.store(h_next + j, h);
-    if (h16) store_bf16_lanes<N>(h16 + j, h, m);
+    if constexpr (kFused) store_bf16_lanes<N>(h16 + j, h, m);
   });
 }
 

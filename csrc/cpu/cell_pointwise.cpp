@@ -20,6 +20,12 @@ struct LstmForward {
   template <int N, typename... A>
   __attribute__((always_inline)) static void run(const A&... a) { k::lstm_forward_lanes<N>(a...); }
 };
+struct LstmForwardFused {
+  template <int N, typename... A>
+  __attribute__((always_inline)) static void run(const A&... a) {
+    k::lstm_forward_lanes<N, true>(a...);
+  }
+};
 struct LstmBackward {
   template <int N, typename... A>
   __attribute__((always_inline)) static void run(const A&... a) { k::lstm_backward_lanes<N>(a...); }
@@ -60,6 +66,7 @@ void dispatch(const A&... a) {
 
 void lstm_forward_f32(const CellRow<float>& r, const float* bias, int64_t H, int64_t c0,
                       int64_t c1) {
+  if (r.r16 != nullptr) return dispatch<LstmForwardFused>(r, bias, H, c0, c1);
   dispatch<LstmForward>(r, bias, H, c0, c1);
 }
 
