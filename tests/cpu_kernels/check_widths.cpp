@@ -6,6 +6,7 @@
 // lane folds of small_gemm_nt) is checked on any x86-64 machine, even one
 // that cannot run AVX-512 instructions. tests/test_cpu_kernel_widths.py
 // compiles and runs this; it prints "all passed" or the first failures.
+// (The LSTM's fused bfloat16 step too, against its float32 build.)
 #include <cmath>
 #include <cstdio>
 #include <limits>
@@ -13,6 +14,7 @@
 #include <vector>
 
 #include "activation_kernels.h"
+#include "bf16_bits.h"
 #include "cell_kernels.h"
 #include "small_gemm_kernels.h"
 
@@ -231,6 +233,63 @@ void check_cells() {
         }
 }
 
+// The LSTM's fused large bfloat16 step (lstm_forward_lanes<N, true>)
+// against its float32 build on the gates the unfused step makes (A + R
+// widened, then bias): the same values bit for bit, h_t rounded into h16
+// as bf16_bits rounds it; R in a row of its own (gate blocks gs apart,
+// from unit c0), A from ws or in bfloat16 (a16); nothing written outside
+// [c0, c1).
+template <int N>
+void check_fused_lstm() {
+  std::mt19937 gen(13);
+  std::uniform_real_distribution<float> u(-3, 3);
+  using rnnattn::cpu::bf16_bits;
+  using rnnattn::cpu::bf16_value;
+  for (int H : {1, 7, 16, 17, 33, 100})
+    for (int c0 : {0, 3})
+      for (int c1 : {H - 5, H})
+        for (int with_a16 = 0; with_a16 < 2; ++with_a16) {
+          if (c0 >= c1 || c1 <= 0) continue;
+          const int n = c1 - c0, gs = n + 2;
+          auto fill16 = [&](int k) {  // bfloat16 patterns of random values
+            std::vector<uint16_t> v(k);
+            for (auto& x : v) x = bf16_bits(u(gen));
+            return v;
+          };
+          const std::vector<uint16_t> a16 = fill16(4 * H), r16 = fill16(4 * gs);
+          std::vector<float> bias(4 * H), c(H), a(5 * H), want_ws(5 * H);
+          for (auto& x : bias) x = u(gen);
+          for (auto& x : c) x = u(gen);
+          for (int i = 0; i < 4 * H; ++i) a[i] = bf16_value(a16[i]);
+          want_ws = a;
+          for (int g = 0; g < 4; ++g)
+            for (int j = c0; j < c1; ++j) want_ws[g * H + j] += bf16_value(r16[g * gs + j - c0]);
+          std::vector<float> want_c = c, want_h(H, 9.f), got_c = c, got_h(H, 9.f);
+          std::vector<float> got_ws = with_a16 ? std::vector<float>(5 * H, 7.f) : a;
+          const std::vector<float> got_ws0 = got_ws;
+          std::vector<uint16_t> h16(H, 0x1234);
+          CellRow<float> w;
+          w.ws = want_ws.data(), w.c = want_c.data(), w.h_out = want_h.data();
+          k::lstm_forward_lanes<N>(w, bias.data(), H, c0, c1);
+          CellRow<float> f;
+          f.ws = got_ws.data(), f.c = got_c.data(), f.h_out = got_h.data();
+          f.r16 = r16.data(), f.r16_gate = gs, f.h16 = h16.data();
+          f.a16 = with_a16 ? a16.data() : nullptr;
+          k::lstm_forward_lanes<N, true>(f, bias.data(), H, c0, c1);
+          for (int j = 0; j < H; ++j) {
+            const bool in = j >= c0 && j < c1;
+            for (int g = 0; g < 4; ++g) {
+              const float want = in ? want_ws[g * H + j] : got_ws0[g * H + j];
+              if (got_ws[g * H + j] != want) fail("fused lstm ws", H, c0, j, N, got_ws[g * H + j], want);
+            }
+            if (got_c[j] != want_c[j]) fail("fused lstm c", H, c0, j, N, got_c[j], want_c[j]);
+            if (got_h[j] != want_h[j]) fail("fused lstm h_out", H, c0, j, N, got_h[j], want_h[j]);
+            const uint16_t want16 = in ? bf16_bits(want_h[j]) : 0x1234;
+            if (h16[j] != want16) fail("fused lstm h16", H, c0, j, N, h16[j], want16);
+          }
+        }
+}
+
 int main() {
   for (bool nt : {false, true}) {
     check_gemm<float, 32>(nt);
@@ -242,6 +301,8 @@ int main() {
   check_activations<16>();
   check_cells<8>();
   check_cells<16>();
+  check_fused_lstm<8>();
+  check_fused_lstm<16>();
   if (failures == 0) std::printf("all passed\n");
   return failures == 0 ? 0 : 1;
 }
