@@ -110,7 +110,10 @@ __attribute__((always_inline)) inline void lstm_backward_lanes(const CellRow<flo
 // GRU forward over units [c0, c1) of one row (GruCell::forward): r, z =
 // sigmoid(ws + bias); R_n += b_hn (kept in rest); n = tanh(A_n + b_in +
 // r R_n); h = n + z (h_prev - n) into h_out and h_next; r, z, n into ws.
-template <int N>
+// kFused (a fused large bfloat16 step, CellRow::r16, as the LSTM's): r, z
+// of ((A + r16) + bias), R_n from r16, A from a16 unless null, and h into
+// h16 too.
+template <int N, bool kFused = false>
 __attribute__((always_inline)) inline void gru_forward_lanes(const CellRow<float>& r,
                                                              const float* bias, int64_t H,
                                                              int64_t c0, int64_t c1) {
@@ -121,12 +124,32 @@ __attribute__((always_inline)) inline void gru_forward_lanes(const CellRow<float
   const float* h_prev = r.h_prev + c0;
   float* h_out = r.h_out + c0;
   float* h_next = r.h_next + c0;
+  const uint16_t* r16 = r.r16;  // at unit c0 already
+  const int64_t gr = r.r16_gate;
+  const uint16_t* a16 = r.a16 ? r.a16 + c0 : nullptr;
+  uint16_t* h16 = r.h16 ? r.h16 + c0 : nullptr;
   for_lanes<N>(c1 - c0, [&](int64_t j, int m) __attribute__((always_inline)) {
     const LaneIo<N> io{m};
-    const V rv = sigmoid_lanes<N>(io.load(ws + j) + io.load(b + j));
-    const V zv = sigmoid_lanes<N>(io.load(ws + H + j) + io.load(b + H + j));
-    const V rnv = io.load(rn + j) + io.load(b + 3 * H + j);
-    const V nv = tanh_lanes<N>(io.load(ws + 2 * H + j) + (io.load(b + 2 * H + j) + rv * rnv));
+    auto a = [&](int64_t g) __attribute__((always_inline)) {
+      if constexpr (kFused)
+        if (a16) return load_bf16_lanes<N>(a16 + g * H + j, m);
+      return io.load(ws + g * H + j);
+    };
+    // A + R of the summed gates, in the order of the unfused steps.
+    auto sum = [&](int64_t g) __attribute__((always_inline)) {
+      if constexpr (kFused) return a(g) + load_bf16_lanes<N>(r16 + g * gr + j, m);
+      return a(g);
+    };
+    const V rv = sigmoid_lanes<N>(sum(0) + io.load(b + j));
+    const V zv = sigmoid_lanes<N>(sum(1) + io.load(b + H + j));
+    V rn_in;
+    if constexpr (kFused) {
+      rn_in = load_bf16_lanes<N>(r16 + 2 * gr + j, m);
+    } else {
+      rn_in = io.load(rn + j);
+    }
+    const V rnv = rn_in + io.load(b + 3 * H + j);
+    const V nv = tanh_lanes<N>(a(2) + (io.load(b + 2 * H + j) + rv * rnv));
     io.store(ws + j, rv);
     io.store(ws + H + j, zv);
     io.store(ws + 2 * H + j, nv);
@@ -135,6 +158,7 @@ __attribute__((always_inline)) inline void gru_forward_lanes(const CellRow<float
     const V h = nv + zv * (io.load(h_prev + j) - nv);
     io.store(h_out + j, h);
     io.store(h_next + j, h);
+    if constexpr (kFused) store_bf16_lanes<N>(h16 + j, h, m);
   });
 }
 

@@ -34,6 +34,12 @@ struct GruForward {
   template <int N, typename... A>
   __attribute__((always_inline)) static void run(const A&... a) { k::gru_forward_lanes<N>(a...); }
 };
+struct GruForwardFused {
+  template <int N, typename... A>
+  __attribute__((always_inline)) static void run(const A&... a) {
+    k::gru_forward_lanes<N, true>(a...);
+  }
+};
 struct GruBackward {
   template <int N, typename... A>
   __attribute__((always_inline)) static void run(const A&... a) { k::gru_backward_lanes<N>(a...); }
@@ -76,6 +82,7 @@ void lstm_backward_f32(const CellRow<float>& r, int64_t H, int64_t c0, int64_t c
 
 void gru_forward_f32(const CellRow<float>& r, const float* bias, int64_t H, int64_t c0,
                      int64_t c1) {
+  if (r.r16 != nullptr) return dispatch<GruForwardFused>(r, bias, H, c0, c1);
   dispatch<GruForward>(r, bias, H, c0, c1);
 }
 

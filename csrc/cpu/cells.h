@@ -64,7 +64,7 @@ struct GruCell {
   static constexpr int kGradBlocks = 4;
   static constexpr bool kHasCell = false;
   static constexpr bool kDirectGrad = true;  // dh_{t-1} = dh z + dR W_hh
-  static constexpr bool kFusedBf16Step = false;
+  static constexpr bool kFusedBf16Step = true;
 
   template <typename T>
   void forward(const CellRow<T>& r, const T* bias, int64_t H, int64_t c0, int64_t c1) const {

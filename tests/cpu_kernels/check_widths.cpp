@@ -6,7 +6,8 @@
 // lane folds of small_gemm_nt) is checked on any x86-64 machine, even one
 // that cannot run AVX-512 instructions. tests/test_cpu_kernel_widths.py
 // compiles and runs this; it prints "all passed" or the first failures.
-// (The LSTM's fused bfloat16 step too, against its float32 build.)
+// (The LSTM's and the GRU's fused bfloat16 steps too, against their
+// float32 builds.)
 #include <cmath>
 #include <cstdio>
 #include <limits>
@@ -290,6 +291,69 @@ void check_fused_lstm() {
         }
 }
 
+// The GRU's likewise (gru_forward_lanes<N, true>): r, z of A + R widened,
+// R_n from r16 (plus b_hn) into rest.
+template <int N>
+void check_fused_gru() {
+  std::mt19937 gen(17);
+  std::uniform_real_distribution<float> u(-3, 3);
+  using rnnattn::cpu::bf16_bits;
+  using rnnattn::cpu::bf16_value;
+  for (int H : {1, 7, 16, 17, 33, 100})
+    for (int c0 : {0, 3})
+      for (int c1 : {H - 5, H})
+        for (int with_a16 = 0; with_a16 < 2; ++with_a16) {
+          if (c0 >= c1 || c1 <= 0) continue;
+          const int n = c1 - c0, gs = n + 2;
+          auto fill16 = [&](int k) {
+            std::vector<uint16_t> v(k);
+            for (auto& x : v) x = bf16_bits(u(gen));
+            return v;
+          };
+          auto fill = [&](int k) {
+            std::vector<float> v(k);
+            for (auto& x : v) x = u(gen);
+            return v;
+          };
+          const std::vector<uint16_t> a16 = fill16(3 * H), r16 = fill16(3 * gs);
+          const std::vector<float> bias = fill(4 * H), h_prev = fill(H), rest0 = fill(H);
+          std::vector<float> a(3 * H);
+          for (int i = 0; i < 3 * H; ++i) a[i] = bf16_value(a16[i]);
+          std::vector<float> want_ws = a, want_rest = rest0;
+          for (int j = c0; j < c1; ++j) {
+            for (int g = 0; g < 2; ++g) want_ws[g * H + j] += bf16_value(r16[g * gs + j - c0]);
+            want_rest[j] = bf16_value(r16[2 * gs + j - c0]);
+          }
+          std::vector<float> want_h(H, 9.f), want_hn(H, 8.f), got_h(H, 9.f), got_hn(H, 8.f);
+          std::vector<float> got_ws = with_a16 ? std::vector<float>(3 * H, 7.f) : a, got_rest = rest0;
+          const std::vector<float> got_ws0 = got_ws;
+          std::vector<uint16_t> h16(H, 0x1234);
+          CellRow<float> w;
+          w.ws = want_ws.data(), w.rest = want_rest.data(), w.h_prev = h_prev.data();
+          w.h_out = want_h.data(), w.h_next = want_hn.data();
+          k::gru_forward_lanes<N>(w, bias.data(), H, c0, c1);
+          CellRow<float> f;
+          f.ws = got_ws.data(), f.rest = got_rest.data(), f.h_prev = h_prev.data();
+          f.h_out = got_h.data(), f.h_next = got_hn.data();
+          f.r16 = r16.data(), f.r16_gate = gs, f.h16 = h16.data();
+          f.a16 = with_a16 ? a16.data() : nullptr;
+          k::gru_forward_lanes<N, true>(f, bias.data(), H, c0, c1);
+          for (int j = 0; j < H; ++j) {
+            const bool in = j >= c0 && j < c1;
+            for (int g = 0; g < 3; ++g) {
+              const float want = in ? want_ws[g * H + j] : got_ws0[g * H + j];
+              if (got_ws[g * H + j] != want) fail("fused gru ws", H, c0, j, N, got_ws[g * H + j], want);
+            }
+            const float want_r = in ? want_rest[j] : rest0[j];
+            if (got_rest[j] != want_r) fail("fused gru rest", H, c0, j, N, got_rest[j], want_r);
+            if (got_h[j] != want_h[j] || got_hn[j] != want_hn[j])
+              fail("fused gru h", H, c0, j, N, got_h[j], want_h[j]);
+            const uint16_t want16 = in ? bf16_bits(want_h[j]) : 0x1234;
+            if (h16[j] != want16) fail("fused gru h16", H, c0, j, N, h16[j], want16);
+          }
+        }
+}
+
 int main() {
   for (bool nt : {false, true}) {
     check_gemm<float, 32>(nt);
@@ -303,6 +367,8 @@ int main() {
   check_cells<16>();
   check_fused_lstm<8>();
   check_fused_lstm<16>();
+  check_fused_gru<8>();
+  check_fused_gru<16>();
   if (failures == 0) std::printf("all passed\n");
   return failures == 0 ? 0 : 1;
 }
