@@ -234,6 +234,26 @@ void check_cells() {
         }
 }
 
+// The cases of the fused bfloat16 steps' checks: f(H, c0, c1, with_a16)
+// over rows of odd widths, unit ranges that start and end inside them, A
+// from ws or in bfloat16.
+template <typename F>
+void for_fused_cases(const F& f) {
+  for (int H : {1, 7, 16, 17, 33, 100})
+    for (int c0 : {0, 3})
+      for (int c1 : {H - 5, H})
+        for (int with_a16 = 0; with_a16 < 2; ++with_a16)
+          if (c0 < c1 && c1 > 0) f(H, c0, c1, with_a16 == 1);
+}
+
+// k bfloat16 patterns of values drawn from u.
+template <typename G, typename U>
+std::vector<uint16_t> bf16_patterns(G& gen, U& u, int k) {
+  std::vector<uint16_t> v(k);
+  for (auto& x : v) x = rnnattn::cpu::bf16_bits(u(gen));
+  return v;
+}
+
 // The LSTM's fused large bfloat16 step (lstm_forward_lanes<N, true>)
 // against its float32 build on the gates the unfused step makes (A + R
 // widened, then bias): the same values bit for bit, h_t rounded into h16
@@ -246,49 +266,41 @@ void check_fused_lstm() {
   std::uniform_real_distribution<float> u(-3, 3);
   using rnnattn::cpu::bf16_bits;
   using rnnattn::cpu::bf16_value;
-  for (int H : {1, 7, 16, 17, 33, 100})
-    for (int c0 : {0, 3})
-      for (int c1 : {H - 5, H})
-        for (int with_a16 = 0; with_a16 < 2; ++with_a16) {
-          if (c0 >= c1 || c1 <= 0) continue;
-          const int n = c1 - c0, gs = n + 2;
-          auto fill16 = [&](int k) {  // bfloat16 patterns of random values
-            std::vector<uint16_t> v(k);
-            for (auto& x : v) x = bf16_bits(u(gen));
-            return v;
-          };
-          const std::vector<uint16_t> a16 = fill16(4 * H), r16 = fill16(4 * gs);
-          std::vector<float> bias(4 * H), c(H), a(5 * H), want_ws(5 * H);
-          for (auto& x : bias) x = u(gen);
-          for (auto& x : c) x = u(gen);
-          for (int i = 0; i < 4 * H; ++i) a[i] = bf16_value(a16[i]);
-          want_ws = a;
-          for (int g = 0; g < 4; ++g)
-            for (int j = c0; j < c1; ++j) want_ws[g * H + j] += bf16_value(r16[g * gs + j - c0]);
-          std::vector<float> want_c = c, want_h(H, 9.f), got_c = c, got_h(H, 9.f);
-          std::vector<float> got_ws = with_a16 ? std::vector<float>(5 * H, 7.f) : a;
-          const std::vector<float> got_ws0 = got_ws;
-          std::vector<uint16_t> h16(H, 0x1234);
-          CellRow<float> w;
-          w.ws = want_ws.data(), w.c = want_c.data(), w.h_out = want_h.data();
-          k::lstm_forward_lanes<N>(w, bias.data(), H, c0, c1);
-          CellRow<float> f;
-          f.ws = got_ws.data(), f.c = got_c.data(), f.h_out = got_h.data();
-          f.r16 = r16.data(), f.r16_gate = gs, f.h16 = h16.data();
-          f.a16 = with_a16 ? a16.data() : nullptr;
-          k::lstm_forward_lanes<N, true>(f, bias.data(), H, c0, c1);
-          for (int j = 0; j < H; ++j) {
-            const bool in = j >= c0 && j < c1;
-            for (int g = 0; g < 4; ++g) {
-              const float want = in ? want_ws[g * H + j] : got_ws0[g * H + j];
-              if (got_ws[g * H + j] != want) fail("fused lstm ws", H, c0, j, N, got_ws[g * H + j], want);
-            }
-            if (got_c[j] != want_c[j]) fail("fused lstm c", H, c0, j, N, got_c[j], want_c[j]);
-            if (got_h[j] != want_h[j]) fail("fused lstm h_out", H, c0, j, N, got_h[j], want_h[j]);
-            const uint16_t want16 = in ? bf16_bits(want_h[j]) : 0x1234;
-            if (h16[j] != want16) fail("fused lstm h16", H, c0, j, N, h16[j], want16);
-          }
-        }
+  for_fused_cases([&](int H, int c0, int c1, bool with_a16) {
+    const int gs = c1 - c0 + 2;
+    const std::vector<uint16_t> a16 = bf16_patterns(gen, u, 4 * H),
+                                r16 = bf16_patterns(gen, u, 4 * gs);
+    std::vector<float> bias(4 * H), c(H), a(5 * H), want_ws(5 * H);
+    for (auto& x : bias) x = u(gen);
+    for (auto& x : c) x = u(gen);
+    for (int i = 0; i < 4 * H; ++i) a[i] = bf16_value(a16[i]);
+    want_ws = a;
+    for (int g = 0; g < 4; ++g)
+      for (int j = c0; j < c1; ++j) want_ws[g * H + j] += bf16_value(r16[g * gs + j - c0]);
+    std::vector<float> want_c = c, want_h(H, 9.f), got_c = c, got_h(H, 9.f);
+    std::vector<float> got_ws = with_a16 ? std::vector<float>(5 * H, 7.f) : a;
+    const std::vector<float> got_ws0 = got_ws;
+    std::vector<uint16_t> h16(H, 0x1234);
+    CellRow<float> w;
+    w.ws = want_ws.data(), w.c = want_c.data(), w.h_out = want_h.data();
+    k::lstm_forward_lanes<N>(w, bias.data(), H, c0, c1);
+    CellRow<float> f;
+    f.ws = got_ws.data(), f.c = got_c.data(), f.h_out = got_h.data();
+    f.r16 = r16.data(), f.r16_gate = gs, f.h16 = h16.data();
+    f.a16 = with_a16 ? a16.data() : nullptr;
+    k::lstm_forward_lanes<N, true>(f, bias.data(), H, c0, c1);
+    for (int j = 0; j < H; ++j) {
+      const bool in = j >= c0 && j < c1;
+      for (int g = 0; g < 4; ++g) {
+        const float want = in ? want_ws[g * H + j] : got_ws0[g * H + j];
+        if (got_ws[g * H + j] != want) fail("fused lstm ws", H, c0, j, N, got_ws[g * H + j], want);
+      }
+      if (got_c[j] != want_c[j]) fail("fused lstm c", H, c0, j, N, got_c[j], want_c[j]);
+      if (got_h[j] != want_h[j]) fail("fused lstm h_out", H, c0, j, N, got_h[j], want_h[j]);
+      const uint16_t want16 = in ? bf16_bits(want_h[j]) : 0x1234;
+      if (h16[j] != want16) fail("fused lstm h16", H, c0, j, N, h16[j], want16);
+    }
+  });
 }
 
 // The GRU's likewise (gru_forward_lanes<N, true>): r, z of A + R widened,
@@ -299,59 +311,51 @@ void check_fused_gru() {
   std::uniform_real_distribution<float> u(-3, 3);
   using rnnattn::cpu::bf16_bits;
   using rnnattn::cpu::bf16_value;
-  for (int H : {1, 7, 16, 17, 33, 100})
-    for (int c0 : {0, 3})
-      for (int c1 : {H - 5, H})
-        for (int with_a16 = 0; with_a16 < 2; ++with_a16) {
-          if (c0 >= c1 || c1 <= 0) continue;
-          const int n = c1 - c0, gs = n + 2;
-          auto fill16 = [&](int k) {
-            std::vector<uint16_t> v(k);
-            for (auto& x : v) x = bf16_bits(u(gen));
-            return v;
-          };
-          auto fill = [&](int k) {
-            std::vector<float> v(k);
-            for (auto& x : v) x = u(gen);
-            return v;
-          };
-          const std::vector<uint16_t> a16 = fill16(3 * H), r16 = fill16(3 * gs);
-          const std::vector<float> bias = fill(4 * H), h_prev = fill(H), rest0 = fill(H);
-          std::vector<float> a(3 * H);
-          for (int i = 0; i < 3 * H; ++i) a[i] = bf16_value(a16[i]);
-          std::vector<float> want_ws = a, want_rest = rest0;
-          for (int j = c0; j < c1; ++j) {
-            for (int g = 0; g < 2; ++g) want_ws[g * H + j] += bf16_value(r16[g * gs + j - c0]);
-            want_rest[j] = bf16_value(r16[2 * gs + j - c0]);
-          }
-          std::vector<float> want_h(H, 9.f), want_hn(H, 8.f), got_h(H, 9.f), got_hn(H, 8.f);
-          std::vector<float> got_ws = with_a16 ? std::vector<float>(3 * H, 7.f) : a, got_rest = rest0;
-          const std::vector<float> got_ws0 = got_ws;
-          std::vector<uint16_t> h16(H, 0x1234);
-          CellRow<float> w;
-          w.ws = want_ws.data(), w.rest = want_rest.data(), w.h_prev = h_prev.data();
-          w.h_out = want_h.data(), w.h_next = want_hn.data();
-          k::gru_forward_lanes<N>(w, bias.data(), H, c0, c1);
-          CellRow<float> f;
-          f.ws = got_ws.data(), f.rest = got_rest.data(), f.h_prev = h_prev.data();
-          f.h_out = got_h.data(), f.h_next = got_hn.data();
-          f.r16 = r16.data(), f.r16_gate = gs, f.h16 = h16.data();
-          f.a16 = with_a16 ? a16.data() : nullptr;
-          k::gru_forward_lanes<N, true>(f, bias.data(), H, c0, c1);
-          for (int j = 0; j < H; ++j) {
-            const bool in = j >= c0 && j < c1;
-            for (int g = 0; g < 3; ++g) {
-              const float want = in ? want_ws[g * H + j] : got_ws0[g * H + j];
-              if (got_ws[g * H + j] != want) fail("fused gru ws", H, c0, j, N, got_ws[g * H + j], want);
-            }
-            const float want_r = in ? want_rest[j] : rest0[j];
-            if (got_rest[j] != want_r) fail("fused gru rest", H, c0, j, N, got_rest[j], want_r);
-            if (got_h[j] != want_h[j] || got_hn[j] != want_hn[j])
-              fail("fused gru h", H, c0, j, N, got_h[j], want_h[j]);
-            const uint16_t want16 = in ? bf16_bits(want_h[j]) : 0x1234;
-            if (h16[j] != want16) fail("fused gru h16", H, c0, j, N, h16[j], want16);
-          }
-        }
+  for_fused_cases([&](int H, int c0, int c1, bool with_a16) {
+    const int gs = c1 - c0 + 2;
+    auto fill = [&](int k) {
+      std::vector<float> v(k);
+      for (auto& x : v) x = u(gen);
+      return v;
+    };
+    const std::vector<uint16_t> a16 = bf16_patterns(gen, u, 3 * H),
+                                r16 = bf16_patterns(gen, u, 3 * gs);
+    const std::vector<float> bias = fill(4 * H), h_prev = fill(H), rest0 = fill(H);
+    std::vector<float> a(3 * H);
+    for (int i = 0; i < 3 * H; ++i) a[i] = bf16_value(a16[i]);
+    std::vector<float> want_ws = a, want_rest = rest0;
+    for (int j = c0; j < c1; ++j) {
+      for (int g = 0; g < 2; ++g) want_ws[g * H + j] += bf16_value(r16[g * gs + j - c0]);
+      want_rest[j] = bf16_value(r16[2 * gs + j - c0]);
+    }
+    std::vector<float> want_h(H, 9.f), want_hn(H, 8.f), got_h(H, 9.f), got_hn(H, 8.f);
+    std::vector<float> got_ws = with_a16 ? std::vector<float>(3 * H, 7.f) : a, got_rest = rest0;
+    const std::vector<float> got_ws0 = got_ws;
+    std::vector<uint16_t> h16(H, 0x1234);
+    CellRow<float> w;
+    w.ws = want_ws.data(), w.rest = want_rest.data(), w.h_prev = h_prev.data();
+    w.h_out = want_h.data(), w.h_next = want_hn.data();
+    k::gru_forward_lanes<N>(w, bias.data(), H, c0, c1);
+    CellRow<float> f;
+    f.ws = got_ws.data(), f.rest = got_rest.data(), f.h_prev = h_prev.data();
+    f.h_out = got_h.data(), f.h_next = got_hn.data();
+    f.r16 = r16.data(), f.r16_gate = gs, f.h16 = h16.data();
+    f.a16 = with_a16 ? a16.data() : nullptr;
+    k::gru_forward_lanes<N, true>(f, bias.data(), H, c0, c1);
+    for (int j = 0; j < H; ++j) {
+      const bool in = j >= c0 && j < c1;
+      for (int g = 0; g < 3; ++g) {
+        const float want = in ? want_ws[g * H + j] : got_ws0[g * H + j];
+        if (got_ws[g * H + j] != want) fail("fused gru ws", H, c0, j, N, got_ws[g * H + j], want);
+      }
+      const float want_r = in ? want_rest[j] : rest0[j];
+      if (got_rest[j] != want_r) fail("fused gru rest", H, c0, j, N, got_rest[j], want_r);
+      if (got_h[j] != want_h[j] || got_hn[j] != want_hn[j])
+        fail("fused gru h", H, c0, j, N, got_h[j], want_h[j]);
+      const uint16_t want16 = in ? bf16_bits(want_h[j]) : 0x1234;
+      if (h16[j] != want16) fail("fused gru h16", H, c0, j, N, h16[j], want16);
+    }
+  });
 }
 
 int main() {
