@@ -322,17 +322,14 @@ std::vector<at::Tensor> packed_step_parts(const at::Tensor& w16, const RnnShape&
   if (!half::bf16_packed_steps()) return {};
   const int64_t H = s.hidden, Hs = s.state;
   const int parts = recurrent_parts(rows * Hs * CellLayout<Cell>{H}.gates(), H);
-  if (parts <= 1) return {pack_weight(*packed_linear_ops(), w16, rows)};
+  if (parts <= 1) return {packed_bf16_weight(w16, rows)};
   const at::Tensor w = w16.view({Cell::kGates, H, Hs});
   const int64_t width = unit_slice_width(parts, H);
   std::vector<at::Tensor> packed(parts);
-  for (int q = 0; q < parts; ++q) {
-    const int64_t c0 = q * width, c1 = std::min(H, c0 + width);
-    if (c0 < c1)
-      packed[q] = pack_weight(*packed_linear_ops(),
-                              w.narrow(1, c0, c1 - c0).reshape({Cell::kGates * (c1 - c0), Hs}),
-                              rows);
-  }
+  unit_slices(width, H, 0, parts, [&](int64_t c0, int64_t c1) {
+    packed[c0 / width] = packed_bf16_weight(
+        w.narrow(1, c0, c1 - c0).reshape({Cell::kGates * (c1 - c0), Hs}), rows);
+  });
   return packed;
 }
 

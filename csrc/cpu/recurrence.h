@@ -619,12 +619,11 @@ T* forward_layer(const Cell& cell, const RnnShape& s, const StepSchedule& sched,
         const int n = static_cast<int>(parts->size());
         const int64_t width = unit_slice_width(n, H);
         at::parallel_for(0, n, 1, [&](int64_t q0, int64_t q1) {
-          for (int64_t q = q0; q < q1; ++q) {
-            const int64_t c0 = q * width, c1 = std::min(H, c0 + width);
-            if (c0 >= c1) continue;
-            const at::Tensor y = packed_linear(*packed_linear_ops(), (*parts)[q], x16, b, Hs, Hs);
+          unit_slices(width, H, q0, q1, [&](int64_t c0, int64_t c1) {
+            const at::Tensor y =
+                packed_linear(*packed_linear_ops(), (*parts)[c0 / width], x16, b, Hs, Hs);
             lib_units(a, i, bf16_bits_of(y), Cell::kGates * (c1 - c0), c1 - c0, c0, c1, x16_next);
-          }
+          });
         });
         std::swap(x16, x16_next);
       } else {
