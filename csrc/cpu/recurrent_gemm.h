@@ -11,7 +11,8 @@
 // slice is hot, with one fork/join per step in all. Measured on the 2-core
 // dev VM: 1.18 ms (MKL, 2 threads, packed) -> 0.87 ms per step. Where
 // oneDNN runs the large float32 GEMMs instead (blas.h), nothing is packed;
-// a column slice of an untransposed W is kept compact per part.
+// where neither packs, a column slice of an untransposed W is kept compact
+// per part (make_compact).
 #pragma once
 
 #include <ATen/ATen.h>
@@ -100,8 +101,8 @@ class RecurrentGemm {
         return;
       }
     }
-    // W's slice: compact_ (oneDNN, several parts of an untransposed W), else
-    // as stored.
+    // W's slice: compact_ (several parts of an untransposed W), else as
+    // stored.
     const T* w = compact_.empty() ? slice(p) : compact_[p].data_ptr<T>();
     const int64_t ldw = !compact_.empty() ? cols : trans_ ? k_ : n_;
     if constexpr (std::is_same_v<T, float>) {
@@ -123,44 +124,65 @@ class RecurrentGemm {
 
   void pack() {
     if constexpr (std::is_same_v<T, float>) {
-      // oneDNN would copy a column slice of an untransposed W (its rows are
-      // n apart, not cols) at every call: each part keeps its slice compact
-      // instead, W's size in all, copied once per call.
       if (float_gemm_lib() == GemmLib::kOnednn) {
-        if (trans_ || parts() == 1) return;
-        // No step reaches oneDNN's size (the BLAS reads the slice in place);
+        // oneDNN would copy a column slice of an untransposed W (its rows
+        // are n apart, not cols) at every call: each part keeps its slice
+        // compact instead, W's size in all, copied once per call. Not where
+        // no step reaches oneDNN's size (the BLAS reads the slice in place);
         // part 0 is the widest (only the last is cut short).
         if (max_rows_ > 0 && !use_onednn(max_rows_ * (end(0) - begin(0)) * k_, 1.f)) return;
-        compact_.resize(parts());
+        make_compact();
+        return;
+      }
+      if (full_rows_ > 0 && cblas_sgemm_pack_get_size != nullptr && cblas_sgemm_pack != nullptr &&
+          cblas_sgemm_compute != nullptr) {
+        constexpr int kRowMajor = 101, kNoTrans = 111, kTrans = 112, kBMatrix = 162;
+        packed_.resize(parts());
         for (int p = 0; p < parts(); ++p) {
-          const int64_t cols = end(p) - begin(p);
-          compact_[p] = at::empty({k_, cols}, at::kFloat);
-          float* dst = compact_[p].data_ptr<float>();
-          for (int64_t i = 0; i < k_; ++i)
-            std::copy(w_ + i * n_ + begin(p), w_ + i * n_ + end(p), dst + i * cols);
+          const size_t bytes = cblas_sgemm_pack_get_size(kBMatrix, int(full_rows_),
+                                                         int(end(p) - begin(p)), int(k_));
+          packed_[p] = at::empty(
+              {static_cast<int64_t>((bytes + sizeof(float) - 1) / sizeof(float))}, at::kFloat);
         }
+        // Each thread packs the slice it will multiply by (first touch).
+        at::parallel_for(0, parts(), 1, [&](int64_t p0, int64_t p1) {
+          SerialBlasGuard serial(true);
+          for (int64_t p = p0; p < p1; ++p)
+            cblas_sgemm_pack(kRowMajor, kBMatrix, trans_ ? kTrans : kNoTrans, int(full_rows_),
+                             int(end(p) - begin(p)), int(k_), 1.f, slice(p),
+                             trans_ ? int(k_) : int(n_), packed_[p].data_ptr<float>());
+        });
         return;
       }
-      if (full_rows_ <= 0 || cblas_sgemm_pack_get_size == nullptr ||
-          cblas_sgemm_pack == nullptr || cblas_sgemm_compute == nullptr)
-        return;
-      constexpr int kRowMajor = 101, kNoTrans = 111, kTrans = 112, kBMatrix = 162;
-      packed_.resize(parts());
-      for (int p = 0; p < parts(); ++p) {
-        const size_t bytes =
-            cblas_sgemm_pack_get_size(kBMatrix, int(full_rows_), int(end(p) - begin(p)), int(k_));
-        packed_[p] = at::empty({static_cast<int64_t>((bytes + sizeof(float) - 1) / sizeof(float))},
-                               at::kFloat);
-      }
-      // Each thread packs the slice it will multiply by (first touch).
-      at::parallel_for(0, parts(), 1, [&](int64_t p0, int64_t p1) {
-        SerialBlasGuard serial(true);
-        for (int64_t p = p0; p < p1; ++p)
-          cblas_sgemm_pack(kRowMajor, kBMatrix, trans_ ? kTrans : kNoTrans, int(full_rows_),
-                           int(end(p) - begin(p)), int(k_), 1.f, slice(p), trans_ ? int(k_) : int(n_),
-                           packed_[p].data_ptr<float>());
-      });
     }
+    // Unpacked, the BLAS reads the slice in place, and a column slice of an
+    // untransposed W (the backward's) has its rows n apart: at H = 1024 in
+    // float, 4 KiB, so a slice's rows fall in the same few cache sets. MKL's
+    // sgemm on an Intel Xeon (AVX-512), one thread, 64 rows of A: 64 x 2048
+    // x 512 at 122 GFLOP/s on the slice, 186 on it compact (its packed
+    // operand: 195); 64 x 1024 x 512 at 134 against 186. Where a cell's
+    // backward does not pack (the GRU's two blocks of gate grads at
+    // H = 1024 would pack 53 MiB, past its budget: packed_rows), each part
+    // keeps its slice compact, W's size in all.
+    make_compact();
+  }
+
+  // compact_: each part's columns of an untransposed W, contiguous, each
+  // copied by the thread that will multiply by it. Nothing to do for a
+  // transposed W (its slices are rows) or a single part (all of W).
+  void make_compact() {
+    if (trans_ || parts() == 1) return;
+    compact_.resize(parts());
+    for (int p = 0; p < parts(); ++p)
+      compact_[p] = at::empty({k_, end(p) - begin(p)}, c10::CppTypeToScalarType<T>::value);
+    at::parallel_for(0, parts(), 1, [&](int64_t p0, int64_t p1) {
+      for (int64_t p = p0; p < p1; ++p) {
+        const int64_t cols = end(p) - begin(p);
+        T* dst = compact_[p].template data_ptr<T>();
+        for (int64_t i = 0; i < k_; ++i)
+          std::copy(w_ + i * n_ + begin(p), w_ + i * n_ + end(p), dst + i * cols);
+      }
+    });
   }
 
   const T* w_;
@@ -168,7 +190,7 @@ class RecurrentGemm {
   int64_t full_rows_, n_, k_, max_rows_;
   std::vector<int64_t> bounds_;
   std::vector<at::Tensor> packed_;
-  std::vector<at::Tensor> compact_;  // oneDNN: each part's slice of an untransposed W
+  std::vector<at::Tensor> compact_;  // each part's slice of an untransposed W (make_compact)
 };
 
 // How many column parts a step of `work` multiply-adds over H hidden units
