@@ -17,6 +17,7 @@
 
 #include <cstdlib>
 #include <cstring>
+#include <optional>
 
 #if defined(__x86_64__) && defined(__GNUC__)
 #define RNNATTN_X86_DISPATCH 1
@@ -36,11 +37,25 @@ inline const char* isa_name(Isa isa) {
   return isa == Isa::kAvx512 ? "avx512" : isa == Isa::kAvx2 ? "avx2" : "base";
 }
 
+// The level RNNATTN_CPU_ISA names, where it names one of base, avx2 and
+// avx512 (unset, "amx" or another value: none; rnnattn/_load.py warns about
+// values it does not know). Read once. cpu_isa() lowers the CPU's level to
+// it; any of the three also turns AMX off (small_gemm_bf16.cpp).
+inline std::optional<Isa> requested_cpu_isa() {
+  static const std::optional<Isa> want = []() -> std::optional<Isa> {
+    const char* v = std::getenv("RNNATTN_CPU_ISA");
+    if (v == nullptr) return std::nullopt;
+    for (Isa isa : {Isa::kBase, Isa::kAvx2, Isa::kAvx512})
+      if (std::strcmp(v, isa_name(isa)) == 0) return isa;
+    return std::nullopt;
+  }();
+  return want;
+}
+
 // The highest level this CPU (and its OS: __builtin_cpu_supports checks that
 // the OS saves the wider registers) runs, lowered to RNNATTN_CPU_ISA=base|avx2
 // when that is set: tests use it to cover the paths other CPUs take. A level
-// above the CPU's cannot be forced (rnnattn.__init__ warns about values it
-// does not know). Read once.
+// above the CPU's cannot be forced. Read once.
 inline Isa cpu_isa() {
 #if RNNATTN_X86_DISPATCH
   static const Isa isa = [] {
@@ -51,10 +66,8 @@ inline Isa cpu_isa() {
           __builtin_cpu_supports("avx512dq") && __builtin_cpu_supports("avx512bw"))
         best = Isa::kAvx512;
     }
-    const char* want = std::getenv("RNNATTN_CPU_ISA");
-    if (want != nullptr && std::strcmp(want, "base") == 0) return Isa::kBase;
-    if (want != nullptr && std::strcmp(want, "avx2") == 0 && best > Isa::kAvx2) return Isa::kAvx2;
-    return best;
+    const std::optional<Isa> want = requested_cpu_isa();
+    return want && *want < best ? *want : best;
   }();
   return isa;
 #else

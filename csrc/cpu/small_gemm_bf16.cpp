@@ -1,7 +1,5 @@
 #include "small_gemm_bf16.h"
 
-#include <cstdlib>
-#include <cstring>
 #include <vector>
 
 #include <c10/util/Exception.h>
@@ -23,12 +21,9 @@ bool bf16_small_gemm_available() {
 
 bool amx_bf16_available() {
 #if RNNATTN_AMX_GEMM_BUILT && RNNATTN_X86_DISPATCH
-  static const bool ok = [] {
-    const char* want = std::getenv("RNNATTN_CPU_ISA");  // a level below turns it off
-    for (const char* lower : {"base", "avx2", "avx512"})
-      if (want != nullptr && std::strcmp(want, lower) == 0) return false;
-    return bf16_small_gemm_available() && amx_kernels::tiles_granted();
-  }();
+  // RNNATTN_CPU_ISA naming any level below "amx" turns the tiles off.
+  static const bool ok = !requested_cpu_isa().has_value() && bf16_small_gemm_available() &&
+                         amx_kernels::tiles_granted();
   return ok;
 #else
   return false;
