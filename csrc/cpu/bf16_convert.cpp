@@ -10,7 +10,12 @@
 // (AMX), 8% of the samples (benchmarks/OPTIMISATIONS.md).
 #include "bf16_bits.h"
 
+#include <ATen/Parallel.h>
+
+#include <algorithm>
+
 #include "bf16_lanes.h"
+#include "bf16_transpose.h"
 #include "isa.h"
 
 #pragma GCC diagnostic ignored "-Wpsabi"
@@ -38,6 +43,14 @@ void widen_base(const uint16_t* src, int64_t n, float* dst, bool acc) {
   k::widen_row_lanes<8>(src, n, dst, acc);
 }
 
+#if RNNATTN_X86_DISPATCH
+RNNATTN_TARGET_AVX512 void round_transpose_avx512(const float* src, int64_t ld_src, int64_t rows,
+                                                  const k::RoundedPair& o, int64_t c0,
+                                                  int64_t c1) {
+  k::round_with_transpose_avx512(src, ld_src, rows, o, c0, c1);
+}
+#endif
+
 }  // namespace
 
 void round_to_bf16(const float* src, int64_t n, uint16_t* dst) {
@@ -54,6 +67,21 @@ void widen_bf16(const uint16_t* src, int64_t n, float* dst, bool accumulate) {
     case Isa::kAvx2: return widen_avx2(src, n, dst, accumulate);
     default: return widen_base(src, n, dst, accumulate);
   }
+}
+
+void round_to_bf16_with_transpose(const float* src, int64_t ld_src, int64_t rows, int64_t cols,
+                                  uint16_t* dst, int64_t ld, uint16_t* dst_t, int64_t ld_t) {
+  const k::RoundedPair o{dst, ld, dst_t, ld_t};
+  // Each thread its columns, in blocks of 64 (whole tiles, and each of its
+  // rows of dst whole 128-byte pieces).
+  constexpr int64_t kBlock = 64;
+  at::parallel_for(0, (cols + kBlock - 1) / kBlock, 1, [&](int64_t b0, int64_t b1) {
+    const int64_t c0 = b0 * kBlock, c1 = std::min(cols, b1 * kBlock);
+#if RNNATTN_X86_DISPATCH
+    if (cpu_isa() == Isa::kAvx512) return round_transpose_avx512(src, ld_src, rows, o, c0, c1);
+#endif
+    k::round_with_transpose_plain(src, ld_src, o, 0, rows, c0, c1);
+  });
 }
 
 }  // namespace rnnattn::cpu

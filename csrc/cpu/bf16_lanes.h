@@ -30,16 +30,23 @@ __attribute__((always_inline)) inline V load_bf16_lanes(const uint16_t* p, int m
   return (V)(__builtin_convertvector(b, typename Bf16Lanes<N>::u) << 16);
 }
 
-// The first m <= N lanes of v rounded to bfloat16 into p.
+// v's lanes rounded to bfloat16, each pattern in the low half of a 32-bit
+// lane.
 template <int N, typename V = typename Lanes<N>::f>
-__attribute__((always_inline)) inline void store_bf16_lanes(uint16_t* p, const V& v, int m) {
+__attribute__((always_inline)) inline typename Bf16Lanes<N>::u round_bf16_lanes(const V& v) {
   using U = typename Bf16Lanes<N>::u;
   using I = typename Lanes<N>::i;
   const U u = (U)v;
   const U rounded = (u + 0x7fffu + ((u >> 16) & 1u)) >> 16;
   const I nan = v != v;  // all ones where v is a NaN
-  const U r = ((U)nan & 0x7fc0u) | (~(U)nan & rounded);
-  const typename Bf16Lanes<N>::h b = __builtin_convertvector(r, typename Bf16Lanes<N>::h);
+  return ((U)nan & 0x7fc0u) | (~(U)nan & rounded);
+}
+
+// The first m <= N lanes of v rounded to bfloat16 into p.
+template <int N, typename V = typename Lanes<N>::f>
+__attribute__((always_inline)) inline void store_bf16_lanes(uint16_t* p, const V& v, int m) {
+  const typename Bf16Lanes<N>::h b =
+      __builtin_convertvector(round_bf16_lanes<N>(v), typename Bf16Lanes<N>::h);
   std::memcpy(p, &b, m * sizeof(uint16_t));
 }
 

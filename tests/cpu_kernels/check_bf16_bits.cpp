@@ -5,15 +5,20 @@
 // half, with low halves at and around the tie (0x8000) and at the ends, both
 // signs; values that round up into infinity, and NaNs whose payload would
 // carry into the exponent; rows of every length up to 40 and offsets for
-// the ragged tails. Run by tests/test_cpu_kernel_widths.py.
+// the ragged tails. And bf16_transpose.h's rounding into rows and their
+// transpose at once, plain and (where this CPU runs it) AVX-512, on every
+// pattern above laid out in matrices of ragged sizes. Run by
+// tests/test_cpu_kernel_widths.py.
 #include <cmath>
 #include <cstdint>
 #include <cstdio>
+#include <utility>
 #include <cstring>
 #include <vector>
 
 #include "bf16_bits.h"
 #include "bf16_lanes.h"
+#include "bf16_transpose.h"
 
 using rnnattn::cpu::bf16_bits;
 using rnnattn::cpu::bf16_value;
@@ -80,6 +85,70 @@ long check_lanes(const std::vector<float>& src, long& checked) {
   return failures;
 }
 
+#if RNNATTN_X86_DISPATCH
+RNNATTN_TARGET_AVX512 void transpose_avx512(const float* src, int64_t ld_src, int64_t rows,
+                                            const rnnattn::cpu::kernels::RoundedPair& o,
+                                            int64_t c0, int64_t c1) {
+  rnnattn::cpu::kernels::round_with_transpose_avx512(src, ld_src, rows, o, c0, c1);
+}
+#endif
+
+// Matrices of rows x cols taken from src (rows ld_src = cols + 3 apart),
+// rounded into dst (rows cols + 5 apart) and dst_t (64-byte aligned, rows
+// rows + 7 apart, or a multiple of 32 past rows: the streamed stores),
+// columns [c0, c1) where c0 = 16 (the column split of the parallel
+// caller) when cols > 16: every value against bf16_bits, and the padding
+// between rows and past the ends untouched.
+long check_transpose(const std::vector<float>& src, bool avx512, long& checked) {
+  long failures = 0;
+  const int64_t sizes[][2] = {{1, 1}, {1, 17}, {31, 16}, {32, 16}, {33, 15}, {64, 48}, {65, 67},
+                              {96, 100}, {7, 250}, {250, 7}, {128, 512}};
+  size_t at = 0;
+  for (bool line_rows : {false, true})
+  for (const auto& sz : sizes) {
+    const int64_t rows = sz[0], cols = sz[1];
+    const int64_t ld_src = cols + 3, ld = cols + 5;
+    const int64_t ld_t = line_rows ? (rows + 32) / 32 * 32 : rows + 7;
+    std::vector<float> m(rows * ld_src);
+    for (float& v : m) v = src[at++ % src.size()];
+    const uint16_t guard = 0xdead;
+    std::vector<uint16_t> dst(rows * ld + 1, guard), dst_t_store(cols * ld_t + 1 + 32, guard);
+    uint16_t* dst_t = dst_t_store.data();
+    while (reinterpret_cast<uintptr_t>(dst_t) % 64 != 0) ++dst_t;
+    const rnnattn::cpu::kernels::RoundedPair o{dst.data(), ld, dst_t, ld_t};
+    const int64_t split = cols > 16 ? 16 : 0;
+    for (auto [c0, c1] : {std::pair<int64_t, int64_t>{0, split}, {split, cols}}) {
+#if RNNATTN_X86_DISPATCH
+      if (avx512) {
+        transpose_avx512(m.data(), ld_src, rows, o, c0, c1);
+        continue;
+      }
+#endif
+      rnnattn::cpu::kernels::round_with_transpose_plain(m.data(), ld_src, o, 0, rows, c0, c1);
+    }
+    for (int64_t r = 0; r < rows; ++r)
+      for (int64_t j = 0; j < ld; ++j) {
+        const uint16_t want = j < cols ? bf16_bits(m[r * ld_src + j]) : guard;
+        ++checked;
+        if (dst[r * ld + j] != want && failures++ < 10)
+          std::printf("FAIL rows %s %ldx%ld at (%ld, %ld)\n", avx512 ? "avx512" : "plain",
+                      long(rows), long(cols), long(r), long(j));
+      }
+    for (int64_t j = 0; j < cols; ++j)
+      for (int64_t r = 0; r < ld_t; ++r) {
+        const uint16_t want = r < rows ? bf16_bits(m[r * ld_src + j]) : guard;
+        ++checked;
+        if (dst_t[j * ld_t + r] != want && failures++ < 10)
+          std::printf("FAIL transposed %s %ldx%ld at (%ld, %ld)\n", avx512 ? "avx512" : "plain",
+                      long(rows), long(cols), long(j), long(r));
+      }
+    ++checked;
+    if ((dst.back() != guard || dst_t[cols * ld_t] != guard) && failures++ < 10)
+      std::printf("FAIL transpose %ldx%ld: wrote past the end\n", long(rows), long(cols));
+  }
+  return failures;
+}
+
 int main() {
   const uint32_t lows[] = {0x0000, 0x0001, 0x4000, 0x7ffe, 0x7fff, 0x8000, 0x8001, 0xc000, 0xfffe, 0xffff};
   long failures = 0, checked = 0;
@@ -105,6 +174,14 @@ int main() {
   }
   failures += check_lanes<8>(src, checked);
   failures += check_lanes<16>(src, checked);
+  failures += check_transpose(src, false, checked);
+#if RNNATTN_X86_DISPATCH
+  if (__builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
+      __builtin_cpu_supports("avx512vl") && __builtin_cpu_supports("avx512dq"))
+    failures += check_transpose(src, true, checked);
+  else
+    std::printf("(AVX-512 transpose not run: this CPU lacks AVX-512)\n");
+#endif
   if (failures) {
     std::printf("%ld of %ld failed\n", failures, checked);
     return 1;
