@@ -44,6 +44,11 @@ void widen_base(const uint16_t* src, int64_t n, float* dst, bool acc) {
 }
 
 #if RNNATTN_X86_DISPATCH
+RNNATTN_TARGET_AVX512 void transpose_avx512(const uint16_t* src, int64_t ld_src, int64_t rows,
+                                            uint16_t* dst_t, int64_t ld_t, int64_t c0,
+                                            int64_t c1) {
+  k::transpose_bf16_avx512(src, ld_src, rows, dst_t, ld_t, c0, c1);
+}
 RNNATTN_TARGET_AVX512 void round_transpose_avx512(const float* src, int64_t ld_src, int64_t rows,
                                                   const k::RoundedPair& o, int64_t c0,
                                                   int64_t c1) {
@@ -81,6 +86,18 @@ void round_to_bf16_with_transpose(const float* src, int64_t ld_src, int64_t rows
     if (cpu_isa() == Isa::kAvx512) return round_transpose_avx512(src, ld_src, rows, o, c0, c1);
 #endif
     k::round_with_transpose_plain(src, ld_src, o, 0, rows, c0, c1);
+  });
+}
+
+void transpose_bf16(const uint16_t* src, int64_t ld_src, int64_t rows, int64_t cols,
+                    uint16_t* dst_t, int64_t ld_t) {
+  constexpr int64_t kBlock = 64;
+  at::parallel_for(0, (cols + kBlock - 1) / kBlock, 1, [&](int64_t b0, int64_t b1) {
+    const int64_t c0 = b0 * kBlock, c1 = std::min(cols, b1 * kBlock);
+#if RNNATTN_X86_DISPATCH
+    if (cpu_isa() == Isa::kAvx512) return transpose_avx512(src, ld_src, rows, dst_t, ld_t, c0, c1);
+#endif
+    k::transpose_bf16_plain(src, ld_src, dst_t, ld_t, 0, rows, c0, c1);
   });
 }
 

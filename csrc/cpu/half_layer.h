@@ -162,8 +162,8 @@ inline void states_entering(const StepSchedule& sched, bool reverse, const StepC
 // layer, and a call of few rows runs several chunks of a few dozen rows
 // each (forward, (1,100,32,64) bfloat16 on an AMD EPYC (Zen 4), best of 5
 // rounds of 50 calls, ATen -> plain loops: RNN 54.5 -> 47.6 us, GRU 96.5
-// -> 91.4, LSTM 123 -> 115). Larger ones go to ATen (vectorized, on all
-// threads).
+// -> 91.4, LSTM 123 -> 115). Larger ones go on all threads
+// (recurrence.h copy_to_float, copy_from_float).
 constexpr int64_t kPlainConvertMax = int64_t(1) << 14;
 
 // dst (float32, n rows ld apart) = rows [row0, row0 + n), columns [col0,
@@ -192,7 +192,11 @@ inline void to_float_rows(const at::Tensor& src, int64_t row0, int64_t col0, int
 inline at::Tensor float_rows(const at::Tensor& src, int64_t row0, int64_t n, int64_t cap,
                              at::Tensor& buf) {
   const int64_t w = src.size(1);
-  if (n * w > kPlainConvertMax) return src.narrow(0, row0, n).to(at::kFloat);
+  if (n * w > kPlainConvertMax) {
+    at::Tensor f = at::empty({n, w}, src.options().dtype(at::kFloat));
+    copy_to_float(src.narrow(0, row0, n), f);
+    return f;
+  }
   if (!buf.defined()) buf = at::empty({cap, w}, src.options().dtype(at::kFloat));
   to_float_rows(src, row0, 0, n, w, buf.data_ptr<float>(), w);
   return n == cap ? buf : buf.narrow(0, 0, n);
@@ -622,7 +626,7 @@ LayerGrads backward_layer_half(const Cell& cell, const RnnShape& s, const StepSc
   // forward), it reads W_hh as it is; the pairs only for small steps.
   const bool lib = steps16 && library_steps<Cell>(s, sched);
   at::Tensor w16 = lib ? w_hh.contiguous() : at::Tensor();
-  at::Tensor w16p = lib ? packed_bf16_weight(w_hh.t().contiguous(), sched.batch[0]) : at::Tensor();
+  at::Tensor w16p = lib ? packed_bf16_weight(transposed_copy(w_hh), sched.batch[0]) : at::Tensor();
   at::Tensor wh_pairs;
   if (steps16 && (!lib || small_step<Cell>(sched.batch.back(), s.state, L.gates())))
     wh_pairs = weight_pairs(w_hh, /*transposed=*/false);

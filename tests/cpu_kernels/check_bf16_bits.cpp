@@ -7,7 +7,8 @@
 // carry into the exponent; rows of every length up to 40 and offsets for
 // the ragged tails. And bf16_transpose.h's rounding into rows and their
 // transpose at once, plain and (where this CPU runs it) AVX-512, on every
-// pattern above laid out in matrices of ragged sizes. Run by
+// pattern above laid out in matrices of ragged sizes, and its transpose of
+// bfloat16 matrices. Run by
 // tests/test_cpu_kernel_widths.py.
 #include <cmath>
 #include <cstdint>
@@ -149,6 +150,58 @@ long check_transpose(const std::vector<float>& src, bool avx512, long& checked) 
   return failures;
 }
 
+#if RNNATTN_X86_DISPATCH
+RNNATTN_TARGET_AVX512 void transpose_bf16_avx512(const uint16_t* src, int64_t ld_src,
+                                                 int64_t rows, uint16_t* dst_t, int64_t ld_t,
+                                                 int64_t c0, int64_t c1) {
+  rnnattn::cpu::kernels::transpose_bf16_avx512(src, ld_src, rows, dst_t, ld_t, c0, c1);
+}
+#endif
+
+// bf16_transpose.h's transpose of bfloat16 matrices (no rounding), plain and
+// AVX-512, on the same sizes and paddings as check_transpose: every
+// pattern moved to its place, nothing written in the padding.
+long check_bf16_transpose(bool avx512, long& checked) {
+  long failures = 0;
+  const int64_t sizes[][2] = {{1, 1}, {1, 17}, {31, 16}, {32, 16}, {33, 15}, {64, 48}, {65, 67},
+                              {96, 100}, {7, 250}, {250, 7}, {128, 512}};
+  uint32_t next = 1;
+  for (const auto& sz : sizes) {
+    const int64_t rows = sz[0], cols = sz[1];
+    const int64_t ld_src = cols + 3, ld_t = rows + 7;
+    std::vector<uint16_t> m(rows * ld_src);
+    for (uint16_t& v : m) {
+      next = next * 1103515245u + 12345u;
+      v = static_cast<uint16_t>(next >> 7);
+    }
+    const uint16_t guard = 0xdead;
+    std::vector<uint16_t> dst_t(cols * ld_t + 1, guard);
+    const int64_t split = cols > 16 ? 16 : 0;
+    for (auto [c0, c1] : {std::pair<int64_t, int64_t>{0, split}, {split, cols}}) {
+#if RNNATTN_X86_DISPATCH
+      if (avx512) {
+        transpose_bf16_avx512(m.data(), ld_src, rows, dst_t.data(), ld_t, c0, c1);
+        continue;
+      }
+#endif
+      rnnattn::cpu::kernels::transpose_bf16_plain(m.data(), ld_src, dst_t.data(), ld_t, 0, rows,
+                                                  c0, c1);
+    }
+    for (int64_t j = 0; j < cols; ++j)
+      for (int64_t r = 0; r < ld_t; ++r) {
+        const uint16_t want = r < rows ? m[r * ld_src + j] : guard;
+        ++checked;
+        if (dst_t[j * ld_t + r] != want && failures++ < 10)
+          std::printf("FAIL bf16 transpose %s %ldx%ld at (%ld, %ld)\n",
+                      avx512 ? "avx512" : "plain", long(rows), long(cols), long(j), long(r));
+      }
+    ++checked;
+    if (dst_t.back() != guard && failures++ < 10)
+      std::printf("FAIL bf16 transpose %ldx%ld: wrote past the end\n", long(rows), long(cols));
+  }
+  return failures;
+}
+
 int main() {
   const uint32_t lows[] = {0x0000, 0x0001, 0x4000, 0x7ffe, 0x7fff, 0x8000, 0x8001, 0xc000, 0xfffe, 0xffff};
   long failures = 0, checked = 0;
@@ -175,12 +228,15 @@ int main() {
   failures += check_lanes<8>(src, checked);
   failures += check_lanes<16>(src, checked);
   failures += check_transpose(src, false, checked);
+  failures += check_bf16_transpose(false, checked);
 #if RNNATTN_X86_DISPATCH
   if (__builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
-      __builtin_cpu_supports("avx512vl") && __builtin_cpu_supports("avx512dq"))
+      __builtin_cpu_supports("avx512vl") && __builtin_cpu_supports("avx512dq")) {
     failures += check_transpose(src, true, checked);
-  else
+    failures += check_bf16_transpose(true, checked);
+  } else {
     std::printf("(AVX-512 transpose not run: this CPU lacks AVX-512)\n");
+  }
 #endif
   if (failures) {
     std::printf("%ld of %ld failed\n", failures, checked);
