@@ -35,9 +35,11 @@ void widen_bf16(const uint16_t* src, int64_t n, float* dst, bool accumulate);
 
 // src (rows x cols, rows ld_src apart) rounded to bfloat16 both into dst
 // (rows ld apart) and transposed into dst_t (cols x rows, rows ld_t apart),
-// in one pass over src on all threads (bf16_transpose.h).
+// in one pass over src on all threads (bf16_transpose.h); src's column
+// sums added to col_sums (cols floats) where not null.
 void round_to_bf16_with_transpose(const float* src, int64_t ld_src, int64_t rows, int64_t cols,
-                                  uint16_t* dst, int64_t ld, uint16_t* dst_t, int64_t ld_t);
+                                  uint16_t* dst, int64_t ld, uint16_t* dst_t, int64_t ld_t,
+                                  float* col_sums = nullptr);
 // dst_t (cols x rows, rows ld_t apart) = bfloat16 src (rows x cols, rows
 // ld_src apart) transposed, on all threads.
 void transpose_bf16(const uint16_t* src, int64_t ld_src, int64_t rows, int64_t cols,

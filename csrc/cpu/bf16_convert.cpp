@@ -75,8 +75,9 @@ void widen_bf16(const uint16_t* src, int64_t n, float* dst, bool accumulate) {
 }
 
 void round_to_bf16_with_transpose(const float* src, int64_t ld_src, int64_t rows, int64_t cols,
-                                  uint16_t* dst, int64_t ld, uint16_t* dst_t, int64_t ld_t) {
-  const k::RoundedPair o{dst, ld, dst_t, ld_t};
+                                  uint16_t* dst, int64_t ld, uint16_t* dst_t, int64_t ld_t,
+                                  float* col_sums) {
+  const k::RoundedPair o{dst, ld, dst_t, ld_t, col_sums};
   // Each thread its columns, in blocks of 64 (whole tiles, and each of its
   // rows of dst whole 128-byte pieces).
   constexpr int64_t kBlock = 64;

@@ -42,16 +42,19 @@
 
 namespace rnnattn::cpu::kernels {
 
-// Where the two outputs go: dst (rows ld apart) and dst_t (rows ld_t apart).
+// Where the outputs go: dst (rows ld apart) and dst_t (rows ld_t apart);
+// sums (null: none): src's column sums, in float32, added to what it holds
+// (the bias grads).
 struct RoundedPair {
   uint16_t* dst;
   int64_t ld;
   uint16_t* dst_t;
   int64_t ld_t;
+  float* sums = nullptr;
 };
 
 // Rows [r0, r1) x columns [c0, c1) of src (rows ld_src apart), value by
-// value: dst[r][j] = dst_t[j][r] = bf16(src[r][j]).
+// value: dst[r][j] = dst_t[j][r] = bf16(src[r][j]), sums[j] += src[r][j].
 inline void round_with_transpose_plain(const float* src, int64_t ld_src, const RoundedPair& o,
                                        int64_t r0, int64_t r1, int64_t c0, int64_t c1) {
   for (int64_t r = r0; r < r1; ++r)
@@ -59,6 +62,7 @@ inline void round_with_transpose_plain(const float* src, int64_t ld_src, const R
       const uint16_t b = bf16_bits(src[r * ld_src + j]);
       o.dst[r * o.ld + j] = b;
       o.dst_t[j * o.ld_t + r] = b;
+      if (o.sums != nullptr) o.sums[j] += src[r * ld_src + j];
     }
 }
 
@@ -113,24 +117,29 @@ RNNATTN_TARGET_AVX512 __attribute__((always_inline)) inline void transpose_16x16
 }
 
 // 32 rows x 16 columns: from src (rows ld_src apart) into dst (rows ld
-// apart) and dst_t (16 rows ld_t apart). (Pointers by value: through the
-// RoundedPair reference, GCC reloaded dst_t after every store.)
+// apart) and dst_t (16 rows ld_t apart), their 16 column sums added to
+// sums where not null. (Pointers by value: through the RoundedPair
+// reference, GCC reloaded dst_t after every store.)
 RNNATTN_TARGET_AVX512 __attribute__((always_inline)) inline void round_with_transpose_tile(
     const float* __restrict src, int64_t ld_src, uint16_t* __restrict dst, int64_t ld,
-    uint16_t* __restrict dst_t, int64_t ld_t) {
+    uint16_t* __restrict dst_t, int64_t ld_t, float* __restrict sums) {
   using Half16 = Bf16Lanes<16>::h;
   const LaneIo<16> io{16};
   Dwords16 p[16];
+  Lanes<16>::f total{};
 #pragma GCC unroll 16
   for (int q = 0; q < 16; ++q) {
-    const Dwords16 lo = round_bf16_lanes<16>(io.load(src + 2 * q * ld_src));
-    const Dwords16 hi = round_bf16_lanes<16>(io.load(src + (2 * q + 1) * ld_src));
+    const Lanes<16>::f a = io.load(src + 2 * q * ld_src), b = io.load(src + (2 * q + 1) * ld_src);
+    total += a + b;
+    const Dwords16 lo = round_bf16_lanes<16>(a);
+    const Dwords16 hi = round_bf16_lanes<16>(b);
     const Half16 lo16 = __builtin_convertvector(lo, Half16);
     const Half16 hi16 = __builtin_convertvector(hi, Half16);
     std::memcpy(dst + 2 * q * ld, &lo16, sizeof lo16);
     std::memcpy(dst + (2 * q + 1) * ld, &hi16, sizeof hi16);
     p[q] = lo | hi << 16;
   }
+  if (sums != nullptr) io.store(sums, io.load(sums) + total);
   transpose_16x16(p);
   // dst_t is read only after the walk, by the library's GEMM: stored past
   // the caches where each row's piece is a whole aligned line.
@@ -156,7 +165,8 @@ RNNATTN_TARGET_AVX512 __attribute__((always_inline)) inline void round_with_tran
   for (int64_t r = 0; r < R; r += 32)
     for (int64_t c = c0; c < C; c += 16)
       round_with_transpose_tile(src + r * ld_src + c, ld_src, o.dst + r * o.ld + c, o.ld,
-                                o.dst_t + c * o.ld_t + r, o.ld_t);
+                                o.dst_t + c * o.ld_t + r, o.ld_t,
+                                o.sums != nullptr ? o.sums + c : nullptr);
   _mm_sfence();  // the streamed stores ordered before what follows
   round_with_transpose_plain(src, ld_src, o, 0, R, C, c1);
   round_with_transpose_plain(src, ld_src, o, R, rows, c0, c1);

@@ -668,9 +668,13 @@ LayerGrads backward_layer_half(const Cell& cell, const RnnShape& s, const StepSc
     if (whole_t) {
       TORCH_INTERNAL_ASSERT(dgc.stride(1) == 1 && dgc.size(1) == chunk16.size(1));
       const at::Tensor d16 = chunk16.narrow(0, 0, ch.rows);
+      // The bias grads' sums in the same pass (every gate's A and R add
+      // here: the column sums of dA are both bias grads).
+      TORCH_INTERNAL_ASSERT(L.rest_cols() == 0 && dgc.size(1) == L.gates());
       round_to_bf16_with_transpose(dgc.data_ptr<float>(), dgc.stride(0), ch.rows, dgc.size(1),
                                    bf16_bits_of(d16), d16.stride(0),
-                                   bf16_bits_of(dg16_t) + ch.row0, dg16_t.stride(0));
+                                   bf16_bits_of(dg16_t) + ch.row0, dg16_t.stride(0),
+                                   sum.db_ih.data_ptr<float>());
       if (need_input_grad) {
         at::Tensor dxc = dx.narrow(0, ch.row0, ch.rows);
         at::mm_out(dxc, d16.narrow(1, 0, L.gates()), w_ih);
@@ -679,7 +683,7 @@ LayerGrads backward_layer_half(const Cell& cell, const RnnShape& s, const StepSc
       from_float_rows(dgc, dg16, ch.row0);
     }
     if (whole) {
-      if (need_weight_grad) {
+      if (need_weight_grad && !whole_t) {
         add_column_sums(sum.db_ih, dgc.narrow(1, 0, L.gates()));
         if (L.rest_cols() > 0)
           add_column_sums(sum.db_hh.narrow(0, L.sum_cols(), L.rest_cols()),

@@ -94,9 +94,10 @@ RNNATTN_TARGET_AVX512 void transpose_avx512(const float* src, int64_t ld_src, in
 }
 #endif
 
-// Matrices of rows x cols taken from src (rows ld_src = cols + 3 apart),
-// rounded into dst (rows cols + 5 apart) and dst_t (64-byte aligned, rows
-// rows + 7 apart, or a multiple of 32 past rows: the streamed stores),
+// Matrices of rows x cols taken from src (rows ld_src = cols + 3 apart), then
+// of values in [-1, 1), rounded into dst (rows cols + 5 apart) and dst_t
+// (64-byte aligned, rows rows + 7 apart, or, for the second, a multiple of
+// 32 past rows: the streamed stores), their column sums into sums,
 // columns [c0, c1) where c0 = 16 (the column split of the parallel
 // caller) when cols > 16: every value against bf16_bits, and the padding
 // between rows and past the ends untouched.
@@ -110,13 +111,23 @@ long check_transpose(const std::vector<float>& src, bool avx512, long& checked) 
     const int64_t rows = sz[0], cols = sz[1];
     const int64_t ld_src = cols + 3, ld = cols + 5;
     const int64_t ld_t = line_rows ? (rows + 32) / 32 * 32 : rows + 7;
+    // The patterns above; in the second pass values in [-1, 1), whose sums
+    // are finite and close to exact.
     std::vector<float> m(rows * ld_src);
-    for (float& v : m) v = src[at++ % src.size()];
+    uint32_t next = 7;
+    for (float& v : m) {
+      next = next * 1103515245u + 12345u;
+      v = line_rows ? static_cast<float>(next >> 8) / 8388608.f - 1.f : src[at++ % src.size()];
+    }
     const uint16_t guard = 0xdead;
     std::vector<uint16_t> dst(rows * ld + 1, guard), dst_t_store(cols * ld_t + 1 + 32, guard);
     uint16_t* dst_t = dst_t_store.data();
     while (reinterpret_cast<uintptr_t>(dst_t) % 64 != 0) ++dst_t;
-    const rnnattn::cpu::kernels::RoundedPair o{dst.data(), ld, dst_t, ld_t};
+    // The column sums: added to 0.5 each, against sums in double, within
+    // 1e-5 of the largest magnitude summed a row (not compared where not
+    // finite: the patterns hold infinities and NaNs).
+    std::vector<float> sums(cols + 1, 0.5f);
+    const rnnattn::cpu::kernels::RoundedPair o{dst.data(), ld, dst_t, ld_t, sums.data()};
     const int64_t split = cols > 16 ? 16 : 0;
     for (auto [c0, c1] : {std::pair<int64_t, int64_t>{0, split}, {split, cols}}) {
 #if RNNATTN_X86_DISPATCH
@@ -143,8 +154,21 @@ long check_transpose(const std::vector<float>& src, bool avx512, long& checked) 
           std::printf("FAIL transposed %s %ldx%ld at (%ld, %ld)\n", avx512 ? "avx512" : "plain",
                       long(rows), long(cols), long(j), long(r));
       }
+    for (int64_t j = 0; j < cols; ++j) {
+      double want = 0.5, mag = 0.5;
+      for (int64_t r = 0; r < rows; ++r) {
+        want += m[r * ld_src + j];
+        mag = std::fmax(mag, std::fabs(static_cast<double>(m[r * ld_src + j])));
+      }
+      ++checked;
+      if (std::isfinite(want) && std::isfinite(mag) &&
+          !(std::fabs(sums[j] - want) <= 1e-5 * mag * rows) && failures++ < 10)
+        std::printf("FAIL sums %s %ldx%ld column %ld: %g, want %g\n", avx512 ? "avx512" : "plain",
+                    long(rows), long(cols), long(j), double(sums[j]), want);
+    }
     ++checked;
-    if ((dst.back() != guard || dst_t[cols * ld_t] != guard) && failures++ < 10)
+    if ((dst.back() != guard || dst_t[cols * ld_t] != guard || sums[cols] != 0.5f) &&
+        failures++ < 10)
       std::printf("FAIL transpose %ldx%ld: wrote past the end\n", long(rows), long(cols));
   }
   return failures;
