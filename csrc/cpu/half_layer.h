@@ -593,12 +593,13 @@ LayerGrads backward_layer_half(const Cell& cell, const RnnShape& s, const StepSc
   // weight grads after the walk (dg16); or, where the library makes the
   // weight grads of a cell with several gates (the LSTM) in bfloat16, kept
   // transposed for them instead (dg16_t, bf16_transpose.h), dX made a chunk
-  // at a time from the chunk's rows (chunk16). Measured on a 2-core Xeon
-  // (AMX), LSTM (64,100,512,1024) bfloat16 fwd+bwd, alternating processes:
-  // dW_hh 55.5 -> 23.7 ms, dW_ih 28.6 -> 12.3, the call 1.07x faster. Not
-  // the Elman RNN's: one product of its three gains (dW_hh; dW_ih on its
-  // transposed view was faster there), and dX a chunk at a time is 25
-  // library calls instead of one.
+  // at a time from the chunk's rows (chunk16), still in cache. Measured on
+  // a 2-core Xeon (AMX), LSTM (64,100,512,1024) bfloat16 fwd+bwd: dW_hh
+  // 55.5 -> 23.7 ms, dW_ih 28.6 -> 12.3, dX 13.3 -> 17.8 (25 calls of 256
+  // rows; gathering 1024 rows a call took 25.4: the rows out of cache);
+  // the call 1.09x faster, alternating processes. Not the Elman RNN's: one
+  // product of its three gains there (dW_hh; dW_ih ran faster on the
+  // transposed view), for 25 library calls for dX instead of one.
   const bool whole_t =
       whole && lib_size && need_weight_grad && Cell::kGates > 1 && dtype == at::kBFloat16;
   at::Tensor dg16, dg16_t, chunk16;
