@@ -21,9 +21,8 @@
 // streamed past the caches where aligned. Standalone, one thread, 25
 // chunks of 256 x 4096 (rows 5120 floats apart) into 6400 x 4096: 8 ms
 // for the rows alone (round_to_bf16), 25 ms with the transpose stored
-// plainly, 16 ms streamed. The shuffles are written with GCC's vector
-// extensions, as bf16_lanes.h (the intrinsics' draw GCC 12's false
-// -Wmaybe-uninitialized).
+// plainly (tiles down the columns; 39 ms along the rows), 16 ms streamed
+// along the rows.
 #pragma once
 
 #include <cstdint>
@@ -77,42 +76,55 @@ inline void transpose_bf16_plain(const uint16_t* src, int64_t ld_src, uint16_t* 
 #if RNNATTN_X86_DISPATCH
 using Dwords16 = Bf16Lanes<16>::u;
 
+// Lanes of a and b by index (0-15: a's, 16-31: b's): one VPERMT2D. (Not
+// GCC's __builtin_shuffle, which clang lacks; the unpack intrinsics draw
+// GCC 12's false -Wmaybe-uninitialized.)
+RNNATTN_TARGET_AVX512 __attribute__((always_inline)) inline Dwords16 shuffle2(const Dwords16& a,
+                                                                            const Dwords16& b,
+                                                                            __m512i idx) {
+  return (Dwords16)_mm512_permutex2var_epi32((__m512i)a, idx, (__m512i)b);
+}
+
 // p[k] (16 32-bit lanes each, a row) becomes column k. Four rounds of
-// two-source shuffles (GCC lowers each to one AVX-512 permute): lanes of
-// rows i and i + 1 interleaved in each 128-bit quarter, then 64-bit pairs,
-// then quarters across pairs of rows four apart, then halves.
+// two-source shuffles: lanes of rows i and i + 1 interleaved in each
+// 128-bit quarter, then 64-bit pairs, then quarters across pairs of rows
+// four apart, then halves.
 RNNATTN_TARGET_AVX512 __attribute__((always_inline)) inline void transpose_16x16(Dwords16 p[16]) {
-  const Dwords16 lo32 = {0, 16, 1, 17, 4, 20, 5, 21, 8, 24, 9, 25, 12, 28, 13, 29};
-  const Dwords16 hi32 = {2, 18, 3, 19, 6, 22, 7, 23, 10, 26, 11, 27, 14, 30, 15, 31};
-  const Dwords16 lo64 = {0, 1, 16, 17, 4, 5, 20, 21, 8, 9, 24, 25, 12, 13, 28, 29};
-  const Dwords16 hi64 = {2, 3, 18, 19, 6, 7, 22, 23, 10, 11, 26, 27, 14, 15, 30, 31};
-  const Dwords16 even128 = {0, 1, 2, 3, 8, 9, 10, 11, 16, 17, 18, 19, 24, 25, 26, 27};
-  const Dwords16 odd128 = {4, 5, 6, 7, 12, 13, 14, 15, 20, 21, 22, 23, 28, 29, 30, 31};
+  const __m512i lo32 = _mm512_setr_epi32(0, 16, 1, 17, 4, 20, 5, 21, 8, 24, 9, 25, 12, 28, 13, 29);
+  const __m512i hi32 =
+      _mm512_setr_epi32(2, 18, 3, 19, 6, 22, 7, 23, 10, 26, 11, 27, 14, 30, 15, 31);
+  const __m512i lo64 = _mm512_setr_epi32(0, 1, 16, 17, 4, 5, 20, 21, 8, 9, 24, 25, 12, 13, 28, 29);
+  const __m512i hi64 =
+      _mm512_setr_epi32(2, 3, 18, 19, 6, 7, 22, 23, 10, 11, 26, 27, 14, 15, 30, 31);
+  const __m512i even128 =
+      _mm512_setr_epi32(0, 1, 2, 3, 8, 9, 10, 11, 16, 17, 18, 19, 24, 25, 26, 27);
+  const __m512i odd128 =
+      _mm512_setr_epi32(4, 5, 6, 7, 12, 13, 14, 15, 20, 21, 22, 23, 28, 29, 30, 31);
   Dwords16 t[16];
 #pragma GCC unroll 16
   for (int i = 0; i < 16; i += 2) {
-    t[i] = __builtin_shuffle(p[i], p[i + 1], lo32);
-    t[i + 1] = __builtin_shuffle(p[i], p[i + 1], hi32);
+    t[i] = shuffle2(p[i], p[i + 1], lo32);
+    t[i + 1] = shuffle2(p[i], p[i + 1], hi32);
   }
   // Now in each 128-bit quarter q: column 4q + k of rows 4i..4i+3 in p[4i + k].
 #pragma GCC unroll 16
   for (int i = 0; i < 16; i += 4) {
-    p[i] = __builtin_shuffle(t[i], t[i + 2], lo64);
-    p[i + 1] = __builtin_shuffle(t[i], t[i + 2], hi64);
-    p[i + 2] = __builtin_shuffle(t[i + 1], t[i + 3], lo64);
-    p[i + 3] = __builtin_shuffle(t[i + 1], t[i + 3], hi64);
+    p[i] = shuffle2(t[i], t[i + 2], lo64);
+    p[i + 1] = shuffle2(t[i], t[i + 2], hi64);
+    p[i + 2] = shuffle2(t[i + 1], t[i + 3], lo64);
+    p[i + 3] = shuffle2(t[i + 1], t[i + 3], hi64);
   }
 #pragma GCC unroll 16
   for (int h = 0; h < 16; h += 8)
 #pragma GCC unroll 16
     for (int k = 0; k < 4; ++k) {
-      t[h + k] = __builtin_shuffle(p[h + k], p[h + k + 4], even128);
-      t[h + k + 4] = __builtin_shuffle(p[h + k], p[h + k + 4], odd128);
+      t[h + k] = shuffle2(p[h + k], p[h + k + 4], even128);
+      t[h + k + 4] = shuffle2(p[h + k], p[h + k + 4], odd128);
     }
 #pragma GCC unroll 16
   for (int k = 0; k < 8; ++k) {
-    p[k] = __builtin_shuffle(t[k], t[k + 8], even128);
-    p[k + 8] = __builtin_shuffle(t[k], t[k + 8], odd128);
+    p[k] = shuffle2(t[k], t[k + 8], even128);
+    p[k + 8] = shuffle2(t[k], t[k + 8], odd128);
   }
 }
 
