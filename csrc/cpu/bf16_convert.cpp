@@ -74,15 +74,26 @@ void widen_bf16(const uint16_t* src, int64_t n, float* dst, bool accumulate) {
   }
 }
 
+namespace {
+
+// f(c0, c1) over [0, cols) in blocks of 64 columns dealt to the threads:
+// whole tiles of bf16_transpose.h, and whole 128-byte pieces of each row
+// of bfloat16.
+template <typename F>
+void for_column_blocks(int64_t cols, const F& f) {
+  constexpr int64_t kBlock = 64;
+  at::parallel_for(0, (cols + kBlock - 1) / kBlock, 1, [&](int64_t b0, int64_t b1) {
+    f(b0 * kBlock, std::min(cols, b1 * kBlock));
+  });
+}
+
+}  // namespace
+
 void round_to_bf16_with_transpose(const float* src, int64_t ld_src, int64_t rows, int64_t cols,
                                   uint16_t* dst, int64_t ld, uint16_t* dst_t, int64_t ld_t,
                                   float* col_sums) {
   const k::RoundedPair o{dst, ld, dst_t, ld_t, col_sums};
-  // Each thread its columns, in blocks of 64 (whole tiles, and each of its
-  // rows of dst whole 128-byte pieces).
-  constexpr int64_t kBlock = 64;
-  at::parallel_for(0, (cols + kBlock - 1) / kBlock, 1, [&](int64_t b0, int64_t b1) {
-    const int64_t c0 = b0 * kBlock, c1 = std::min(cols, b1 * kBlock);
+  for_column_blocks(cols, [&](int64_t c0, int64_t c1) {
 #if RNNATTN_X86_DISPATCH
     if (cpu_isa() == Isa::kAvx512) return round_transpose_avx512(src, ld_src, rows, o, c0, c1);
 #endif
@@ -92,9 +103,7 @@ void round_to_bf16_with_transpose(const float* src, int64_t ld_src, int64_t rows
 
 void transpose_bf16(const uint16_t* src, int64_t ld_src, int64_t rows, int64_t cols,
                     uint16_t* dst_t, int64_t ld_t) {
-  constexpr int64_t kBlock = 64;
-  at::parallel_for(0, (cols + kBlock - 1) / kBlock, 1, [&](int64_t b0, int64_t b1) {
-    const int64_t c0 = b0 * kBlock, c1 = std::min(cols, b1 * kBlock);
+  for_column_blocks(cols, [&](int64_t c0, int64_t c1) {
 #if RNNATTN_X86_DISPATCH
     if (cpu_isa() == Isa::kAvx512) return transpose_avx512(src, ld_src, rows, dst_t, ld_t, c0, c1);
 #endif

@@ -667,11 +667,11 @@ LayerGrads backward_layer_half(const Cell& cell, const RnnShape& s, const StepSc
         need_weight_grad && !gemms16, /*pack_w_hh=*/false, &sum, wh_pairs,
         gemms16 ? &dgc : nullptr, w16, w16p);
     if (whole_t) {
-      TORCH_INTERNAL_ASSERT(dgc.stride(1) == 1 && dgc.size(1) == chunk16.size(1));
-      const at::Tensor d16 = chunk16.narrow(0, 0, ch.rows);
       // The bias grads' sums in the same pass (every gate's A and R add
       // here: the column sums of dA are both bias grads).
-      TORCH_INTERNAL_ASSERT(L.rest_cols() == 0 && dgc.size(1) == L.gates());
+      TORCH_INTERNAL_ASSERT(dgc.stride(1) == 1 && L.rest_cols() == 0 &&
+                            dgc.size(1) == L.gates() && chunk16.size(1) == L.gates());
+      const at::Tensor d16 = chunk16.narrow(0, 0, ch.rows);
       round_to_bf16_with_transpose(dgc.data_ptr<float>(), dgc.stride(0), ch.rows, dgc.size(1),
                                    bf16_bits_of(d16), d16.stride(0),
                                    bf16_bits_of(dg16_t) + ch.row0, dg16_t.stride(0),

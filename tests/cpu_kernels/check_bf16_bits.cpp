@@ -10,6 +10,7 @@
 // pattern above laid out in matrices of ragged sizes, and its transpose of
 // bfloat16 matrices. Run by
 // tests/test_cpu_kernel_widths.py.
+#include <array>
 #include <cmath>
 #include <cstdint>
 #include <cstdio>
@@ -94,6 +95,35 @@ RNNATTN_TARGET_AVX512 void transpose_avx512(const float* src, int64_t ld_src, in
 }
 #endif
 
+// The matrix sizes (rows, cols) both transposes are checked on, the guard
+// their outputs are filled with, and the two column ranges each is run over
+// (16 columns, then the rest, as the parallel caller deals them; one range
+// where there are no more than 16).
+const int64_t kTransposeSizes[][2] = {{1, 1},   {1, 17},   {31, 16}, {32, 16},
+                                      {33, 15}, {64, 48},  {65, 67}, {96, 100},
+                                      {7, 250}, {250, 7}, {128, 512}};
+constexpr uint16_t kGuard = 0xdead;
+std::array<std::pair<int64_t, int64_t>, 2> column_split(int64_t cols) {
+  const int64_t split = cols > 16 ? 16 : 0;
+  return {{{0, split}, {split, cols}}};
+}
+
+// got's first `outer` rows (ld apart) against want(o, i) for i < inner and
+// the guard from there to ld: "FAIL <what> <path> <rows>x<cols> at (o, i)".
+template <typename Want>
+void expect_rows(const uint16_t* got, int64_t outer, int64_t inner, int64_t ld, const Want& want,
+                 const char* what, bool avx512, int64_t rows, int64_t cols, long& failures,
+                 long& checked) {
+  for (int64_t o = 0; o < outer; ++o)
+    for (int64_t i = 0; i < ld; ++i) {
+      const uint16_t w = i < inner ? want(o, i) : kGuard;
+      ++checked;
+      if (got[o * ld + i] != w && failures++ < 10)
+        std::printf("FAIL %s %s %ldx%ld at (%ld, %ld)\n", what, avx512 ? "avx512" : "plain",
+                    long(rows), long(cols), long(o), long(i));
+    }
+}
+
 // Matrices of rows x cols taken from src (rows ld_src = cols + 3 apart), then
 // of values in [-1, 1), rounded into dst (rows cols + 5 apart) and dst_t
 // (64-byte aligned, rows rows + 7 apart, or, for the second, a multiple of
@@ -103,11 +133,9 @@ RNNATTN_TARGET_AVX512 void transpose_avx512(const float* src, int64_t ld_src, in
 // between rows and past the ends untouched.
 long check_transpose(const std::vector<float>& src, bool avx512, long& checked) {
   long failures = 0;
-  const int64_t sizes[][2] = {{1, 1}, {1, 17}, {31, 16}, {32, 16}, {33, 15}, {64, 48}, {65, 67},
-                              {96, 100}, {7, 250}, {250, 7}, {128, 512}};
   size_t at = 0;
   for (bool line_rows : {false, true})
-  for (const auto& sz : sizes) {
+  for (const auto& sz : kTransposeSizes) {
     const int64_t rows = sz[0], cols = sz[1];
     const int64_t ld_src = cols + 3, ld = cols + 5;
     const int64_t ld_t = line_rows ? (rows + 32) / 32 * 32 : rows + 7;
@@ -119,8 +147,7 @@ long check_transpose(const std::vector<float>& src, bool avx512, long& checked) 
       next = next * 1103515245u + 12345u;
       v = line_rows ? static_cast<float>(next >> 8) / 8388608.f - 1.f : src[at++ % src.size()];
     }
-    const uint16_t guard = 0xdead;
-    std::vector<uint16_t> dst(rows * ld + 1, guard), dst_t_store(cols * ld_t + 1 + 32, guard);
+    std::vector<uint16_t> dst(rows * ld + 1, kGuard), dst_t_store(cols * ld_t + 1 + 32, kGuard);
     uint16_t* dst_t = dst_t_store.data();
     while (reinterpret_cast<uintptr_t>(dst_t) % 64 != 0) ++dst_t;
     // The column sums: added to 0.5 each, against sums in double, within
@@ -128,8 +155,7 @@ long check_transpose(const std::vector<float>& src, bool avx512, long& checked) 
     // finite: the patterns hold infinities and NaNs).
     std::vector<float> sums(cols + 1, 0.5f);
     const rnnattn::cpu::kernels::RoundedPair o{dst.data(), ld, dst_t, ld_t, sums.data()};
-    const int64_t split = cols > 16 ? 16 : 0;
-    for (auto [c0, c1] : {std::pair<int64_t, int64_t>{0, split}, {split, cols}}) {
+    for (auto [c0, c1] : column_split(cols)) {
 #if RNNATTN_X86_DISPATCH
       if (avx512) {
         transpose_avx512(m.data(), ld_src, rows, o, c0, c1);
@@ -138,22 +164,11 @@ long check_transpose(const std::vector<float>& src, bool avx512, long& checked) 
 #endif
       rnnattn::cpu::kernels::round_with_transpose_plain(m.data(), ld_src, o, 0, rows, c0, c1);
     }
-    for (int64_t r = 0; r < rows; ++r)
-      for (int64_t j = 0; j < ld; ++j) {
-        const uint16_t want = j < cols ? bf16_bits(m[r * ld_src + j]) : guard;
-        ++checked;
-        if (dst[r * ld + j] != want && failures++ < 10)
-          std::printf("FAIL rows %s %ldx%ld at (%ld, %ld)\n", avx512 ? "avx512" : "plain",
-                      long(rows), long(cols), long(r), long(j));
-      }
-    for (int64_t j = 0; j < cols; ++j)
-      for (int64_t r = 0; r < ld_t; ++r) {
-        const uint16_t want = r < rows ? bf16_bits(m[r * ld_src + j]) : guard;
-        ++checked;
-        if (dst_t[j * ld_t + r] != want && failures++ < 10)
-          std::printf("FAIL transposed %s %ldx%ld at (%ld, %ld)\n", avx512 ? "avx512" : "plain",
-                      long(rows), long(cols), long(j), long(r));
-      }
+    auto rounded = [&](int64_t r, int64_t j) { return bf16_bits(m[r * ld_src + j]); };
+    expect_rows(dst.data(), rows, cols, ld, rounded, "rows", avx512, rows, cols, failures, checked);
+    expect_rows(
+        dst_t, cols, rows, ld_t, [&](int64_t j, int64_t r) { return rounded(r, j); }, "transposed",
+        avx512, rows, cols, failures, checked);
     for (int64_t j = 0; j < cols; ++j) {
       double want = 0.5, mag = 0.5;
       for (int64_t r = 0; r < rows; ++r) {
@@ -167,7 +182,7 @@ long check_transpose(const std::vector<float>& src, bool avx512, long& checked) 
                     long(rows), long(cols), long(j), double(sums[j]), want);
     }
     ++checked;
-    if ((dst.back() != guard || dst_t[cols * ld_t] != guard || sums[cols] != 0.5f) &&
+    if ((dst.back() != kGuard || dst_t[cols * ld_t] != kGuard || sums[cols] != 0.5f) &&
         failures++ < 10)
       std::printf("FAIL transpose %ldx%ld: wrote past the end\n", long(rows), long(cols));
   }
@@ -187,10 +202,8 @@ RNNATTN_TARGET_AVX512 void transpose_bf16_avx512(const uint16_t* src, int64_t ld
 // pattern moved to its place, nothing written in the padding.
 long check_bf16_transpose(bool avx512, long& checked) {
   long failures = 0;
-  const int64_t sizes[][2] = {{1, 1}, {1, 17}, {31, 16}, {32, 16}, {33, 15}, {64, 48}, {65, 67},
-                              {96, 100}, {7, 250}, {250, 7}, {128, 512}};
   uint32_t next = 1;
-  for (const auto& sz : sizes) {
+  for (const auto& sz : kTransposeSizes) {
     const int64_t rows = sz[0], cols = sz[1];
     const int64_t ld_src = cols + 3, ld_t = rows + 7;
     std::vector<uint16_t> m(rows * ld_src);
@@ -198,10 +211,8 @@ long check_bf16_transpose(bool avx512, long& checked) {
       next = next * 1103515245u + 12345u;
       v = static_cast<uint16_t>(next >> 7);
     }
-    const uint16_t guard = 0xdead;
-    std::vector<uint16_t> dst_t(cols * ld_t + 1, guard);
-    const int64_t split = cols > 16 ? 16 : 0;
-    for (auto [c0, c1] : {std::pair<int64_t, int64_t>{0, split}, {split, cols}}) {
+    std::vector<uint16_t> dst_t(cols * ld_t + 1, kGuard);
+    for (auto [c0, c1] : column_split(cols)) {
 #if RNNATTN_X86_DISPATCH
       if (avx512) {
         transpose_bf16_avx512(m.data(), ld_src, rows, dst_t.data(), ld_t, c0, c1);
@@ -211,16 +222,11 @@ long check_bf16_transpose(bool avx512, long& checked) {
       rnnattn::cpu::kernels::transpose_bf16_plain(m.data(), ld_src, dst_t.data(), ld_t, 0, rows,
                                                   c0, c1);
     }
-    for (int64_t j = 0; j < cols; ++j)
-      for (int64_t r = 0; r < ld_t; ++r) {
-        const uint16_t want = r < rows ? m[r * ld_src + j] : guard;
-        ++checked;
-        if (dst_t[j * ld_t + r] != want && failures++ < 10)
-          std::printf("FAIL bf16 transpose %s %ldx%ld at (%ld, %ld)\n",
-                      avx512 ? "avx512" : "plain", long(rows), long(cols), long(j), long(r));
-      }
+    expect_rows(
+        dst_t.data(), cols, rows, ld_t, [&](int64_t j, int64_t r) { return m[r * ld_src + j]; },
+        "bf16 transpose", avx512, rows, cols, failures, checked);
     ++checked;
-    if (dst_t.back() != guard && failures++ < 10)
+    if (dst_t.back() != kGuard && failures++ < 10)
       std::printf("FAIL bf16 transpose %ldx%ld: wrote past the end\n", long(rows), long(cols));
   }
   return failures;
