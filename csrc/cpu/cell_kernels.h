@@ -34,13 +34,15 @@ namespace rnnattn::cpu::kernels {
 // tanh(c) into h_out, and h_next unless null. kFused (a fused large
 // bfloat16 step, CellRow::r16): the gates of ((A + r16) + bias), A from
 // a16 unless null, and h into h16 too; a build of its own, so that the
-// float32 steps' loop carries none of it.
+// float32 steps' loop carries none of it. There, with a16, ws may be null:
+// the gates are not kept (inference).
 template <int N, bool kFused = false>
 __attribute__((always_inline)) inline void lstm_forward_lanes(const CellRow<float>& r,
                                                               const float* bias, int64_t H,
                                                               int64_t c0, int64_t c1) {
   using V = typename Lanes<N>::f;
-  float* ws = r.ws + c0;
+  const bool keep = !kFused || r.ws != nullptr;  // the gates into ws
+  float* ws = keep ? r.ws + c0 : nullptr;
   const float* b = bias + c0;
   float* c = r.c + c0;
   float* c_keep = r.c_keep ? r.c_keep + c0 : nullptr;
@@ -65,10 +67,12 @@ __attribute__((always_inline)) inline void lstm_forward_lanes(const CellRow<floa
     const V f = sigmoid_lanes<N>(pre(1));
     const V g = tanh_lanes<N>(pre(2));
     const V o = sigmoid_lanes<N>(pre(3));
-    io.store(ws + j, i);
-    io.store(ws + H + j, f);
-    io.store(ws + 2 * H + j, g);
-    io.store(ws + 3 * H + j, o);
+    if (keep) {
+      io.store(ws + j, i);
+      io.store(ws + H + j, f);
+      io.store(ws + 2 * H + j, g);
+      io.store(ws + 3 * H + j, o);
+    }
     const V cn = f * io.load(c + j) + i * g;
     io.store(c + j, cn);
     if (c_keep) io.store(c_keep + j, cn);
@@ -112,14 +116,15 @@ __attribute__((always_inline)) inline void lstm_backward_lanes(const CellRow<flo
 // r R_n); h = n + z (h_prev - n) into h_out and h_next; r, z, n into ws.
 // kFused (a fused large bfloat16 step, CellRow::r16, as the LSTM's): r, z
 // of ((A + r16) + bias), R_n from r16, A from a16 unless null, and h into
-// h16 too.
+// h16 too; with a16, ws and rest may be null (r, z, n and R_n not kept).
 template <int N, bool kFused = false>
 __attribute__((always_inline)) inline void gru_forward_lanes(const CellRow<float>& r,
                                                              const float* bias, int64_t H,
                                                              int64_t c0, int64_t c1) {
   using V = typename Lanes<N>::f;
-  float* ws = r.ws + c0;
-  float* rn = r.rest + c0;
+  const bool keep = !kFused || r.ws != nullptr;  // r, z, n into ws, R_n into rest
+  float* ws = keep ? r.ws + c0 : nullptr;
+  float* rn = keep ? r.rest + c0 : nullptr;
   const float* b = bias + c0;
   const float* h_prev = r.h_prev + c0;
   float* h_out = r.h_out + c0;
@@ -150,10 +155,12 @@ __attribute__((always_inline)) inline void gru_forward_lanes(const CellRow<float
     }
     const V rnv = rn_in + io.load(b + 3 * H + j);
     const V nv = tanh_lanes<N>(a(2) + (io.load(b + 2 * H + j) + rv * rnv));
-    io.store(ws + j, rv);
-    io.store(ws + H + j, zv);
-    io.store(ws + 2 * H + j, nv);
-    io.store(rn + j, rnv);
+    if (keep) {
+      io.store(ws + j, rv);
+      io.store(ws + H + j, zv);
+      io.store(ws + 2 * H + j, nv);
+      io.store(rn + j, rnv);
+    }
     // torch's form of (1 - z) n + z h.
     const V h = nv + zv * (io.load(h_prev + j) - nv);
     io.store(h_out + j, h);

@@ -20,7 +20,8 @@ namespace rnnattn::cpu {
 // kFusedBf16Step): r16 holds the step's R of every gate in bfloat16 (unit
 // c0's, not unit 0's; gate blocks r16_gate apart), added to A as it is
 // read, and h16 receives h_t rounded to bfloat16 (the next step's left
-// operand); a16 (with r16, or null): A in bfloat16, read in place of ws's.
+// operand); a16 (with r16, or null): A in bfloat16, read in place of ws's;
+// with a16, ws (and rest) null in inference: the gates are not kept.
 // Backward: dh is the grad of h_t (gout is added to it)
 // and receives the part of the grad of h_{t-1} that does not go through
 // W_hh; c holds dc, updated in place; dg receives the gate grads.

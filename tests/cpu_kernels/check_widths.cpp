@@ -234,16 +234,17 @@ void check_cells() {
         }
 }
 
-// The cases of the fused bfloat16 steps' checks: f(H, c0, c1, with_a16)
-// over rows of odd widths, unit ranges that start and end inside them, A
-// from ws or in bfloat16.
+// The cases of the fused bfloat16 steps' checks: f(H, c0, c1, with_a16,
+// keep) over rows of odd widths, unit ranges that start and end inside
+// them, A from ws or in bfloat16, and with A in bfloat16 the gates kept in
+// ws or not (inference: ws null).
 template <typename F>
 void for_fused_cases(const F& f) {
   for (int H : {1, 7, 16, 17, 33, 100})
     for (int c0 : {0, 3})
       for (int c1 : {H - 5, H})
-        for (int with_a16 = 0; with_a16 < 2; ++with_a16)
-          if (c0 < c1 && c1 > 0) f(H, c0, c1, with_a16 == 1);
+        for (int mode = 0; mode < 3; ++mode)
+          if (c0 < c1 && c1 > 0) f(H, c0, c1, mode > 0, mode < 2);
 }
 
 // k bfloat16 patterns of values drawn from u.
@@ -259,14 +260,14 @@ std::vector<uint16_t> bf16_patterns(G& gen, U& u, int k) {
 // widened, then bias): the same values bit for bit, h_t rounded into h16
 // as bf16_bits rounds it; R in a row of its own (gate blocks gs apart,
 // from unit c0), A from ws or in bfloat16 (a16); nothing written outside
-// [c0, c1).
+// [c0, c1); without ws (keep false), the same c, h and h16.
 template <int N>
 void check_fused_lstm() {
   std::mt19937 gen(13);
   std::uniform_real_distribution<float> u(-3, 3);
   using rnnattn::cpu::bf16_bits;
   using rnnattn::cpu::bf16_value;
-  for_fused_cases([&](int H, int c0, int c1, bool with_a16) {
+  for_fused_cases([&](int H, int c0, int c1, bool with_a16, bool keep) {
     const int gs = c1 - c0 + 2;
     const std::vector<uint16_t> a16 = bf16_patterns(gen, u, 4 * H),
                                 r16 = bf16_patterns(gen, u, 4 * gs);
@@ -285,14 +286,14 @@ void check_fused_lstm() {
     w.ws = want_ws.data(), w.c = want_c.data(), w.h_out = want_h.data();
     k::lstm_forward_lanes<N>(w, bias.data(), H, c0, c1);
     CellRow<float> f;
-    f.ws = got_ws.data(), f.c = got_c.data(), f.h_out = got_h.data();
+    f.ws = keep ? got_ws.data() : nullptr, f.c = got_c.data(), f.h_out = got_h.data();
     f.r16 = r16.data(), f.r16_gate = gs, f.h16 = h16.data();
     f.a16 = with_a16 ? a16.data() : nullptr;
     k::lstm_forward_lanes<N, true>(f, bias.data(), H, c0, c1);
     for (int j = 0; j < H; ++j) {
       const bool in = j >= c0 && j < c1;
       for (int g = 0; g < 4; ++g) {
-        const float want = in ? want_ws[g * H + j] : got_ws0[g * H + j];
+        const float want = in && keep ? want_ws[g * H + j] : got_ws0[g * H + j];
         if (got_ws[g * H + j] != want) fail("fused lstm ws", H, c0, j, N, got_ws[g * H + j], want);
       }
       if (got_c[j] != want_c[j]) fail("fused lstm c", H, c0, j, N, got_c[j], want_c[j]);
@@ -304,14 +305,15 @@ void check_fused_lstm() {
 }
 
 // The GRU's likewise (gru_forward_lanes<N, true>): r, z of A + R widened,
-// R_n from r16 (plus b_hn) into rest.
+// R_n from r16 (plus b_hn) into rest; without ws and rest (keep false), the
+// same h and h16.
 template <int N>
 void check_fused_gru() {
   std::mt19937 gen(17);
   std::uniform_real_distribution<float> u(-3, 3);
   using rnnattn::cpu::bf16_bits;
   using rnnattn::cpu::bf16_value;
-  for_fused_cases([&](int H, int c0, int c1, bool with_a16) {
+  for_fused_cases([&](int H, int c0, int c1, bool with_a16, bool keep) {
     const int gs = c1 - c0 + 2;
     auto fill = [&](int k) {
       std::vector<float> v(k);
@@ -337,7 +339,8 @@ void check_fused_gru() {
     w.h_out = want_h.data(), w.h_next = want_hn.data();
     k::gru_forward_lanes<N>(w, bias.data(), H, c0, c1);
     CellRow<float> f;
-    f.ws = got_ws.data(), f.rest = got_rest.data(), f.h_prev = h_prev.data();
+    f.ws = keep ? got_ws.data() : nullptr, f.rest = keep ? got_rest.data() : nullptr;
+    f.h_prev = h_prev.data();
     f.h_out = got_h.data(), f.h_next = got_hn.data();
     f.r16 = r16.data(), f.r16_gate = gs, f.h16 = h16.data();
     f.a16 = with_a16 ? a16.data() : nullptr;
@@ -345,10 +348,10 @@ void check_fused_gru() {
     for (int j = 0; j < H; ++j) {
       const bool in = j >= c0 && j < c1;
       for (int g = 0; g < 3; ++g) {
-        const float want = in ? want_ws[g * H + j] : got_ws0[g * H + j];
+        const float want = in && keep ? want_ws[g * H + j] : got_ws0[g * H + j];
         if (got_ws[g * H + j] != want) fail("fused gru ws", H, c0, j, N, got_ws[g * H + j], want);
       }
-      const float want_r = in ? want_rest[j] : rest0[j];
+      const float want_r = in && keep ? want_rest[j] : rest0[j];
       if (got_rest[j] != want_r) fail("fused gru rest", H, c0, j, N, got_rest[j], want_r);
       if (got_h[j] != want_h[j] || got_hn[j] != want_hn[j])
         fail("fused gru h", H, c0, j, N, got_h[j], want_h[j]);
