@@ -35,7 +35,8 @@ namespace rnnattn::cpu::kernels {
 // bfloat16 step, CellRow::r16): the gates of ((A + r16) + bias), A from
 // a16 unless null, and h into h16 too; a build of its own, so that the
 // float32 steps' loop carries none of it. There, with a16, ws may be null:
-// the gates are not kept (inference).
+// the gates are not kept (inference); and h goes into h16_out rounded
+// instead of into h_out where h_out is null.
 template <int N, bool kFused = false>
 __attribute__((always_inline)) inline void lstm_forward_lanes(const CellRow<float>& r,
                                                               const float* bias, int64_t H,
@@ -46,12 +47,13 @@ __attribute__((always_inline)) inline void lstm_forward_lanes(const CellRow<floa
   const float* b = bias + c0;
   float* c = r.c + c0;
   float* c_keep = r.c_keep ? r.c_keep + c0 : nullptr;
-  float* h_out = r.h_out + c0;
+  float* h_out = r.h_out ? r.h_out + c0 : nullptr;  // null: kFused's h16_out instead
   float* h_next = r.h_next ? r.h_next + c0 : nullptr;
   const uint16_t* r16 = r.r16;  // at unit c0 already
   const int64_t gr = r.r16_gate;
   const uint16_t* a16 = r.a16 ? r.a16 + c0 : nullptr;
   uint16_t* h16 = r.h16 ? r.h16 + c0 : nullptr;
+  uint16_t* h16_out = r.h16_out ? r.h16_out + c0 : nullptr;
   for_lanes<N>(c1 - c0, [&](int64_t j, int m) __attribute__((always_inline)) {
     const LaneIo<N> io{m};
     // (A + R) + bias, in the order of the unfused steps (R widened into ws first).
@@ -77,9 +79,12 @@ __attribute__((always_inline)) inline void lstm_forward_lanes(const CellRow<floa
     io.store(c + j, cn);
     if (c_keep) io.store(c_keep + j, cn);
     const V h = o * tanh_lanes<N>(cn);
-    io.store(h_out + j, h);
+    if (!kFused || h_out) io.store(h_out + j, h);
     if (h_next) io.store(h_next + j, h);
-    if constexpr (kFused) store_bf16_lanes<N>(h16 + j, h, m);
+    if constexpr (kFused) {
+      store_bf16_lanes<N>(h16 + j, h, m);
+      if (h16_out) store_bf16_lanes<N>(h16_out + j, h, m);
+    }
   });
 }
 
@@ -116,7 +121,8 @@ __attribute__((always_inline)) inline void lstm_backward_lanes(const CellRow<flo
 // r R_n); h = n + z (h_prev - n) into h_out and h_next; r, z, n into ws.
 // kFused (a fused large bfloat16 step, CellRow::r16, as the LSTM's): r, z
 // of ((A + r16) + bias), R_n from r16, A from a16 unless null, and h into
-// h16 too; with a16, ws and rest may be null (r, z, n and R_n not kept).
+// h16 too; with a16, ws and rest may be null (r, z, n and R_n not kept),
+// and h go into h16_out instead of h_out where h_out is null.
 template <int N, bool kFused = false>
 __attribute__((always_inline)) inline void gru_forward_lanes(const CellRow<float>& r,
                                                              const float* bias, int64_t H,
@@ -127,12 +133,13 @@ __attribute__((always_inline)) inline void gru_forward_lanes(const CellRow<float
   float* rn = keep ? r.rest + c0 : nullptr;
   const float* b = bias + c0;
   const float* h_prev = r.h_prev + c0;
-  float* h_out = r.h_out + c0;
+  float* h_out = r.h_out ? r.h_out + c0 : nullptr;  // null: kFused's h16_out instead
   float* h_next = r.h_next + c0;
   const uint16_t* r16 = r.r16;  // at unit c0 already
   const int64_t gr = r.r16_gate;
   const uint16_t* a16 = r.a16 ? r.a16 + c0 : nullptr;
   uint16_t* h16 = r.h16 ? r.h16 + c0 : nullptr;
+  uint16_t* h16_out = r.h16_out ? r.h16_out + c0 : nullptr;
   for_lanes<N>(c1 - c0, [&](int64_t j, int m) __attribute__((always_inline)) {
     const LaneIo<N> io{m};
     auto a = [&](int64_t g) __attribute__((always_inline)) {
@@ -163,9 +170,12 @@ __attribute__((always_inline)) inline void gru_forward_lanes(const CellRow<float
     }
     // torch's form of (1 - z) n + z h.
     const V h = nv + zv * (io.load(h_prev + j) - nv);
-    io.store(h_out + j, h);
+    if (!kFused || h_out) io.store(h_out + j, h);
     io.store(h_next + j, h);
-    if constexpr (kFused) store_bf16_lanes<N>(h16 + j, h, m);
+    if constexpr (kFused) {
+      store_bf16_lanes<N>(h16 + j, h, m);
+      if (h16_out) store_bf16_lanes<N>(h16_out + j, h, m);
+    }
   });
 }
 

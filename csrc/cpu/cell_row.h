@@ -21,7 +21,9 @@ namespace rnnattn::cpu {
 // c0's, not unit 0's; gate blocks r16_gate apart), added to A as it is
 // read, and h16 receives h_t rounded to bfloat16 (the next step's left
 // operand); a16 (with r16, or null): A in bfloat16, read in place of ws's;
-// with a16, ws (and rest) null in inference: the gates are not kept.
+// with a16, ws (and rest) null in inference: the gates are not kept; and
+// h16_out (with r16, or null): the output row in bfloat16, which receives
+// h_t rounded in place of h_out's float32 (h_out then null).
 // Backward: dh is the grad of h_t (gout is added to it)
 // and receives the part of the grad of h_{t-1} that does not go through
 // W_hh; c holds dc, updated in place; dg receives the gate grads.
@@ -43,6 +45,7 @@ struct CellRow {
   int64_t r16_gate = 0;
   const uint16_t* a16 = nullptr;
   uint16_t* h16 = nullptr;
+  uint16_t* h16_out = nullptr;
 };
 
 }  // namespace rnnattn::cpu

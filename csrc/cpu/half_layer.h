@@ -462,6 +462,8 @@ LayerForward forward_layer_half(const Cell& cell, const RnnShape& s, const StepS
   // consecutive chunks up to I rows (InputRows).
   InputRows a_rows{x, w_ih, chunks, !wit.defined() && half::library_half_gemm(input.scalar_type()),
                    s.input};
+  // A bfloat16 output the fused steps may write themselves (forward_layer_op's out16).
+  const bool out16 = input.scalar_type() == at::kBFloat16;
   for (size_t k = 0; k < chunks.size(); ++k) {
     const StepChunk& ch = chunks[k];
     RnnShape sc = s;
@@ -470,8 +472,9 @@ LayerForward forward_layer_half(const Cell& cell, const RnnShape& s, const StepS
     LayerForward rc = forward_layer_op(
         cell, sc, ch.sched,
         a.defined() ? x.narrow(0, ch.row0, ch.rows) : float_rows(x, ch.row0, ch.rows, cap, buf_x),
-        h, opt(c), wi, wh, bi, bh, wr, reverse, train, a, /*pack_w_hh=*/false, wt, wit, w16, w16p);
-    from_float_rows(rc.output, out, ch.row0);
+        h, opt(c), wi, wh, bi, bh, wr, reverse, train, a, /*pack_w_hh=*/false, wt, wit, w16, w16p,
+        out16 ? out.narrow(0, ch.row0, ch.rows) : at::Tensor());
+    if (rc.output.defined()) from_float_rows(rc.output, out, ch.row0);  // else in out already
     if (has_reserve && train) from_float_rows(rc.reserve, r.reserve, ch.row0);
     h = rc.h_n;
     c = rc.c_n;

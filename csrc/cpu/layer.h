@@ -126,7 +126,8 @@ LayerForward forward_layer_op(const Cell& cell, const RnnShape& s, const StepSch
                               bool pack_w_hh = true, const at::Tensor& w_hh_t = at::Tensor(),
                               const at::Tensor& w_ih_t_pairs = at::Tensor(),
                               const at::Tensor& w_hh16 = at::Tensor(),
-                              const std::vector<at::Tensor>& w_hh16_packed = {}) {
+                              const std::vector<at::Tensor>& w_hh16_packed = {},
+                              const at::Tensor& out16 = at::Tensor()) {
   // a_given: A = X W_ih^T, (rows, gates) in any floating dtype, computed by
   // the caller (half.h); input is then read for its shape only, and may be
   // of another dtype than the rest. pack_w_hh: LayerPtrs::pack. w_hh_t:
@@ -139,7 +140,10 @@ LayerForward forward_layer_op(const Cell& cell, const RnnShape& s, const StepSch
   // the large steps multiply through the library's bfloat16 GEMM
   // (LayerPtrs::w_hh16), on w_hh16_packed where given: W_hh in oneDNN's
   // layout, one weight (LayerPtrs::w_hh16_packed) or one per unit part
-  // (LayerPtrs::w_hh16_parts).
+  // (LayerPtrs::w_hh16_parts). out16: the output rows in bfloat16 (rows,
+  // Hs), contiguous, where the caller rounds the output to bfloat16: where
+  // A stays in bfloat16 (a16 below) the steps write h_t there
+  // (LayerPtrs::out16) and the returned output is undefined.
   constexpr bool kOutputIsReserve = Cell::kWsBlocks == 1;  // the Elman RNN
   const CellLayout<Cell> L{s.hidden};
   const int64_t H = s.hidden, Hs = s.state, B = s.batch;
@@ -153,7 +157,6 @@ LayerForward forward_layer_op(const Cell& cell, const RnnShape& s, const StepSch
   std::vector<int64_t> out_shape(input.sizes().begin(), input.sizes().end());
   out_shape.back() = Hs;
   LayerForward r;
-  r.output = at::empty(out_shape, opts);
   // Inference keeps A and the activations only, for kInputChunkSteps steps
   // at a time (see LayerPtrs); the op then returns an empty reserve.
   const int64_t ws_cols = (train ? Cell::kWsBlocks : Cell::kGates) * H;
@@ -170,6 +173,10 @@ LayerForward forward_layer_op(const Cell& cell, const RnnShape& s, const StepSch
                    a_given.is_contiguous() && Cell::kFusedBf16Step && w_hh16.defined() &&
                    !wr.defined() && sched.steps() > 0 &&
                    !small_step<Cell>(sched.batch.back(), Hs, L.gates());
+  const bool to_out16 = a16 && out16.defined();
+  TORCH_INTERNAL_ASSERT(!to_out16 || (out16.scalar_type() == at::kBFloat16 &&
+                                      out16.is_contiguous() && out16.numel() == s.rows * Hs));
+  if (!to_out16) r.output = at::empty(out_shape, opts);
   const bool ws_one_step =
       !train && !kOutputIsReserve && (w_ih_t_pairs.defined() || a16) && !wr.defined();
   const int64_t ws_steps = !train && !kOutputIsReserve && !a_given.defined() && !ws_one_step &&
@@ -242,8 +249,9 @@ LayerForward forward_layer_op(const Cell& cell, const RnnShape& s, const StepSch
     }
     p.w_hr = ptr_or_null<T>(wr);
     p.bias = bias;
-    p.out = r.output.data_ptr<T>();
+    p.out = ptr_or_null<T>(r.output);
     p.ld_out = Hs;
+    if (to_out16) p.out16 = reinterpret_cast<uint16_t*>(out16.data_ptr<at::BFloat16>());
     p.ws = kOutputIsReserve ? p.out : ws.data_ptr<T>();
     p.ld_ws = kOutputIsReserve ? Hs : ws_cols;
     p.train = train;

@@ -144,6 +144,10 @@ struct LayerPtrs {
   // kFusedBf16Step cell), which reads it as it reads R; ws then only
   // receives the activations (in inference one step's rows: ws_one_step).
   const uint16_t* a16 = nullptr;
+  // With a16: the output in bfloat16 (rows Hs apart), which the fused
+  // steps round h_t into instead of writing out's float32 rows
+  // (CellRow::h16_out); else null.
+  uint16_t* out16 = nullptr;
   // Whether the recurrent GEMMs may pack W_hh (packed_rows): a half-precision
   // call, which runs the engine once per chunk of steps and is there to save
   // memory, does not (half_layer.h).
@@ -562,7 +566,10 @@ T* forward_layer(const Cell& cell, const RnnShape& s, const StepSchedule& sched,
       row.ws = keep ? a.ws + r * p.ld_ws : nullptr;
       row.rest = keep ? a.rest + r * a.ld_rest : nullptr;
       row.h_prev = cur + r * Hs;
-      row.h_out = proj ? m + r * H : p.out + (a.row0 + r) * p.ld_out;
+      row.h16_out = row.a16 && p.out16 ? p.out16 + (a.row0 + r) * Hs : nullptr;
+      row.h_out = proj             ? m + r * H
+                  : row.h16_out    ? nullptr
+                                   : p.out + (a.row0 + r) * p.ld_out;
       row.h_next = proj ? nullptr : nxt + r * Hs;
       row.c = Cell::kHasCell ? c + r * H : nullptr;
       row.c_keep = Cell::kHasCell && train ? row.ws + L.gates() : nullptr;

@@ -237,7 +237,7 @@ void check_cells() {
 // The cases of the fused bfloat16 steps' checks: f(H, c0, c1, with_a16,
 // keep) over rows of odd widths, unit ranges that start and end inside
 // them, A from ws or in bfloat16, and with A in bfloat16 the gates kept in
-// ws or not (inference: ws null).
+// ws and h_t in h_out or not (ws and h_out null, h_t into h16_out).
 template <typename F>
 void for_fused_cases(const F& f) {
   for (int H : {1, 7, 16, 17, 33, 100})
@@ -260,7 +260,8 @@ std::vector<uint16_t> bf16_patterns(G& gen, U& u, int k) {
 // widened, then bias): the same values bit for bit, h_t rounded into h16
 // as bf16_bits rounds it; R in a row of its own (gate blocks gs apart,
 // from unit c0), A from ws or in bfloat16 (a16); nothing written outside
-// [c0, c1); without ws (keep false), the same c, h and h16.
+// [c0, c1); without ws and h_out (keep false), the same c and h16, and h
+// rounded into h16_out.
 template <int N>
 void check_fused_lstm() {
   std::mt19937 gen(13);
@@ -285,8 +286,10 @@ void check_fused_lstm() {
     CellRow<float> w;
     w.ws = want_ws.data(), w.c = want_c.data(), w.h_out = want_h.data();
     k::lstm_forward_lanes<N>(w, bias.data(), H, c0, c1);
+    std::vector<uint16_t> h16_out(H, 0x4321);
     CellRow<float> f;
-    f.ws = keep ? got_ws.data() : nullptr, f.c = got_c.data(), f.h_out = got_h.data();
+    f.ws = keep ? got_ws.data() : nullptr, f.c = got_c.data();
+    f.h_out = keep ? got_h.data() : nullptr, f.h16_out = keep ? nullptr : h16_out.data();
     f.r16 = r16.data(), f.r16_gate = gs, f.h16 = h16.data();
     f.a16 = with_a16 ? a16.data() : nullptr;
     k::lstm_forward_lanes<N, true>(f, bias.data(), H, c0, c1);
@@ -297,16 +300,19 @@ void check_fused_lstm() {
         if (got_ws[g * H + j] != want) fail("fused lstm ws", H, c0, j, N, got_ws[g * H + j], want);
       }
       if (got_c[j] != want_c[j]) fail("fused lstm c", H, c0, j, N, got_c[j], want_c[j]);
-      if (got_h[j] != want_h[j]) fail("fused lstm h_out", H, c0, j, N, got_h[j], want_h[j]);
+      const float want_hj = keep ? want_h[j] : 9.f;
+      if (got_h[j] != want_hj) fail("fused lstm h_out", H, c0, j, N, got_h[j], want_hj);
       const uint16_t want16 = in ? bf16_bits(want_h[j]) : 0x1234;
       if (h16[j] != want16) fail("fused lstm h16", H, c0, j, N, h16[j], want16);
+      const uint16_t want16_out = in && !keep ? bf16_bits(want_h[j]) : 0x4321;
+      if (h16_out[j] != want16_out) fail("fused lstm h16_out", H, c0, j, N, h16_out[j], want16_out);
     }
   });
 }
 
 // The GRU's likewise (gru_forward_lanes<N, true>): r, z of A + R widened,
-// R_n from r16 (plus b_hn) into rest; without ws and rest (keep false), the
-// same h and h16.
+// R_n from r16 (plus b_hn) into rest; without ws, rest and h_out (keep
+// false), the same h_next and h16, and h rounded into h16_out.
 template <int N>
 void check_fused_gru() {
   std::mt19937 gen(17);
@@ -338,10 +344,12 @@ void check_fused_gru() {
     w.ws = want_ws.data(), w.rest = want_rest.data(), w.h_prev = h_prev.data();
     w.h_out = want_h.data(), w.h_next = want_hn.data();
     k::gru_forward_lanes<N>(w, bias.data(), H, c0, c1);
+    std::vector<uint16_t> h16_out(H, 0x4321);
     CellRow<float> f;
     f.ws = keep ? got_ws.data() : nullptr, f.rest = keep ? got_rest.data() : nullptr;
     f.h_prev = h_prev.data();
-    f.h_out = got_h.data(), f.h_next = got_hn.data();
+    f.h_out = keep ? got_h.data() : nullptr, f.h16_out = keep ? nullptr : h16_out.data();
+    f.h_next = got_hn.data();
     f.r16 = r16.data(), f.r16_gate = gs, f.h16 = h16.data();
     f.a16 = with_a16 ? a16.data() : nullptr;
     k::gru_forward_lanes<N, true>(f, bias.data(), H, c0, c1);
@@ -353,10 +361,12 @@ void check_fused_gru() {
       }
       const float want_r = in && keep ? want_rest[j] : rest0[j];
       if (got_rest[j] != want_r) fail("fused gru rest", H, c0, j, N, got_rest[j], want_r);
-      if (got_h[j] != want_h[j] || got_hn[j] != want_hn[j])
-        fail("fused gru h", H, c0, j, N, got_h[j], want_h[j]);
+      if (got_h[j] != (keep ? want_h[j] : 9.f) || got_hn[j] != want_hn[j])
+        fail("fused gru h", H, c0, j, N, got_hn[j], want_hn[j]);
       const uint16_t want16 = in ? bf16_bits(want_h[j]) : 0x1234;
       if (h16[j] != want16) fail("fused gru h16", H, c0, j, N, h16[j], want16);
+      const uint16_t want16_out = in && !keep ? bf16_bits(want_h[j]) : 0x4321;
+      if (h16_out[j] != want16_out) fail("fused gru h16_out", H, c0, j, N, h16_out[j], want16_out);
     }
   });
 }
