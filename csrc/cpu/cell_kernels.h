@@ -122,7 +122,7 @@ __attribute__((always_inline)) inline void lstm_backward_lanes(const CellRow<flo
 // kFused (a fused large bfloat16 step, CellRow::r16, as the LSTM's): r, z
 // of ((A + r16) + bias), R_n from r16, A from a16 unless null, and h into
 // h16 too; with a16, ws and rest may be null (r, z, n and R_n not kept),
-// and h go into h16_out instead of h_out where h_out is null.
+// and h goes into h16_out instead of h_out where h_out is null.
 template <int N, bool kFused = false>
 __attribute__((always_inline)) inline void gru_forward_lanes(const CellRow<float>& r,
                                                              const float* bias, int64_t H,
