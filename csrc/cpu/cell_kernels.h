@@ -179,6 +179,46 @@ __attribute__((always_inline)) inline void gru_forward_lanes(const CellRow<float
   });
 }
 
+// The Elman RNN's fused large bfloat16 step over units [c0, c1) of one
+// row (RnnCell, CellRow::r16): h = act((A + r16) + bias), act tanh or relu
+// (relu(NaN) NaN, as activate_row), the order of operations of the unfused
+// step (R widened and added into A's float32 row, then act(row + bias)).
+// A from a16 unless null, else from ws (the Elman RNN's reserve is its
+// output row, where A waits; ws is then h_out). h into h_out unless null
+// (then into h16_out, rounded), h_next, and rounded into h16. One pass
+// instead of the unfused step's three (widen R, activate, round h_t) and
+// the chunk's two (A widened into the output, the output rounded).
+template <int N, bool kRelu>
+__attribute__((always_inline)) inline void rnn_forward_fused_lanes(const CellRow<float>& r,
+                                                                   const float* bias, int64_t c0,
+                                                                   int64_t c1) {
+  using V = typename Lanes<N>::f;
+  using VI = typename Lanes<N>::i;
+  const float* ws = r.a16 ? nullptr : r.ws + c0;
+  const float* b = bias + c0;
+  float* h_out = r.h_out ? r.h_out + c0 : nullptr;
+  float* h_next = r.h_next + c0;
+  const uint16_t* r16 = r.r16;  // at unit c0 already
+  const uint16_t* a16 = r.a16 ? r.a16 + c0 : nullptr;
+  uint16_t* h16 = r.h16 + c0;
+  uint16_t* h16_out = r.h16_out ? r.h16_out + c0 : nullptr;
+  for_lanes<N>(c1 - c0, [&](int64_t j, int m) __attribute__((always_inline)) {
+    const LaneIo<N> io{m};
+    const V a = a16 ? load_bf16_lanes<N>(a16 + j, m) : io.load(ws + j);
+    const V z = (a + load_bf16_lanes<N>(r16 + j, m)) + io.load(b + j);
+    V h;
+    if constexpr (kRelu) {
+      h = (V)((VI)z & ((z > 0.f) | (z != z)));  // z where z > 0 or NaN, else +0
+    } else {
+      h = tanh_lanes<N>(z);
+    }
+    if (h_out) io.store(h_out + j, h);
+    io.store(h_next + j, h);
+    store_bf16_lanes<N>(h16 + j, h, m);
+    if (h16_out) store_bf16_lanes<N>(h16_out + j, h, m);
+  });
+}
+
 // GRU backward over units [c0, c1) of one row (GruCell::backward): the gate
 // grads [dA_r, dA_z, dA_n, dR_n] into dg and the direct part of dh_{t-1},
 // dh z, into dh.

@@ -40,6 +40,13 @@ struct GruForwardFused {
     k::gru_forward_lanes<N, true>(a...);
   }
 };
+template <bool kRelu>
+struct RnnForwardFused {
+  template <int N, typename... A>
+  __attribute__((always_inline)) static void run(const A&... a) {
+    k::rnn_forward_fused_lanes<N, kRelu>(a...);
+  }
+};
 struct GruBackward {
   template <int N, typename... A>
   __attribute__((always_inline)) static void run(const A&... a) { k::gru_backward_lanes<N>(a...); }
@@ -84,6 +91,12 @@ void gru_forward_f32(const CellRow<float>& r, const float* bias, int64_t H, int6
                      int64_t c1) {
   if (r.r16 != nullptr) return dispatch<GruForwardFused>(r, bias, H, c0, c1);
   dispatch<GruForward>(r, bias, H, c0, c1);
+}
+
+void rnn_forward_fused_f32(const CellRow<float>& r, const float* bias, int64_t c0, int64_t c1,
+                           bool relu) {
+  if (relu) return dispatch<RnnForwardFused<true>>(r, bias, c0, c1);
+  dispatch<RnnForwardFused<false>>(r, bias, c0, c1);
 }
 
 void gru_backward_f32(const CellRow<float>& r, int64_t H, int64_t c0, int64_t c1) {

@@ -16,14 +16,15 @@ namespace rnnattn::cpu {
 // proj_size); h_next the next state row (null with proj_size); c the cell
 // state, updated in place, and c_keep where c_t is kept for the backward
 // (null in inference). r16 and h16 (float rows only, else null): the
-// large bfloat16 steps' fused form (recurrence.h lib_step, cells with
-// kFusedBf16Step): r16 holds the step's R of every gate in bfloat16 (unit
-// c0's, not unit 0's; gate blocks r16_gate apart), added to A as it is
-// read, and h16 receives h_t rounded to bfloat16 (the next step's left
-// operand); a16 (with r16, or null): A in bfloat16, read in place of ws's;
-// with a16, ws (and rest) null in inference: the gates are not kept; and
-// h16_out (with r16, or null): the output row in bfloat16, which receives
-// h_t rounded in place of h_out's float32 (h_out then null).
+// large bfloat16 steps' fused form (recurrence.h lib_step): r16 holds the
+// step's R of every gate in bfloat16 (unit c0's, not unit 0's; gate blocks
+// r16_gate apart), added to A as it is read, and h16 receives h_t rounded
+// to bfloat16 (the next step's left operand); a16 (with r16, or null): A
+// in bfloat16, read in place of ws's; with a16, ws (and rest) null in
+// inference (the gates are not kept) and for the Elman RNN (whose reserve
+// is its output); and h16_out (with r16, or null): the output row in
+// bfloat16, which receives h_t rounded in place of h_out's float32 (h_out
+// then null).
 // Backward: dh is the grad of h_t (gout is added to it)
 // and receives the part of the grad of h_{t-1} that does not go through
 // W_hh; c holds dc, updated in place; dg receives the gate grads.

@@ -19,9 +19,9 @@
 //   is the same for the first kSumGates blocks, the rest follow kGates):
 //     RNN   [dz]   GRU [dA_r, dA_z, dA_n, dR_n]   LSTM [di, df, dg, do]
 //
-// kFusedBf16Step: the cell's float forward takes CellRow's r16 / h16 (the
-// large bfloat16 steps' R and rounded h_t, recurrence.h lib_step) in its
-// one pass; the others' steps widen R and round h_t in passes of their own.
+// Each cell's float forward also takes CellRow's r16 / h16 (the large
+// bfloat16 steps' R and rounded h_t, recurrence.h lib_step) in its one
+// pass: the fused bfloat16 step.
 #pragma once
 
 #include <algorithm>
@@ -42,11 +42,12 @@ struct RnnCell {
   static constexpr int kGradBlocks = 1;
   static constexpr bool kHasCell = false;
   static constexpr bool kDirectGrad = false;  // dh_{t-1} = dR W_hh only
-  static constexpr bool kFusedBf16Step = false;
   bool relu = false;
 
   template <typename T>
   void forward(const CellRow<T>& r, const T* bias, int64_t, int64_t c0, int64_t c1) const {
+    if constexpr (std::is_same_v<T, float>)
+      if (r.r16 != nullptr) return rnn_forward_fused_f32(r, bias, c0, c1, relu);
     activate_row(r.ws + c0, r.h_next + c0, bias + c0, c1 - c0, relu);
   }
 
@@ -64,7 +65,6 @@ struct GruCell {
   static constexpr int kGradBlocks = 4;
   static constexpr bool kHasCell = false;
   static constexpr bool kDirectGrad = true;  // dh_{t-1} = dh z + dR W_hh
-  static constexpr bool kFusedBf16Step = true;
 
   template <typename T>
   void forward(const CellRow<T>& r, const T* bias, int64_t H, int64_t c0, int64_t c1) const {
@@ -120,7 +120,6 @@ struct LstmCell {
   static constexpr int kGradBlocks = 4;
   static constexpr bool kHasCell = true;
   static constexpr bool kDirectGrad = false;
-  static constexpr bool kFusedBf16Step = true;
 
   template <typename T>
   void forward(const CellRow<T>& r, const T* bias, int64_t H, int64_t c0, int64_t c1) const {

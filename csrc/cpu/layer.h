@@ -170,7 +170,7 @@ LayerForward forward_layer_op(const Cell& cell, const RnnShape& s, const StepSch
   // bfloat16 step (LayerPtrs::a16): the steps' batch only shrinks, so
   // where the last is past small_step's size, so are the others.
   const bool a16 = a_given.defined() && a_given.scalar_type() == at::kBFloat16 &&
-                   a_given.is_contiguous() && Cell::kFusedBf16Step && w_hh16.defined() &&
+                   a_given.is_contiguous() && w_hh16.defined() &&
                    !wr.defined() && sched.steps() > 0 &&
                    !small_step<Cell>(sched.batch.back(), Hs, L.gates());
   const bool to_out16 = a16 && out16.defined();

@@ -140,8 +140,8 @@ struct LayerPtrs {
   // input GEMM in its own dtype, half.h); x is then not read.
   bool a_given = false;
   // Or A given in bfloat16 bits (rows x G, contiguous) and left there:
-  // where every step is a fused large bfloat16 step (lib_step with a
-  // kFusedBf16Step cell), which reads it as it reads R; ws then only
+  // where every step is a fused large bfloat16 step (lib_step), which
+  // reads it as it reads R; ws then only
   // receives the activations (in inference one step's rows: ws_one_step).
   const uint16_t* a16 = nullptr;
   // With a16: the output in bfloat16 (rows Hs apart), which the fused
@@ -516,8 +516,12 @@ T* forward_layer(const Cell& cell, const RnnShape& s, const StepSchedule& sched,
     a.t = reverse ? T_ - 1 - i : i;
     a.b = sched.batch[a.t];
     a.row0 = sched.offset[a.t];
-    a.ws = p.ws_one_step ? p.ws : p.ws + (a.row0 - ws_row0) * p.ld_ws;
-    a.rest = train ? a.ws + L.rest_at() : p.rest;
+    // (p.ws is null where the fused steps write the output in bfloat16 only:
+    // LayerPtrs::out16 for the Elman RNN, whose reserve is its output.)
+    a.ws = p.ws == nullptr ? nullptr
+           : p.ws_one_step ? p.ws
+                           : p.ws + (a.row0 - ws_row0) * p.ld_ws;
+    a.rest = train && a.ws != nullptr ? a.ws + L.rest_at() : p.rest;
     a.ld_rest = train ? p.ld_ws : L.rest_cols();
     return a;
   };
@@ -562,7 +566,8 @@ T* forward_layer(const Cell& cell, const RnnShape& s, const StepSchedule& sched,
       // step's product streams W_hh in: on a 2-core Xeon (AMX), bfloat16
       // fwd, alternating processes, LSTM 1.035x, GRU 1.08x there, 1.03x /
       // 1.05x at (32,100,256,512).
-      const bool keep = !(r16 && p.a16 && !train);
+      // (The Elman RNN's reserve is its output, h_out or h16_out: no ws.)
+      const bool keep = !(r16 && p.a16 && (!train || Cell::kWsBlocks == 1));
       row.ws = keep ? a.ws + r * p.ld_ws : nullptr;
       row.rest = keep ? a.rest + r * a.ld_rest : nullptr;
       row.h_prev = cur + r * Hs;
@@ -598,15 +603,17 @@ T* forward_layer(const Cell& cell, const RnnShape& s, const StepSchedule& sched,
   // A large step through the library's bfloat16 GEMM (lib16): h_{t-1} of
   // its rows in bfloat16 (x16; the step before wrote it where it was such a
   // step too), R = x16 W_hh^T over all gates in one call (y16), then on each
-  // unit part: the ended rows carried, its A (step_input), R added to A (or
-  // kept apart), the pointwise step, and h_t's units rounded into x16; the
-  // last three in the cell's one pass where it takes them (kFusedBf16Step;
-  // A too, read in bfloat16, where the call gives it so: LayerPtrs::a16).
-  // Measured on a 2-core Xeon (AMX), LSTM (64,100,512,1024) bfloat16
-  // forward, alternating processes, median of 4 rounds: the fused pass
-  // (with bf16_convert.cpp's loops) 1.06x faster (93.6-99.6 -> 87.3-92.8
-  // ms), with A in bfloat16 too 1.16x (94.4-108.5 -> 82.7-90.4 ms); the
-  // GRU's fused pass, forward 1.07x at H = 1024, 1.15x at (32,100,256,512).
+  // unit part: the ended rows carried, its A (step_input), then R added to
+  // A (or kept apart), the pointwise step and h_t's units rounded into x16
+  // in the cell's one pass (CellRow::r16; A too, read in bfloat16, where the
+  // call gives it so: LayerPtrs::a16). Measured on a 2-core Xeon (AMX),
+  // bfloat16 forward, alternating processes, median of 4-6 rounds, against
+  // separate passes that widened R, ran the cell and rounded h_t: LSTM
+  // (64,100,512,1024) 1.06x faster (93.6-99.6 -> 87.3-92.8 ms), with A in
+  // bfloat16 too 1.16x (94.4-108.5 -> 82.7-90.4 ms); the GRU 1.07x at H =
+  // 1024, 1.15x at (32,100,256,512); the Elman RNN (with h_t rounded into
+  // the output too, LayerPtrs::out16) 1.27x at H = 1024 (31.4 -> 25.1 ms),
+  // fwd+bwd 1.10x.
   // The large steps' left operand: x16 holds the state entering step
   // x16_step for its first x16_rows rows; with unit parts, x16_next
   // receives h_t (LayerPtrs::w_hh16_parts).
@@ -621,17 +628,7 @@ T* forward_layer(const Cell& cell, const RnnShape& s, const StepSchedule& sched,
       const int64_t b = a.b;
       carry_ended(a, i, cur, nxt, c0, c1);
       input_rows(a, 0, b, c0, c1 - c0);
-      if constexpr (Cell::kFusedBf16Step) {
-        pointwise(a, cur, nxt, c0, c1, 0, b, y, ldy, gs, h16);
-        return;
-      }
-      for (int64_t r = 0; r < b; ++r)
-        for (int g = 0; g < Cell::kGates; ++g)
-          widen_bf16(y + r * ldy + g * gs, c1 - c0, gate_out(a, g) + r * gate_ld(a, g) + c0,
-                     g < Cell::kSumGates);
-      pointwise(a, cur, nxt, c0, c1);
-      for (int64_t r = 0; r < b; ++r)
-        round_to_bf16(nxt + r * Hs + c0, c1 - c0, h16 + r * Hs + c0);
+      pointwise(a, cur, nxt, c0, c1, 0, b, y, ldy, gs, h16);
     }
   };
   auto lib_step = [&](const At& a, int64_t i) {

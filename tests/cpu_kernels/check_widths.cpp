@@ -6,8 +6,8 @@
 // lane folds of small_gemm_nt) is checked on any x86-64 machine, even one
 // that cannot run AVX-512 instructions. tests/test_cpu_kernel_widths.py
 // compiles and runs this; it prints "all passed" or the first failures.
-// (The LSTM's and the GRU's fused bfloat16 steps too, against their
-// float32 builds.)
+// (The three cells' fused bfloat16 steps too, against their float32
+// builds.)
 #include <cmath>
 #include <cstdio>
 #include <limits>
@@ -371,6 +371,67 @@ void check_fused_gru() {
   });
 }
 
+// The Elman RNN's likewise (rnn_forward_fused_lanes<N, kRelu>) against its
+// unfused float32 step: R widened and added into A's row, then
+// tanh_row_impl or activate_row's relu loop (relu(NaN) NaN), h_t rounded
+// into h16 by bf16_bits; A from ws (which is h_out, as the engine's reserve
+// is the output) or in bfloat16; without h_out (keep false), the same
+// h_next and h16, and h rounded into h16_out. Some A are NaN and some
+// sums exactly 0, for relu's edge cases.
+template <int N, bool kRelu>
+void check_fused_rnn() {
+  std::mt19937 gen(19);
+  std::uniform_real_distribution<float> u(-3, 3);
+  using rnnattn::cpu::bf16_bits;
+  using rnnattn::cpu::bf16_value;
+  for_fused_cases([&](int H, int c0, int c1, bool with_a16, bool keep) {
+    std::vector<uint16_t> a16 = bf16_patterns(gen, u, H), r16 = bf16_patterns(gen, u, c1 - c0);
+    std::vector<float> bias(H);
+    for (auto& x : bias) x = u(gen);
+    a16[H / 2] = 0x7fc0;  // NaN
+    if (c1 - c0 > 2) {  // (A + R) + b = 0 exactly: relu's +0
+      r16[1] = 0, bias[c0 + 1] = 0;
+      a16[c0 + 1] = 0x8000;  // -0: -0 + 0 + 0 is +0
+    }
+    std::vector<float> want(H), want_next(H, 8.f), got(H, 9.f), got_next(H, 8.f);
+    for (int j = 0; j < H; ++j) want[j] = bf16_value(a16[j]);
+    if (!with_a16) got = want;  // A in ws, which is h_out
+    const std::vector<float> got0 = got;
+    for (int j = c0; j < c1; ++j) want[j] += bf16_value(r16[j - c0]);
+    if constexpr (kRelu) {
+      for (int j = c0; j < c1; ++j) {
+        const float z = want[j] + bias[j];
+        want[j] = want_next[j] = (z > 0.f || z != z) ? z : 0.f;
+      }
+    } else {
+      k::tanh_row_impl<N>(want.data() + c0, want_next.data() + c0, bias.data() + c0, c1 - c0);
+    }
+    std::vector<uint16_t> h16(H, 0x1234), h16_out(H, 0x4321);
+    CellRow<float> f;
+    f.ws = with_a16 ? nullptr : got.data();
+    f.h_out = keep ? got.data() : nullptr, f.h16_out = keep ? nullptr : h16_out.data();
+    f.h_next = got_next.data();
+    f.r16 = r16.data(), f.h16 = h16.data();
+    f.a16 = with_a16 ? a16.data() : nullptr;
+    k::rnn_forward_fused_lanes<N, kRelu>(f, bias.data(), c0, c1);
+    auto differ = [](float a, float b) {  // bit for bit, NaN equal to NaN
+      return !(a == b && std::signbit(a) == std::signbit(b)) && !(a != a && b != b);
+    };
+    const char* name = kRelu ? "fused rnn relu" : "fused rnn tanh";
+    for (int j = 0; j < H; ++j) {
+      const bool in = j >= c0 && j < c1;
+      const float want_h = in && keep ? want[j] : got0[j];
+      if (differ(got[j], want_h)) fail(name, H, c0, j, N, got[j], want_h);
+      const float want_n = in ? want_next[j] : 8.f;
+      if (differ(got_next[j], want_n)) fail(name, H, c0, j, N, got_next[j], want_n);
+      const uint16_t want16 = in ? bf16_bits(want[j]) : 0x1234;
+      if (h16[j] != want16) fail(name, H, c0, j, N, h16[j], want16);
+      const uint16_t want16_out = in && !keep ? bf16_bits(want[j]) : 0x4321;
+      if (h16_out[j] != want16_out) fail(name, H, c0, j, N, h16_out[j], want16_out);
+    }
+  });
+}
+
 int main() {
   for (bool nt : {false, true}) {
     check_gemm<float, 32>(nt);
@@ -386,6 +447,10 @@ int main() {
   check_fused_lstm<16>();
   check_fused_gru<8>();
   check_fused_gru<16>();
+  check_fused_rnn<8, false>();
+  check_fused_rnn<16, false>();
+  check_fused_rnn<8, true>();
+  check_fused_rnn<16, true>();
   if (failures == 0) std::printf("all passed\n");
   return failures == 0 ? 0 : 1;
 }
