@@ -418,6 +418,10 @@ LayerForward forward_layer_half(const Cell& cell, const RnnShape& s, const StepS
     r.reserve =
         train ? at::empty({s.rows, Cell::kWsBlocks * s.hidden}, opts) : at::empty({0}, opts);
   at::Tensor h = up(hx), c = Cell::kHasCell ? up(*cx) : at::Tensor();
+  // The chunks update the state in place (forward_layer_op's
+  // state_in_place): after the first, h and c are the last chunk's; the
+  // first's only where up() copied hx (and cx), never the caller's own.
+  const bool own_state0 = !h.is_same(hx) && (!Cell::kHasCell || !c.is_same(*cx));
   // W_hh^T for the steps (layer.h), made once for all the chunks: in
   // bfloat16 pairs where the steps multiply in bfloat16 (half.h; then every
   // step without a projection reads it), else in float32 for the small
@@ -473,7 +477,7 @@ LayerForward forward_layer_half(const Cell& cell, const RnnShape& s, const StepS
         cell, sc, ch.sched,
         a.defined() ? x.narrow(0, ch.row0, ch.rows) : float_rows(x, ch.row0, ch.rows, cap, buf_x),
         h, opt(c), wi, wh, bi, bh, wr, reverse, train, a, /*pack_w_hh=*/false, wt, wit, w16, w16p,
-        out16 ? out.narrow(0, ch.row0, ch.rows) : at::Tensor());
+        out16 ? out.narrow(0, ch.row0, ch.rows) : at::Tensor(), k > 0 || own_state0);
     if (rc.output.defined()) from_float_rows(rc.output, out, ch.row0);  // else in out already
     if (has_reserve && train) from_float_rows(rc.reserve, r.reserve, ch.row0);
     h = rc.h_n;

@@ -407,7 +407,10 @@ inline at::Tensor transposed_copy(const at::Tensor& w) {
 }
 
 // Forward of one layer and direction. state/spare: the (B, Hs) state
-// buffers, both holding hx on entry; c: (B, H) holding cx (LSTM). m: (B, H)
+// buffers, state holding hx on entry, and spare too where some step has
+// fewer than B rows (the rows that do not step keep it in both; every
+// other row of spare is written before it is read); c: (B, H) holding cx
+// (LSTM). m: (B, H)
 // scratch for the projection's input (proj only). Returns the
 // buffer that holds h_n; c holds c_n.
 template <typename T, typename Cell>
