@@ -231,7 +231,7 @@ LayerForward forward_layer_op(const Cell& cell, const RnnShape& s, const StepSch
     if (!in_place) std::copy(h0p, h0p + B * Hs, r.h_n.data_ptr<T>());
     // The second state buffer needs hx only in the rows of a step with
     // fewer rows than the batch (forward_layer).
-    if (sched.full_steps() < sched.steps() || sched.batch[0] < B)
+    if (sched.steps() > 0 && (sched.full_steps() < sched.steps() || sched.batch[0] < B))
       std::copy(h0p, h0p + B * Hs, spare);
     if (Cell::kHasCell && !in_place)
       std::copy(c0.data_ptr<T>(), c0.data_ptr<T>() + B * H, r.c_n.data_ptr<T>());

@@ -410,9 +410,8 @@ inline at::Tensor transposed_copy(const at::Tensor& w) {
 // buffers, state holding hx on entry, and spare too where some step has
 // fewer than B rows (the rows that do not step keep it in both; every
 // other row of spare is written before it is read); c: (B, H) holding cx
-// (LSTM). m: (B, H)
-// scratch for the projection's input (proj only). Returns the
-// buffer that holds h_n; c holds c_n.
+// (LSTM). m: (B, H) scratch for the projection's input (proj only).
+// Returns the buffer that holds h_n; c holds c_n.
 template <typename T, typename Cell>
 T* forward_layer(const Cell& cell, const RnnShape& s, const StepSchedule& sched,
                  const LayerPtrs<T>& p, T* state, T* spare, T* c, T* m, bool reverse) {
