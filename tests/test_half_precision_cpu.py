@@ -176,6 +176,42 @@ def test_half_rnn_relu_in_chunks_matches_one_float32_call(cell, shape, lengths, 
     _check_chunks_against_float32(cell, shape, lengths, proj, False, dtype, relu=True)
 
 
+# Inference where every step is a fused large bfloat16 step (steps of 8 and
+# 16 rows at H = 512 go to the library's GEMM on AMX CPUs): a chunk holds
+# only its A, and runs to more rows (half_layer.h kLeanChunkRows): the LSTM
+# at (40, 16, 16, 512) in 5 chunks of 8 steps, where the float32 rows' bound
+# cuts 20 of 2; the GRU in 4 of 10.
+LEAN = [
+    ("lstm", (40, 16, 16, 512), None, 0),
+    ("gru", (40, 16, 16, 512), None, 0),
+    ("lstm", (None, None, 16, 512), [40] * 8 + [30] * 4 + [12] * 4, 0),
+]
+
+
+@pytest.mark.parametrize("dtype", HALF)
+@pytest.mark.parametrize("reverse", [False, True])
+@pytest.mark.parametrize("cell,shape,lengths,proj", [c for c in CHUNKED if c[0] != "rnn"] + LEAN)
+def test_half_inference_in_chunks_matches_one_float32_call(cell, shape, lengths, proj, reverse, dtype):
+    """The GRU's and the LSTM's forward with train=False, whose chunks are cut
+    by what they hold in inference (LEAN above). Its output and final state
+    must be those of one float32 inference call, as in training (the Elman
+    RNN's op has no inference form: the tests above)."""
+    T, B, I, H = shape
+    op = getattr(torch.ops.rnnattn, f"{cell}_forward")
+    args = [a.detach() if isinstance(a, torch.Tensor) else a for a in layer_case(cell, T, B, I, H, dtype, lengths, proj)]
+    library = os.environ.get("RNNATTN_CPU_HALF_GEMM") == "library" or (
+        os.environ.get("RNNATTN_CPU_HALF_GEMM") is None and dtype == torch.bfloat16 and _cpu_has_native_bf16())
+    eps = torch.finfo(dtype).eps
+    tol = OUT_TOL[dtype] if library else dict(rtol=2 * eps, atol=2 * eps)
+    outs = op(*args, reverse, False)
+    outs32 = op(*_up(args), reverse, False)
+    n_results = 2 if cell == "gru" else 3  # output, h_n[, c_n]; the reserve is empty
+    assert outs[-1].numel() == 0 and outs32[-1].numel() == 0
+    for o, r in zip(outs[:n_results], outs32[:n_results]):
+        assert o.dtype == dtype
+        torch.testing.assert_close(o.float(), r.to(dtype).float(), **tol)
+
+
 def _check_chunks_against_float32(cell, shape, lengths, proj, reverse, dtype, relu=False):
     T, B, I, H = shape
     op = lambda name: getattr(torch.ops.rnnattn, f"{cell}_{name}")  # noqa: E731

@@ -133,11 +133,4 @@ inline const char* bf16_steps_name() {
   return bf16_packed_steps() ? "kernel+packed" : "kernel+library";
 }
 
-// A = X W_ih^T, (rows, gates), in the input's dtype where library_half_gemm;
-// undefined otherwise (the float32 kernel then computes it).
-inline at::Tensor input_projection(const at::Tensor& input, const at::Tensor& w_ih) {
-  if (!library_half_gemm(input.scalar_type())) return at::Tensor();
-  return at::mm(input.reshape({-1, input.size(-1)}), w_ih.t());
-}
-
 }  // namespace rnnattn::cpu::half

@@ -89,12 +89,25 @@ constexpr int64_t kHalfChunkMinRows = 32;
 // at (16,100,64,128) (48-64 KiB) LSTM 1.10x / 0.86x, GRU 5.1x / 4.1x.
 constexpr int64_t kStepInputMaxBytes = int64_t(1) << 20;
 
-// A chunk's least rows (above): work, f32 and kept are per row of the
-// sequence (n rows): multiply-adds, float32 bytes the chunk holds, bytes
-// the call keeps in its dtype.
-inline int64_t half_chunk_min_rows(int64_t n, int64_t work, int64_t f32, int64_t kept) {
+// Where a chunk holds no float32 rows, only its A in bfloat16
+// (forward_layer_half's lean chunks), its rows go up to this many, as far
+// as the 3/4 bound lets A: a chunk's fixed cost is then a library GEMM for
+// its A, the op's set-up and a parallel region, and the input GEMM's rate
+// levels off here. bfloat16 A = X W_ih^T at (6400 x 512) x (512 x 4096)
+// in GEMMs of 256 / 512 / 1024 / 2048 rows: 19.7 / 14.7 / 13.4 / 13.1 ms,
+// 2 threads of a 2-core Xeon (AMX). Larger chunks made A's buffer the
+// bulk of what a call allocates and frees, and that came back from glibc
+// as fresh pages in some processes and not others (the GRU at
+// (64,100,512,1024), 1600 rows: 57 or 70 ms a forward, 0 or 7500 page
+// faults a call, by process).
+constexpr int64_t kLeanChunkRows = 1024;
+
+// A chunk's least rows (above): work, held and kept are per row of the
+// sequence (n rows): multiply-adds, bytes the chunk holds (its float32
+// copies; forward_layer_half), bytes the call keeps in its dtype.
+inline int64_t half_chunk_min_rows(int64_t n, int64_t work, int64_t held, int64_t kept) {
   const int64_t by_work = kHalfChunkWork / std::max<int64_t>(work, 1);
-  const int64_t by_bytes = 3 * n * kept / (4 * std::max<int64_t>(f32, 1));
+  const int64_t by_bytes = 3 * n * kept / (4 * std::max<int64_t>(held, 1));
   return std::max(kHalfChunkMinRows, std::min(by_work, by_bytes));
 }
 
@@ -356,36 +369,53 @@ class InputRows {
   // max_rows: the most rows a GEMM takes beyond its first chunk's.
   InputRows(const at::Tensor& x, const at::Tensor& w_ih, const std::vector<StepChunk>& chunks,
             bool on, int64_t max_rows)
-      : x_(x), w_ih_(w_ih), chunks_(chunks), on_(on), max_rows_(max_rows) {}
-
-  // Chunk k's rows of A (contiguous), computed with the chunks after it
-  // where k's rows are not in the last GEMM's. The chunks' rows are
-  // consecutive runs in walk order (upwards, or downwards reversed).
-  at::Tensor of(size_t k) {
-    if (!on_) return at::Tensor();
-    const StepChunk& ch = chunks_[k];
-    if (!a_.defined() || ch.row0 < row0_ || ch.row0 + ch.rows > row0_ + a_.size(0)) {
-      int64_t lo = ch.row0, hi = ch.row0 + ch.rows;
-      for (size_t j = k + 1; j < chunks_.size(); ++j) {
-        const int64_t j0 = chunks_[j].row0, j1 = j0 + chunks_[j].rows;
-        if (std::max(hi, j1) - std::min(lo, j0) > max_rows_) break;
+      : x_(x), w_ih_(w_ih), chunks_(chunks) {
+    if (!on) return;
+    // The GEMMs' chunks [k, end) (consecutive runs of rows in walk order:
+    // upwards, or downwards reversed) and the most rows one takes.
+    int64_t cap = 0;
+    for (size_t k = 0; k < chunks.size();) {
+      int64_t lo = chunks[k].row0, hi = lo + chunks[k].rows;
+      size_t end = k + 1;
+      for (; end < chunks.size(); ++end) {
+        const int64_t j0 = chunks[end].row0, j1 = j0 + chunks[end].rows;
+        if (std::max(hi, j1) - std::min(lo, j0) > max_rows) break;
         lo = std::min(lo, j0);
         hi = std::max(hi, j1);
       }
-      a_ = at::Tensor();  // the last GEMM's rows go before the next's come
-      a_ = half::input_projection(x_.narrow(0, lo, hi - lo), w_ih_);
+      group_end_.resize(end, end);
+      cap = std::max(cap, hi - lo);
+      k = end;
+    }
+    // One buffer for every GEMM's A, written in place (mm_out): a new
+    // tensor a GEMM came from the allocator's free blocks or fresh pages
+    // (about 1.8 us a 4 KiB page on a 2-core Xeon VM), by its state.
+    buf_ = at::empty({cap, w_ih.size(0)}, x.options());
+  }
+
+  // Chunk k's rows of A (contiguous), computed with the rest of its GEMM's
+  // chunks where k is the GEMM's first.
+  at::Tensor of(size_t k) {
+    if (!buf_.defined()) return at::Tensor();
+    if (k == 0 || group_end_[k - 1] != group_end_[k]) {
+      int64_t lo = chunks_[k].row0, hi = lo + chunks_[k].rows;
+      for (size_t j = k + 1; j < group_end_[k]; ++j) {
+        lo = std::min(lo, chunks_[j].row0);
+        hi = std::max(hi, chunks_[j].row0 + chunks_[j].rows);
+      }
+      a_ = buf_.narrow(0, 0, hi - lo);
+      at::mm_out(a_, x_.narrow(0, lo, hi - lo), w_ih_.t());
       row0_ = lo;
     }
-    return a_.narrow(0, ch.row0 - row0_, ch.rows);
+    return a_.narrow(0, chunks_[k].row0 - row0_, chunks_[k].rows);
   }
 
  private:
   const at::Tensor& x_;
   const at::Tensor& w_ih_;
   const std::vector<StepChunk>& chunks_;
-  bool on_;
-  int64_t max_rows_;
-  at::Tensor a_;
+  std::vector<size_t> group_end_;  // chunk k's GEMM: chunks up to group_end_[k]
+  at::Tensor buf_, a_;
   int64_t row0_ = 0;
 };
 
@@ -447,27 +477,36 @@ LayerForward forward_layer_half(const Cell& cell, const RnnShape& s, const StepS
     wt = at::empty({s.state, L.gates()}, wh.options());
     transpose(wh.data_ptr<float>(), L.gates(), s.state, wt.data_ptr<float>());
   }
-  // The chunk's float32 rows: its input and output, and its reserve in
-  // training (in inference only where A is made a chunk at a time: layer.h).
+  // A from the library's half-precision GEMM, or undefined: the op
+  // computes it from the chunk's input rows in float32.
+  const bool a_lib = !wit.defined() && half::library_half_gemm(input.scalar_type());
+  // A bfloat16 output the fused steps may write themselves (forward_layer_op's out16).
+  const bool out16 = input.scalar_type() == at::kBFloat16;
+  // What a chunk holds beside what the call keeps, a row: in float32 its
+  // input and output, and its reserve in training (in inference only where
+  // A is made a chunk at a time: layer.h). Where every step is a fused
+  // large bfloat16 step on A in bfloat16 (layer.h a16) that writes the
+  // output itself (out16), in inference or any Elman RNN call (its reserve
+  // is its output), a chunk holds no float32 rows (one step's gates at
+  // most), only its A in bfloat16: such lean chunks run to kLeanChunkRows
+  // rows. At (64,100,512,1024): 25 chunks of 256 rows -> 7 of 960 (a GEMM
+  // each: 13 of 512 rows before).
   const int64_t es = input.element_size(), H = s.hidden;
+  const bool lean = out16 && lib && a_lib && !small && (!has_reserve || !train);
   const int64_t ws_f32 = !has_reserve                ? 0
                          : train                      ? Cell::kWsBlocks * H
                          : wit.defined()              ? 0
                                                       : L.gates();
-  const int64_t min_rows = half_chunk_min_rows(
-      s.rows, L.gates() * (s.input + s.state), 4 * (s.input + s.state + ws_f32),
-      es * (s.state + (has_reserve && train ? Cell::kWsBlocks * H : 0)));
+  const int64_t held = lean ? es * L.gates() : 4 * (s.input + s.state + ws_f32);
+  const int64_t kept = es * (s.state + (has_reserve && train ? Cell::kWsBlocks * H : 0));
+  int64_t min_rows = half_chunk_min_rows(s.rows, L.gates() * (s.input + s.state), held, kept);
+  if (lean) min_rows = std::max(min_rows, std::min(kLeanChunkRows, 3 * s.rows * kept / (4 * held)));
   const std::vector<StepChunk> chunks = step_chunks(sched, s.batch, reverse, min_rows);
   int64_t cap = 0;
   for (const StepChunk& ch : chunks) cap = std::max(cap, ch.rows);
   at::Tensor buf_x;  // small chunks' float32 input rows (float_rows)
-  // A from the library's half-precision GEMM, or undefined: the op
-  // computes it from the chunk's input rows in float32. One GEMM serves
-  // consecutive chunks up to I rows (InputRows).
-  InputRows a_rows{x, w_ih, chunks, !wit.defined() && half::library_half_gemm(input.scalar_type()),
-                   s.input};
-  // A bfloat16 output the fused steps may write themselves (forward_layer_op's out16).
-  const bool out16 = input.scalar_type() == at::kBFloat16;
+  // One GEMM serves consecutive chunks up to I rows (InputRows).
+  InputRows a_rows{x, w_ih, chunks, a_lib, s.input};
   for (size_t k = 0; k < chunks.size(); ++k) {
     const StepChunk& ch = chunks[k];
     RnnShape sc = s;
