@@ -49,3 +49,13 @@ def test_bf16_rounding_and_widening(tmp_path):
     values, at and around every tie, into infinity, and on NaNs, by
     compiling and running check_bf16_bits.cpp."""
     _build_and_run("check_bf16_bits", tmp_path, ["-Wno-unknown-pragmas"])
+
+
+@needs_gxx
+def test_fused_steps_fast_reciprocal_is_within_an_ulp_of_the_division(tmp_path):
+    """The fused bfloat16 steps' sigmoid and tanh in the AVX-512 build take
+    their reciprocal from VRCP14PS and a Newton step (activation_kernels.h
+    Recip::kRcp14): against the division's build and double, over [-20, 20],
+    tiny values, the tails and NaN, by compiling and running
+    check_fast_recip.cpp; it needs a CPU with AVX-512 and skips elsewhere."""
+    _build_and_run("check_fast_recip", tmp_path, ["-Wno-unknown-pragmas"])

@@ -86,7 +86,39 @@ __attribute__((always_inline)) inline V exp_lanes(const V& y) {
   return (exp_series<N>(r) * r + 1.f) * s;
 }
 
-template <int N, typename V = typename Lanes<N>::f, typename VI = typename Lanes<N>::i>
+// How sigmoid and tanh take their one reciprocal. kDivide: a division,
+// correctly rounded (every float32 path). kRcp14: VRCP14PS (relative error
+// under 2^-14 on every AVX-512 CPU) and one Newton step, r + r (1 - d r),
+// which squares that error to under 2^-28: within an ulp of the division
+// (tests/cpu_kernels/check_fast_recip.cpp), at 16 lanes in the AVX-512
+// build only (recip_lanes). The fused bfloat16 steps take it
+// (cell_kernels.h), whose gates, c and h carry their bfloat16 operands'
+// rounding (2^-9) beside which an ulp of float32 is nothing. A division
+// keeps the divider busy for several cycles a vector, and the LSTM's step
+// makes five a unit: its (64,100,512,1024) bfloat16 forward measured 1.04x
+// with kRcp14 on a 2-core Xeon (AMX), alternating processes; the GRU's
+// (three a unit) and the Elman RNN's (one) 0.99-1.00x.
+enum class Recip { kDivide, kRcp14 };
+
+// 1 / d. kRcp14 is inline assembly, not the _mm512_rcp14_ps intrinsic:
+// GCC refuses to inline an intrinsic into a function without its target
+// (these templates are inlined into the AVX-512 build's functions, which
+// have it: isa.h RNNATTN_TARGET_AVX512), and the assembly, 64 bytes in one
+// zmm register, is only ever compiled inside those.
+template <int N, Recip R, typename V = typename Lanes<N>::f>
+__attribute__((always_inline)) inline V recip_lanes(const V& d) {
+  if constexpr (R == Recip::kRcp14) {
+    static_assert(N == 16, "VRCP14PS on 16 lanes (one zmm register) only");
+    V r;
+    asm("vrcp14ps %1, %0" : "=v"(r) : "v"(d));
+    return r + r * (1.f - d * r);
+  } else {
+    return 1.f / d;
+  }
+}
+
+template <int N, Recip R = Recip::kDivide, typename V = typename Lanes<N>::f,
+          typename VI = typename Lanes<N>::i>
 __attribute__((always_inline)) inline V tanh_lanes(const V& z) {
   const VI sign_bit = (VI)z & 0x80000000;
   V a = (V)((VI)z & 0x7fffffff);
@@ -94,16 +126,21 @@ __attribute__((always_inline)) inline V tanh_lanes(const V& z) {
   V r;
   const V s = pow2_reduce<N>(a * -2.f, r);
   const V m = s * (exp_series<N>(r) * r) + (s - 1.f);  // e^(-2|x|) - 1, in (-1, 0]
-  const V t = m / (2.f + m);                           // -tanh|x|
+  V t;                                                 // -tanh|x|
+  if constexpr (R == Recip::kDivide) {
+    t = m / (2.f + m);
+  } else {
+    t = m * recip_lanes<N, R>(2.f + m);
+  }
   return (V)(((VI)t & 0x7fffffff) | sign_bit);
 }
 
-template <int N, typename V = typename Lanes<N>::f>
+template <int N, Recip R = Recip::kDivide, typename V = typename Lanes<N>::f>
 __attribute__((always_inline)) inline V sigmoid_lanes(const V& z) {
   V y = -z;
   y = (y < -87.f) ? V{} - 87.f : y;  // NaN compares false and stays
   y = (y > 88.f) ? V{} + 88.f : y;
-  return 1.f / (1.f + exp_lanes<N>(y));
+  return recip_lanes<N, R>(1.f + exp_lanes<N>(y));
 }
 
 // Runs body(j, m) over [0, n) in vectors of N lanes (m = N), then once on

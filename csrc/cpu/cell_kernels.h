@@ -37,10 +37,11 @@ namespace rnnattn::cpu::kernels {
 // float32 steps' loop carries none of it. There, with a16, ws may be null:
 // the gates are not kept (inference); and h goes into h16_out rounded
 // instead of into h_out where h_out is null.
-template <int N, bool kFused = false>
+template <int N, bool kFused = false, Recip R = Recip::kDivide>
 __attribute__((always_inline)) inline void lstm_forward_lanes(const CellRow<float>& r,
                                                               const float* bias, int64_t H,
                                                               int64_t c0, int64_t c1) {
+  static_assert(kFused || R == Recip::kDivide, "the float32 steps divide");
   using V = typename Lanes<N>::f;
   const bool keep = !kFused || r.ws != nullptr;  // the gates into ws
   float* ws = keep ? r.ws + c0 : nullptr;
@@ -65,10 +66,10 @@ __attribute__((always_inline)) inline void lstm_forward_lanes(const CellRow<floa
         return io.load(ws + g * H + j) + io.load(b + g * H + j);
       }
     };
-    const V i = sigmoid_lanes<N>(pre(0));
-    const V f = sigmoid_lanes<N>(pre(1));
-    const V g = tanh_lanes<N>(pre(2));
-    const V o = sigmoid_lanes<N>(pre(3));
+    const V i = sigmoid_lanes<N, R>(pre(0));
+    const V f = sigmoid_lanes<N, R>(pre(1));
+    const V g = tanh_lanes<N, R>(pre(2));
+    const V o = sigmoid_lanes<N, R>(pre(3));
     if (keep) {
       io.store(ws + j, i);
       io.store(ws + H + j, f);
@@ -78,7 +79,7 @@ __attribute__((always_inline)) inline void lstm_forward_lanes(const CellRow<floa
     const V cn = f * io.load(c + j) + i * g;
     io.store(c + j, cn);
     if (c_keep) io.store(c_keep + j, cn);
-    const V h = o * tanh_lanes<N>(cn);
+    const V h = o * tanh_lanes<N, R>(cn);
     if (!kFused || h_out) io.store(h_out + j, h);
     if (h_next) io.store(h_next + j, h);
     if constexpr (kFused) {
@@ -123,10 +124,11 @@ __attribute__((always_inline)) inline void lstm_backward_lanes(const CellRow<flo
 // of ((A + r16) + bias), R_n from r16, A from a16 unless null, and h into
 // h16 too; with a16, ws and rest may be null (r, z, n and R_n not kept),
 // and h goes into h16_out instead of h_out where h_out is null.
-template <int N, bool kFused = false>
+template <int N, bool kFused = false, Recip R = Recip::kDivide>
 __attribute__((always_inline)) inline void gru_forward_lanes(const CellRow<float>& r,
                                                              const float* bias, int64_t H,
                                                              int64_t c0, int64_t c1) {
+  static_assert(kFused || R == Recip::kDivide, "the float32 steps divide");
   using V = typename Lanes<N>::f;
   const bool keep = !kFused || r.ws != nullptr;  // r, z, n into ws, R_n into rest
   float* ws = keep ? r.ws + c0 : nullptr;
@@ -152,8 +154,8 @@ __attribute__((always_inline)) inline void gru_forward_lanes(const CellRow<float
       if constexpr (kFused) return a(g) + load_bf16_lanes<N>(r16 + g * gr + j, m);
       return a(g);
     };
-    const V rv = sigmoid_lanes<N>(sum(0) + io.load(b + j));
-    const V zv = sigmoid_lanes<N>(sum(1) + io.load(b + H + j));
+    const V rv = sigmoid_lanes<N, R>(sum(0) + io.load(b + j));
+    const V zv = sigmoid_lanes<N, R>(sum(1) + io.load(b + H + j));
     V rn_in;
     if constexpr (kFused) {
       rn_in = load_bf16_lanes<N>(r16 + 2 * gr + j, m);
@@ -161,7 +163,7 @@ __attribute__((always_inline)) inline void gru_forward_lanes(const CellRow<float
       rn_in = io.load(rn + j);
     }
     const V rnv = rn_in + io.load(b + 3 * H + j);
-    const V nv = tanh_lanes<N>(a(2) + (io.load(b + 2 * H + j) + rv * rnv));
+    const V nv = tanh_lanes<N, R>(a(2) + (io.load(b + 2 * H + j) + rv * rnv));
     if (keep) {
       io.store(ws + j, rv);
       io.store(ws + H + j, zv);
@@ -188,7 +190,7 @@ __attribute__((always_inline)) inline void gru_forward_lanes(const CellRow<float
 // (then into h16_out, rounded), h_next, and rounded into h16. One pass
 // instead of the unfused step's three (widen R, activate, round h_t) and
 // the chunk's two (A widened into the output, the output rounded).
-template <int N, bool kRelu>
+template <int N, bool kRelu, Recip R = Recip::kDivide>
 __attribute__((always_inline)) inline void rnn_forward_fused_lanes(const CellRow<float>& r,
                                                                    const float* bias, int64_t c0,
                                                                    int64_t c1) {
@@ -210,7 +212,7 @@ __attribute__((always_inline)) inline void rnn_forward_fused_lanes(const CellRow
     if constexpr (kRelu) {
       h = (V)((VI)z & ((z > 0.f) | (z != z)));  // z where z > 0 or NaN, else +0
     } else {
-      h = tanh_lanes<N>(z);
+      h = tanh_lanes<N, R>(z);
     }
     if (h_out) io.store(h_out + j, h);
     io.store(h_next + j, h);

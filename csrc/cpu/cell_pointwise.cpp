@@ -15,40 +15,43 @@ namespace {
 
 namespace k = kernels;
 
-// Each kernel as a type whose run<N> the builds below instantiate.
+// Each kernel as a type whose run<N, R> the builds below instantiate: R,
+// how the fused bfloat16 steps' activations take their reciprocal
+// (activation_kernels.h Recip: VRCP14PS in the AVX-512 build); the float32
+// steps always divide.
 struct LstmForward {
-  template <int N, typename... A>
+  template <int N, k::Recip, typename... A>
   __attribute__((always_inline)) static void run(const A&... a) { k::lstm_forward_lanes<N>(a...); }
 };
 struct LstmForwardFused {
-  template <int N, typename... A>
+  template <int N, k::Recip R, typename... A>
   __attribute__((always_inline)) static void run(const A&... a) {
-    k::lstm_forward_lanes<N, true>(a...);
+    k::lstm_forward_lanes<N, true, R>(a...);
   }
 };
 struct LstmBackward {
-  template <int N, typename... A>
+  template <int N, k::Recip, typename... A>
   __attribute__((always_inline)) static void run(const A&... a) { k::lstm_backward_lanes<N>(a...); }
 };
 struct GruForward {
-  template <int N, typename... A>
+  template <int N, k::Recip, typename... A>
   __attribute__((always_inline)) static void run(const A&... a) { k::gru_forward_lanes<N>(a...); }
 };
 struct GruForwardFused {
-  template <int N, typename... A>
+  template <int N, k::Recip R, typename... A>
   __attribute__((always_inline)) static void run(const A&... a) {
-    k::gru_forward_lanes<N, true>(a...);
+    k::gru_forward_lanes<N, true, R>(a...);
   }
 };
 template <bool kRelu>
 struct RnnForwardFused {
-  template <int N, typename... A>
+  template <int N, k::Recip R, typename... A>
   __attribute__((always_inline)) static void run(const A&... a) {
-    k::rnn_forward_fused_lanes<N, kRelu>(a...);
+    k::rnn_forward_fused_lanes<N, kRelu, R>(a...);
   }
 };
 struct GruBackward {
-  template <int N, typename... A>
+  template <int N, k::Recip, typename... A>
   __attribute__((always_inline)) static void run(const A&... a) { k::gru_backward_lanes<N>(a...); }
 };
 
@@ -56,15 +59,15 @@ struct GruBackward {
 // (the kernel is inlined into it), and the run-time choice between them.
 template <typename K, typename... A>
 RNNATTN_TARGET_AVX512 void run_avx512(const A&... a) {
-  K::template run<16>(a...);
+  K::template run<16, k::Recip::kRcp14>(a...);
 }
 template <typename K, typename... A>
 RNNATTN_TARGET_AVX2 void run_avx2(const A&... a) {
-  K::template run<8>(a...);
+  K::template run<8, k::Recip::kDivide>(a...);
 }
 template <typename K, typename... A>
 void run_base(const A&... a) {
-  K::template run<8>(a...);
+  K::template run<8, k::Recip::kDivide>(a...);
 }
 template <typename K, typename... A>
 void dispatch(const A&... a) {
