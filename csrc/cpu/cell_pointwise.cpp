@@ -57,9 +57,12 @@ struct GruBackward {
 
 // One function per ISA level and kernel, compiled with that level's target
 // (the kernel is inlined into it), and the run-time choice between them.
+// (Off x86-64, where cpu_isa() never picks AVX-512, its build still
+// compiles: without the x86 instruction.)
+constexpr k::Recip kAvx512Recip = RNNATTN_X86_DISPATCH ? k::Recip::kRcp14 : k::Recip::kDivide;
 template <typename K, typename... A>
 RNNATTN_TARGET_AVX512 void run_avx512(const A&... a) {
-  K::template run<16, k::Recip::kRcp14>(a...);
+  K::template run<16, kAvx512Recip>(a...);
 }
 template <typename K, typename... A>
 RNNATTN_TARGET_AVX2 void run_avx2(const A&... a) {
