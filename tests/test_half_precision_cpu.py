@@ -176,6 +176,13 @@ def test_half_rnn_relu_in_chunks_matches_one_float32_call(cell, shape, lengths, 
     _check_chunks_against_float32(cell, shape, lengths, proj, False, dtype, relu=True)
 
 
+def _library_half_gemm(dtype):
+    """Whether the input GEMM runs in the dtype itself (half.h library_half_gemm):
+    A is then rounded to it too, and results are held to the looser tolerances."""
+    forced = os.environ.get("RNNATTN_CPU_HALF_GEMM")
+    return forced == "library" or (forced is None and dtype == torch.bfloat16 and _cpu_has_native_bf16())
+
+
 # Inference where every step is a fused large bfloat16 step (steps of 8 and
 # 16 rows at H = 512 go to the library's GEMM on AMX CPUs): a chunk holds
 # only its A, and runs to more rows (half_layer.h kLeanChunkRows): the LSTM
@@ -199,8 +206,7 @@ def test_half_inference_in_chunks_matches_one_float32_call(cell, shape, lengths,
     T, B, I, H = shape
     op = getattr(torch.ops.rnnattn, f"{cell}_forward")
     args = [a.detach() if isinstance(a, torch.Tensor) else a for a in layer_case(cell, T, B, I, H, dtype, lengths, proj)]
-    library = os.environ.get("RNNATTN_CPU_HALF_GEMM") == "library" or (
-        os.environ.get("RNNATTN_CPU_HALF_GEMM") is None and dtype == torch.bfloat16 and _cpu_has_native_bf16())
+    library = _library_half_gemm(dtype)
     eps = torch.finfo(dtype).eps
     tol = OUT_TOL[dtype] if library else dict(rtol=2 * eps, atol=2 * eps)
     outs = op(*args, reverse, False)
@@ -218,8 +224,7 @@ def _check_chunks_against_float32(cell, shape, lengths, proj, reverse, dtype, re
     # torch.ops.rnnattn.<cell>_forward's tensors, without its flags
     args = [a.detach() if isinstance(a, torch.Tensor) else a for a in layer_case(cell, T, B, I, H, dtype, lengths, proj)]
     fwd_flags = [relu, reverse] if cell == "rnn" else [reverse, True]
-    library = os.environ.get("RNNATTN_CPU_HALF_GEMM") == "library" or (
-        os.environ.get("RNNATTN_CPU_HALF_GEMM") is None and dtype == torch.bfloat16 and _cpu_has_native_bf16())
+    library = _library_half_gemm(dtype)
     eps = torch.finfo(dtype).eps
     out_tol = OUT_TOL[dtype] if library else dict(rtol=2 * eps, atol=2 * eps)
     grad_tol = GRAD_TOL[dtype] if library else dict(rtol=4 * eps, atol=4 * eps)

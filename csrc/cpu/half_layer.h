@@ -104,9 +104,13 @@ constexpr int64_t kLeanChunkRows = 1024;
 
 // A chunk's least rows (above): work, held and kept are per row of the
 // sequence (n rows): multiply-adds, bytes the chunk holds (its float32
-// copies; forward_layer_half), bytes the call keeps in its dtype.
-inline int64_t half_chunk_min_rows(int64_t n, int64_t work, int64_t held, int64_t kept) {
-  const int64_t by_work = kHalfChunkWork / std::max<int64_t>(work, 1);
+// copies, or a lean chunk's A: forward_layer_half), bytes the call keeps
+// in its dtype. A lean chunk asks for kLeanChunkRows rows where its work
+// would ask for fewer, under the same bound on bytes.
+inline int64_t half_chunk_min_rows(int64_t n, int64_t work, int64_t held, int64_t kept,
+                                   bool lean = false) {
+  int64_t by_work = kHalfChunkWork / std::max<int64_t>(work, 1);
+  if (lean) by_work = std::max(by_work, kLeanChunkRows);
   const int64_t by_bytes = 3 * n * kept / (4 * std::max<int64_t>(held, 1));
   return std::max(kHalfChunkMinRows, std::min(by_work, by_bytes));
 }
@@ -499,8 +503,8 @@ LayerForward forward_layer_half(const Cell& cell, const RnnShape& s, const StepS
                                                       : L.gates();
   const int64_t held = lean ? es * L.gates() : 4 * (s.input + s.state + ws_f32);
   const int64_t kept = es * (s.state + (has_reserve && train ? Cell::kWsBlocks * H : 0));
-  int64_t min_rows = half_chunk_min_rows(s.rows, L.gates() * (s.input + s.state), held, kept);
-  if (lean) min_rows = std::max(min_rows, std::min(kLeanChunkRows, 3 * s.rows * kept / (4 * held)));
+  const int64_t min_rows =
+      half_chunk_min_rows(s.rows, L.gates() * (s.input + s.state), held, kept, lean);
   const std::vector<StepChunk> chunks = step_chunks(sched, s.batch, reverse, min_rows);
   int64_t cap = 0;
   for (const StepChunk& ch : chunks) cap = std::max(cap, ch.rows);
