@@ -33,6 +33,7 @@
 
 #include <algorithm>
 #include <cstring>
+#include <utility>
 #include <vector>
 
 #include "../rnn_common.h"
@@ -375,8 +376,9 @@ class InputRows {
             bool on, int64_t max_rows)
       : x_(x), w_ih_(w_ih), chunks_(chunks) {
     if (!on) return;
-    // The GEMMs' chunks [k, end) (consecutive runs of rows in walk order:
-    // upwards, or downwards reversed) and the most rows one takes.
+    // Each GEMM's rows [lo, hi), over its chunks [k, end) (consecutive runs
+    // of rows in walk order: upwards, or downwards reversed), for each of
+    // those chunks; and the most rows one takes.
     int64_t cap = 0;
     for (size_t k = 0; k < chunks.size();) {
       int64_t lo = chunks[k].row0, hi = lo + chunks[k].rows;
@@ -387,7 +389,7 @@ class InputRows {
         lo = std::min(lo, j0);
         hi = std::max(hi, j1);
       }
-      group_end_.resize(end, end);
+      gemm_rows_.resize(end, {lo, hi});
       cap = std::max(cap, hi - lo);
       k = end;
     }
@@ -401,26 +403,20 @@ class InputRows {
   // chunks where k is the GEMM's first.
   at::Tensor of(size_t k) {
     if (!buf_.defined()) return at::Tensor();
-    if (k == 0 || group_end_[k - 1] != group_end_[k]) {
-      int64_t lo = chunks_[k].row0, hi = lo + chunks_[k].rows;
-      for (size_t j = k + 1; j < group_end_[k]; ++j) {
-        lo = std::min(lo, chunks_[j].row0);
-        hi = std::max(hi, chunks_[j].row0 + chunks_[j].rows);
-      }
+    const auto [lo, hi] = gemm_rows_[k];
+    if (k == 0 || gemm_rows_[k - 1] != gemm_rows_[k]) {
       a_ = buf_.narrow(0, 0, hi - lo);
       at::mm_out(a_, x_.narrow(0, lo, hi - lo), w_ih_.t());
-      row0_ = lo;
     }
-    return a_.narrow(0, chunks_[k].row0 - row0_, chunks_[k].rows);
+    return a_.narrow(0, chunks_[k].row0 - lo, chunks_[k].rows);
   }
 
  private:
   const at::Tensor& x_;
   const at::Tensor& w_ih_;
   const std::vector<StepChunk>& chunks_;
-  std::vector<size_t> group_end_;  // chunk k's GEMM: chunks up to group_end_[k]
+  std::vector<std::pair<int64_t, int64_t>> gemm_rows_;  // chunk k's GEMM's rows [lo, hi)
   at::Tensor buf_, a_;
-  int64_t row0_ = 0;
 };
 
 template <typename Cell>
