@@ -155,9 +155,23 @@ CHUNKED = [  # several chunks each (half_layer.h: chunks of >= 32 rows)
 ]
 
 
+# Where every step is a fused large bfloat16 step (steps of 8 and 16 rows at
+# H = 512 go to the library's GEMM on AMX CPUs): a chunk holds only its A,
+# and runs to more rows (half_layer.h kLeanChunkRows), in inference and in
+# training, where the steps write the bfloat16 reserve themselves (layer.h
+# reserve16): the LSTM at (40, 16, 16, 512) in 5 chunks of 8 steps, where
+# the float32 rows' bound cuts 20 of 2; the GRU in 4 of 10; a packed batch,
+# whose reserve rows shrink with it.
+LEAN = [
+    ("lstm", (40, 16, 16, 512), None, 0),
+    ("gru", (40, 16, 16, 512), None, 0),
+    ("lstm", (None, None, 16, 512), [40] * 8 + [30] * 4 + [12] * 4, 0),
+]
+
+
 @pytest.mark.parametrize("dtype", HALF)
 @pytest.mark.parametrize("reverse", [False, True])
-@pytest.mark.parametrize("cell,shape,lengths,proj", CHUNKED)
+@pytest.mark.parametrize("cell,shape,lengths,proj", CHUNKED + LEAN)
 def test_half_layer_in_chunks_matches_one_float32_call(cell, shape, lengths, proj, reverse, dtype):
     """A half-precision layer op runs the float32 engine over chunks of steps,
     carrying the state across them and summing the weight grads. Its results
@@ -181,18 +195,6 @@ def _library_half_gemm(dtype):
     A is then rounded to it too, and results are held to the looser tolerances."""
     forced = os.environ.get("RNNATTN_CPU_HALF_GEMM")
     return forced == "library" or (forced is None and dtype == torch.bfloat16 and _cpu_has_native_bf16())
-
-
-# Inference where every step is a fused large bfloat16 step (steps of 8 and
-# 16 rows at H = 512 go to the library's GEMM on AMX CPUs): a chunk holds
-# only its A, and runs to more rows (half_layer.h kLeanChunkRows): the LSTM
-# at (40, 16, 16, 512) in 5 chunks of 8 steps, where the float32 rows' bound
-# cuts 20 of 2; the GRU in 4 of 10.
-LEAN = [
-    ("lstm", (40, 16, 16, 512), None, 0),
-    ("gru", (40, 16, 16, 512), None, 0),
-    ("lstm", (None, None, 16, 512), [40] * 8 + [30] * 4 + [12] * 4, 0),
-]
 
 
 @pytest.mark.parametrize("dtype", HALF)

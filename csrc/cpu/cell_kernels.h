@@ -35,8 +35,9 @@ namespace rnnattn::cpu::kernels {
 // bfloat16 step, CellRow::r16): the gates of ((A + r16) + bias), A from
 // a16 unless null, and h into h16 too; a build of its own, so that the
 // float32 steps' loop carries none of it. There, with a16, ws may be null:
-// the gates are not kept (inference); and h goes into h16_out rounded
-// instead of into h_out where h_out is null.
+// the gates are not kept (inference), or kept rounded in ws16 with c_t
+// (training); and h goes into h16_out rounded instead of into h_out where
+// h_out is null.
 template <int N, bool kFused = false, Recip R = Recip::kDivide>
 __attribute__((always_inline)) inline void lstm_forward_lanes(const CellRow<float>& r,
                                                               const float* bias, int64_t H,
@@ -55,6 +56,7 @@ __attribute__((always_inline)) inline void lstm_forward_lanes(const CellRow<floa
   const uint16_t* a16 = r.a16 ? r.a16 + c0 : nullptr;
   uint16_t* h16 = r.h16 ? r.h16 + c0 : nullptr;
   uint16_t* h16_out = r.h16_out ? r.h16_out + c0 : nullptr;
+  uint16_t* ws16 = kFused && r.ws16 ? r.ws16 + c0 : nullptr;
   for_lanes<N>(c1 - c0, [&](int64_t j, int m) __attribute__((always_inline)) {
     const LaneIo<N> io{m};
     // (A + R) + bias, in the order of the unfused steps (R widened into ws first).
@@ -79,6 +81,15 @@ __attribute__((always_inline)) inline void lstm_forward_lanes(const CellRow<floa
     const V cn = f * io.load(c + j) + i * g;
     io.store(c + j, cn);
     if (c_keep) io.store(c_keep + j, cn);
+    if constexpr (kFused) {
+      if (ws16) {
+        store_bf16_lanes<N>(ws16 + j, i, m);
+        store_bf16_lanes<N>(ws16 + H + j, f, m);
+        store_bf16_lanes<N>(ws16 + 2 * H + j, g, m);
+        store_bf16_lanes<N>(ws16 + 3 * H + j, o, m);
+        store_bf16_lanes<N>(ws16 + 4 * H + j, cn, m);
+      }
+    }
     const V h = o * tanh_lanes<N, R>(cn);
     if (!kFused || h_out) io.store(h_out + j, h);
     if (h_next) io.store(h_next + j, h);
@@ -122,8 +133,9 @@ __attribute__((always_inline)) inline void lstm_backward_lanes(const CellRow<flo
 // r R_n); h = n + z (h_prev - n) into h_out and h_next; r, z, n into ws.
 // kFused (a fused large bfloat16 step, CellRow::r16, as the LSTM's): r, z
 // of ((A + r16) + bias), R_n from r16, A from a16 unless null, and h into
-// h16 too; with a16, ws and rest may be null (r, z, n and R_n not kept),
-// and h goes into h16_out instead of h_out where h_out is null.
+// h16 too; with a16, ws and rest may be null (r, z, n and R_n not kept, or
+// kept rounded in ws16), and h goes into h16_out instead of h_out where
+// h_out is null.
 template <int N, bool kFused = false, Recip R = Recip::kDivide>
 __attribute__((always_inline)) inline void gru_forward_lanes(const CellRow<float>& r,
                                                              const float* bias, int64_t H,
@@ -142,6 +154,7 @@ __attribute__((always_inline)) inline void gru_forward_lanes(const CellRow<float
   const uint16_t* a16 = r.a16 ? r.a16 + c0 : nullptr;
   uint16_t* h16 = r.h16 ? r.h16 + c0 : nullptr;
   uint16_t* h16_out = r.h16_out ? r.h16_out + c0 : nullptr;
+  uint16_t* ws16 = kFused && r.ws16 ? r.ws16 + c0 : nullptr;
   for_lanes<N>(c1 - c0, [&](int64_t j, int m) __attribute__((always_inline)) {
     const LaneIo<N> io{m};
     auto a = [&](int64_t g) __attribute__((always_inline)) {
@@ -169,6 +182,14 @@ __attribute__((always_inline)) inline void gru_forward_lanes(const CellRow<float
       io.store(ws + H + j, zv);
       io.store(ws + 2 * H + j, nv);
       io.store(rn + j, rnv);
+    }
+    if constexpr (kFused) {
+      if (ws16) {  // R_n at 3H, as ws and rest are laid out in a reserve row
+        store_bf16_lanes<N>(ws16 + j, rv, m);
+        store_bf16_lanes<N>(ws16 + H + j, zv, m);
+        store_bf16_lanes<N>(ws16 + 2 * H + j, nv, m);
+        store_bf16_lanes<N>(ws16 + 3 * H + j, rnv, m);
+      }
     }
     // torch's form of (1 - z) n + z h.
     const V h = nv + zv * (io.load(h_prev + j) - nv);

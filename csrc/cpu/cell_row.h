@@ -24,7 +24,10 @@ namespace rnnattn::cpu {
 // inference (the gates are not kept) and for the Elman RNN (whose reserve
 // is its output); and h16_out (with r16, or null): the output row in
 // bfloat16, which receives h_t rounded in place of h_out's float32 (h_out
-// then null).
+// then null); and ws16 (with a16, in training, or null): the reserve row in
+// bfloat16, laid out as ws's (the GRU's R_n at 3H, the LSTM's c_t at 4H),
+// which receives what ws and rest would keep, rounded, in their place (ws
+// and rest then null: the chunk keeps no float32 rows).
 // Backward: dh is the grad of h_t (gout is added to it)
 // and receives the part of the grad of h_{t-1} that does not go through
 // W_hh; c holds dc, updated in place; dg receives the gate grads.
@@ -47,6 +50,7 @@ struct CellRow {
   const uint16_t* a16 = nullptr;
   uint16_t* h16 = nullptr;
   uint16_t* h16_out = nullptr;
+  uint16_t* ws16 = nullptr;
 };
 
 }  // namespace rnnattn::cpu

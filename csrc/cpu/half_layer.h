@@ -42,6 +42,7 @@
 #include "half_product.h"
 #include "layer.h"
 #include "packed_weights.h"
+#include "prefault.h"
 
 namespace rnnattn::cpu {
 
@@ -447,6 +448,8 @@ LayerForward forward_layer_half(const Cell& cell, const RnnShape& s, const StepS
   if (has_reserve)
     r.reserve =
         train ? at::empty({s.rows, Cell::kWsBlocks * s.hidden}, opts) : at::empty({0}, opts);
+  // Mapped in before the chunks write it (prefault.h).
+  if (has_reserve && train) prefault_for_write(r.reserve.data_ptr(), r.reserve.nbytes());
   at::Tensor h = up(hx), c = Cell::kHasCell ? up(*cx) : at::Tensor();
   // The chunks update the state in place (forward_layer_op's
   // state_in_place): after the first, h and c are the last chunk's; the
@@ -486,13 +489,14 @@ LayerForward forward_layer_half(const Cell& cell, const RnnShape& s, const StepS
   // input and output, and its reserve in training (in inference only where
   // A is made a chunk at a time: layer.h). Where every step is a fused
   // large bfloat16 step on A in bfloat16 (layer.h a16) that writes the
-  // output itself (out16), in inference or any Elman RNN call (its reserve
-  // is its output), a chunk holds no float32 rows (one step's gates at
-  // most), only its A in bfloat16: such lean chunks run to kLeanChunkRows
-  // rows. At (64,100,512,1024): 25 chunks of 256 rows -> 7 of 960 (a GEMM
-  // each: 13 of 512 rows before).
+  // output itself (out16), and in training the reserve too (layer.h
+  // reserve16), a chunk holds no float32 rows (one step's gates at most),
+  // only its A in bfloat16: such lean chunks run to kLeanChunkRows rows.
+  // At (64,100,512,1024): 25 chunks of 256 rows -> 7 of 960 (a GEMM each:
+  // 13 of 512 rows before), and a training call no longer rounds each
+  // chunk's float32 reserve in a pass of its own.
   const int64_t es = input.element_size(), H = s.hidden;
-  const bool lean = out16 && lib && a_lib && !small && (!has_reserve || !train);
+  const bool lean = out16 && lib && a_lib && !small;
   const int64_t ws_f32 = !has_reserve                ? 0
                          : train                      ? Cell::kWsBlocks * H
                          : wit.defined()              ? 0
@@ -516,9 +520,11 @@ LayerForward forward_layer_half(const Cell& cell, const RnnShape& s, const StepS
         cell, sc, ch.sched,
         a.defined() ? x.narrow(0, ch.row0, ch.rows) : float_rows(x, ch.row0, ch.rows, cap, buf_x),
         h, opt(c), wi, wh, bi, bh, wr, reverse, train, a, /*pack_w_hh=*/false, wt, wit, w16, w16p,
-        out16 ? out.narrow(0, ch.row0, ch.rows) : at::Tensor(), k > 0 || own_state0);
+        out16 ? out.narrow(0, ch.row0, ch.rows) : at::Tensor(), k > 0 || own_state0,
+        lean && has_reserve && train ? r.reserve.narrow(0, ch.row0, ch.rows) : at::Tensor());
     if (rc.output.defined()) from_float_rows(rc.output, out, ch.row0);  // else in out already
-    if (has_reserve && train) from_float_rows(rc.reserve, r.reserve, ch.row0);
+    if (has_reserve && train && rc.reserve.numel() > 0)  // else in r.reserve already
+      from_float_rows(rc.reserve, r.reserve, ch.row0);
     h = rc.h_n;
     c = rc.c_n;
   }
@@ -702,8 +708,10 @@ LayerGrads backward_layer_half(const Cell& cell, const RnnShape& s, const StepSc
   at::Tensor dg16, dg16_t, chunk16;
   if (whole_t) {
     dg16_t = at::empty({Cell::kGradBlocks * H, s.rows}, opts);
+    prefault_for_write(dg16_t.data_ptr(), dg16_t.nbytes());  // each chunk writes a column stripe
   } else if (whole) {
     dg16 = at::empty({s.rows, Cell::kGradBlocks * H}, opts);
+    prefault_for_write(dg16.data_ptr(), dg16.nbytes());
   }
   if (!whole || whole_t) make_dx();  // whole: after the walk, whose peak it would raise
   if (need_weight_grad && whole) {

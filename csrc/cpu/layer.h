@@ -13,6 +13,7 @@
 #include <vector>
 
 #include "../rnn_common.h"
+#include "prefault.h"
 #include "recurrence.h"
 
 namespace rnnattn::cpu {
@@ -128,7 +129,8 @@ LayerForward forward_layer_op(const Cell& cell, const RnnShape& s, const StepSch
                               const at::Tensor& w_hh16 = at::Tensor(),
                               const std::vector<at::Tensor>& w_hh16_packed = {},
                               const at::Tensor& out16 = at::Tensor(),
-                              bool state_in_place = false) {
+                              bool state_in_place = false,
+                              const at::Tensor& reserve16 = at::Tensor()) {
   // a_given: A = X W_ih^T, (rows, gates) in any floating dtype, computed by
   // the caller (half.h); input is then read for its shape only, and may be
   // of another dtype than the rest. pack_w_hh: LayerPtrs::pack. w_hh_t:
@@ -144,7 +146,11 @@ LayerForward forward_layer_op(const Cell& cell, const RnnShape& s, const StepSch
   // (LayerPtrs::w_hh16_parts). out16: the output rows in bfloat16 (rows,
   // Hs), contiguous, where the caller rounds the output to bfloat16: where
   // A stays in bfloat16 (a16 below) the steps write h_t there
-  // (LayerPtrs::out16) and the returned output is undefined.
+  // (LayerPtrs::out16) and the returned output is undefined. reserve16:
+  // likewise the reserve rows in bfloat16 (rows, kWsBlocks * H) in
+  // training, which the fused steps write (LayerPtrs::ws16) where A stays
+  // in bfloat16; the returned reserve is then empty (else the float32 rows
+  // as without it).
   // state_in_place: hx (and cx) are contiguous tensors of the call's dtype
   // that the caller owns and gives up: the steps update them in place and
   // they are returned as h_n (c_n), without a copy (a half-precision call's
@@ -185,8 +191,14 @@ LayerForward forward_layer_op(const Cell& cell, const RnnShape& s, const StepSch
   TORCH_INTERNAL_ASSERT(!to_out16 || (out16.scalar_type() == at::kBFloat16 &&
                                       out16.is_contiguous() && out16.numel() == s.rows * Hs));
   if (!to_out16) r.output = at::empty(out_shape, opts);
-  const bool ws_one_step =
-      !train && !kOutputIsReserve && (w_ih_t_pairs.defined() || a16) && !wr.defined();
+  const bool to_res16 = a16 && train && !kOutputIsReserve && reserve16.defined();
+  TORCH_INTERNAL_ASSERT(!to_res16 || (reserve16.scalar_type() == at::kBFloat16 &&
+                                      reserve16.is_contiguous() &&
+                                      reserve16.numel() == s.rows * Cell::kWsBlocks * H));
+  // The steps' float32 rows: one step's where nothing reads them after it
+  // (inference, or a reserve the fused steps write in bfloat16).
+  const bool ws_one_step = (!train || to_res16) && !kOutputIsReserve &&
+                           (w_ih_t_pairs.defined() || a16) && !wr.defined();
   const int64_t ws_steps = !train && !kOutputIsReserve && !a_given.defined() && !ws_one_step &&
                                    sched.steps() > kInputChunkSteps
                                ? kInputChunkSteps
@@ -195,6 +207,7 @@ LayerForward forward_layer_op(const Cell& cell, const RnnShape& s, const StepSch
                           : ws_steps > 0 ? std::min(s.rows, ws_steps * B)
                                          : s.rows;
   at::Tensor ws = kOutputIsReserve ? at::Tensor() : at::empty({ws_rows, ws_cols}, opts);
+  if (train && ws.defined()) prefault_for_write(ws.data_ptr(), ws.nbytes());
   at::Tensor rest = train || L.rest_cols() == 0 ? at::Tensor() : at::empty({B, L.rest_cols()}, opts);
   const bool in_place = state_in_place && h0.is_same(hx) && (!Cell::kHasCell || c0.is_same(*cx));
   r.h_n = in_place ? h0 : at::empty({B, Hs}, opts);
@@ -265,6 +278,7 @@ LayerForward forward_layer_op(const Cell& cell, const RnnShape& s, const StepSch
     p.out = ptr_or_null<T>(r.output);
     p.ld_out = Hs;
     if (to_out16) p.out16 = reinterpret_cast<uint16_t*>(out16.data_ptr<at::BFloat16>());
+    if (to_res16) p.ws16 = reinterpret_cast<uint16_t*>(reserve16.data_ptr<at::BFloat16>());
     p.ws = kOutputIsReserve ? p.out : ws.data_ptr<T>();
     p.ld_ws = kOutputIsReserve ? Hs : ws_cols;
     p.train = train;
@@ -276,7 +290,7 @@ LayerForward forward_layer_op(const Cell& cell, const RnnShape& s, const StepSch
                                      Cell::kHasCell ? r.c_n.data_ptr<T>() : nullptr, m, reverse);
     if (last == spare) std::copy(spare, spare + B * Hs, r.h_n.data_ptr<T>());
   });
-  if (!kOutputIsReserve) r.reserve = train ? ws : at::empty({0}, opts);
+  if (!kOutputIsReserve) r.reserve = train && !to_res16 ? ws : at::empty({0}, opts);
   return r;
 }
 
@@ -335,6 +349,7 @@ LayerGrads backward_layer_op(const Cell& cell, const RnnShape& s, const StepSche
                                       dg_out->stride(0) >= Cell::kGradBlocks * H &&
                                       dg_out->scalar_type() == input.scalar_type()));
   at::Tensor dg = dg_given ? *dg_out : at::empty({N, Cell::kGradBlocks * H}, input.options());
+  if (!dg_given) prefault_for_write(dg.data_ptr(), dg.nbytes());
   const int64_t ld_dg = dg.stride(0);
   auto x = input.contiguous();
   auto h0 = hx.contiguous();

@@ -148,6 +148,10 @@ struct LayerPtrs {
   // steps round h_t into instead of writing out's float32 rows
   // (CellRow::h16_out); else null.
   uint16_t* out16 = nullptr;
+  // With a16, in training: the reserve in bfloat16 (rows kWsBlocks * H
+  // apart), which the fused steps round what they keep into
+  // (CellRow::ws16); ws then holds one step's rows, as in inference.
+  uint16_t* ws16 = nullptr;
   // Whether the recurrent GEMMs may pack W_hh (packed_rows): a half-precision
   // call, which runs the engine once per chunk of steps and is there to save
   // memory, does not (half_layer.h).
@@ -569,9 +573,14 @@ T* forward_layer(const Cell& cell, const RnnShape& s, const StepSchedule& sched,
       // fwd, alternating processes, LSTM 1.035x, GRU 1.08x there, 1.03x /
       // 1.05x at (32,100,256,512).
       // (The Elman RNN's reserve is its output, h_out or h16_out: no ws.)
-      const bool keep = !(r16 && p.a16 && (!train || Cell::kWsBlocks == 1));
+      // In training they go, rounded, into the bfloat16 reserve instead
+      // where the call gives it (LayerPtrs::ws16).
+      const bool fused16 = r16 && p.a16;
+      const bool keep = !(fused16 && (!train || Cell::kWsBlocks == 1 || p.ws16));
       row.ws = keep ? a.ws + r * p.ld_ws : nullptr;
       row.rest = keep ? a.rest + r * a.ld_rest : nullptr;
+      row.ws16 = fused16 && train && p.ws16 ? p.ws16 + (a.row0 + r) * Cell::kWsBlocks * H
+                                            : nullptr;
       row.h_prev = cur + r * Hs;
       row.h16_out = row.a16 && p.out16 ? p.out16 + (a.row0 + r) * Hs : nullptr;
       row.h_out = proj             ? m + r * H
@@ -579,7 +588,7 @@ T* forward_layer(const Cell& cell, const RnnShape& s, const StepSchedule& sched,
                                    : p.out + (a.row0 + r) * p.ld_out;
       row.h_next = proj ? nullptr : nxt + r * Hs;
       row.c = Cell::kHasCell ? c + r * H : nullptr;
-      row.c_keep = Cell::kHasCell && train ? row.ws + L.gates() : nullptr;
+      row.c_keep = Cell::kHasCell && train && keep ? row.ws + L.gates() : nullptr;
       cell.forward(row, p.bias, H, c0, c1);
     }
   };

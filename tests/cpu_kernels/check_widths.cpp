@@ -235,16 +235,18 @@ void check_cells() {
 }
 
 // The cases of the fused bfloat16 steps' checks: f(H, c0, c1, with_a16,
-// keep) over rows of odd widths, unit ranges that start and end inside
-// them, A from ws or in bfloat16, and with A in bfloat16 the gates kept in
-// ws and h_t in h_out or not (ws and h_out null, h_t into h16_out).
+// keep, to16) over rows of odd widths, unit ranges that start and end
+// inside them, A from ws or in bfloat16, and with A in bfloat16 the gates
+// kept in ws and h_t in h_out or not (ws and h_out null, h_t into h16_out),
+// and without them the kept values rounded into a bfloat16 reserve row
+// (ws16: to16; a training call's lean chunks).
 template <typename F>
 void for_fused_cases(const F& f) {
   for (int H : {1, 7, 16, 17, 33, 100})
     for (int c0 : {0, 3})
       for (int c1 : {H - 5, H})
-        for (int mode = 0; mode < 3; ++mode)
-          if (c0 < c1 && c1 > 0) f(H, c0, c1, mode > 0, mode < 2);
+        for (int mode = 0; mode < 4; ++mode)
+          if (c0 < c1 && c1 > 0) f(H, c0, c1, mode > 0, mode < 2, mode == 3);
 }
 
 // k bfloat16 patterns of values drawn from u.
@@ -261,14 +263,14 @@ std::vector<uint16_t> bf16_patterns(G& gen, U& u, int k) {
 // as bf16_bits rounds it; R in a row of its own (gate blocks gs apart,
 // from unit c0), A from ws or in bfloat16 (a16); nothing written outside
 // [c0, c1); without ws and h_out (keep false), the same c and h16, and h
-// rounded into h16_out.
+// rounded into h16_out; with ws16, the gates and c_t rounded into it.
 template <int N>
 void check_fused_lstm() {
   std::mt19937 gen(13);
   std::uniform_real_distribution<float> u(-3, 3);
   using rnnattn::cpu::bf16_bits;
   using rnnattn::cpu::bf16_value;
-  for_fused_cases([&](int H, int c0, int c1, bool with_a16, bool keep) {
+  for_fused_cases([&](int H, int c0, int c1, bool with_a16, bool keep, bool to16) {
     const int gs = c1 - c0 + 2;
     const std::vector<uint16_t> a16 = bf16_patterns(gen, u, 4 * H),
                                 r16 = bf16_patterns(gen, u, 4 * gs);
@@ -292,12 +294,20 @@ void check_fused_lstm() {
     f.h_out = keep ? got_h.data() : nullptr, f.h16_out = keep ? nullptr : h16_out.data();
     f.r16 = r16.data(), f.r16_gate = gs, f.h16 = h16.data();
     f.a16 = with_a16 ? a16.data() : nullptr;
+    std::vector<uint16_t> ws16(5 * H, 0x5555);
+    f.ws16 = to16 ? ws16.data() : nullptr;
     k::lstm_forward_lanes<N, true>(f, bias.data(), H, c0, c1);
     for (int j = 0; j < H; ++j) {
       const bool in = j >= c0 && j < c1;
       for (int g = 0; g < 4; ++g) {
         const float want = in && keep ? want_ws[g * H + j] : got_ws0[g * H + j];
         if (got_ws[g * H + j] != want) fail("fused lstm ws", H, c0, j, N, got_ws[g * H + j], want);
+      }
+      for (int g = 0; g < 5; ++g) {  // the gates, then c_t
+        const uint16_t want = !(in && to16) ? 0x5555
+                              : g < 4       ? bf16_bits(want_ws[g * H + j])
+                                            : bf16_bits(want_c[j]);
+        if (ws16[g * H + j] != want) fail("fused lstm ws16", H, c0, j, N, ws16[g * H + j], want);
       }
       if (got_c[j] != want_c[j]) fail("fused lstm c", H, c0, j, N, got_c[j], want_c[j]);
       const float want_hj = keep ? want_h[j] : 9.f;
@@ -312,14 +322,15 @@ void check_fused_lstm() {
 
 // The GRU's likewise (gru_forward_lanes<N, true>): r, z of A + R widened,
 // R_n from r16 (plus b_hn) into rest; without ws, rest and h_out (keep
-// false), the same h_next and h16, and h rounded into h16_out.
+// false), the same h_next and h16, and h rounded into h16_out; with ws16,
+// r, z, n and R_n rounded into it.
 template <int N>
 void check_fused_gru() {
   std::mt19937 gen(17);
   std::uniform_real_distribution<float> u(-3, 3);
   using rnnattn::cpu::bf16_bits;
   using rnnattn::cpu::bf16_value;
-  for_fused_cases([&](int H, int c0, int c1, bool with_a16, bool keep) {
+  for_fused_cases([&](int H, int c0, int c1, bool with_a16, bool keep, bool to16) {
     const int gs = c1 - c0 + 2;
     auto fill = [&](int k) {
       std::vector<float> v(k);
@@ -352,12 +363,20 @@ void check_fused_gru() {
     f.h_next = got_hn.data();
     f.r16 = r16.data(), f.r16_gate = gs, f.h16 = h16.data();
     f.a16 = with_a16 ? a16.data() : nullptr;
+    std::vector<uint16_t> ws16(4 * H, 0x5555);
+    f.ws16 = to16 ? ws16.data() : nullptr;
     k::gru_forward_lanes<N, true>(f, bias.data(), H, c0, c1);
     for (int j = 0; j < H; ++j) {
       const bool in = j >= c0 && j < c1;
       for (int g = 0; g < 3; ++g) {
         const float want = in && keep ? want_ws[g * H + j] : got_ws0[g * H + j];
         if (got_ws[g * H + j] != want) fail("fused gru ws", H, c0, j, N, got_ws[g * H + j], want);
+      }
+      for (int g = 0; g < 4; ++g) {  // r, z, n, then R_n
+        const uint16_t want = !(in && to16) ? 0x5555
+                              : g < 3       ? bf16_bits(want_ws[g * H + j])
+                                            : bf16_bits(want_rest[j]);
+        if (ws16[g * H + j] != want) fail("fused gru ws16", H, c0, j, N, ws16[g * H + j], want);
       }
       const float want_r = in && keep ? want_rest[j] : rest0[j];
       if (got_rest[j] != want_r) fail("fused gru rest", H, c0, j, N, got_rest[j], want_r);
@@ -384,7 +403,8 @@ void check_fused_rnn() {
   std::uniform_real_distribution<float> u(-3, 3);
   using rnnattn::cpu::bf16_bits;
   using rnnattn::cpu::bf16_value;
-  for_fused_cases([&](int H, int c0, int c1, bool with_a16, bool keep) {
+  for_fused_cases([&](int H, int c0, int c1, bool with_a16, bool keep, bool to16) {
+    if (to16) return;  // the Elman RNN's reserve is its output
     std::vector<uint16_t> a16 = bf16_patterns(gen, u, H), r16 = bf16_patterns(gen, u, c1 - c0);
     std::vector<float> bias(H);
     for (auto& x : bias) x = u(gen);
