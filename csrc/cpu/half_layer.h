@@ -449,7 +449,7 @@ LayerForward forward_layer_half(const Cell& cell, const RnnShape& s, const StepS
     r.reserve =
         train ? at::empty({s.rows, Cell::kWsBlocks * s.hidden}, opts) : at::empty({0}, opts);
   // Mapped in before the chunks write it (prefault.h).
-  if (has_reserve && train) prefault_for_write(r.reserve.data_ptr(), r.reserve.nbytes());
+  if (has_reserve && train) prefault_for_write(r.reserve);
   at::Tensor h = up(hx), c = Cell::kHasCell ? up(*cx) : at::Tensor();
   // The chunks update the state in place (forward_layer_op's
   // state_in_place): after the first, h and c are the last chunk's; the
@@ -708,10 +708,10 @@ LayerGrads backward_layer_half(const Cell& cell, const RnnShape& s, const StepSc
   at::Tensor dg16, dg16_t, chunk16;
   if (whole_t) {
     dg16_t = at::empty({Cell::kGradBlocks * H, s.rows}, opts);
-    prefault_for_write(dg16_t.data_ptr(), dg16_t.nbytes());  // each chunk writes a column stripe
+    prefault_for_write(dg16_t);  // each chunk writes a column stripe
   } else if (whole) {
     dg16 = at::empty({s.rows, Cell::kGradBlocks * H}, opts);
-    prefault_for_write(dg16.data_ptr(), dg16.nbytes());
+    prefault_for_write(dg16);
   }
   if (!whole || whole_t) make_dx();  // whole: after the walk, whose peak it would raise
   if (need_weight_grad && whole) {

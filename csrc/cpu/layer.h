@@ -207,7 +207,7 @@ LayerForward forward_layer_op(const Cell& cell, const RnnShape& s, const StepSch
                           : ws_steps > 0 ? std::min(s.rows, ws_steps * B)
                                          : s.rows;
   at::Tensor ws = kOutputIsReserve ? at::Tensor() : at::empty({ws_rows, ws_cols}, opts);
-  if (train && ws.defined()) prefault_for_write(ws.data_ptr(), ws.nbytes());
+  if (train && ws.defined()) prefault_for_write(ws);
   at::Tensor rest = train || L.rest_cols() == 0 ? at::Tensor() : at::empty({B, L.rest_cols()}, opts);
   const bool in_place = state_in_place && h0.is_same(hx) && (!Cell::kHasCell || c0.is_same(*cx));
   r.h_n = in_place ? h0 : at::empty({B, Hs}, opts);
@@ -277,8 +277,8 @@ LayerForward forward_layer_op(const Cell& cell, const RnnShape& s, const StepSch
     p.bias = bias;
     p.out = ptr_or_null<T>(r.output);
     p.ld_out = Hs;
-    if (to_out16) p.out16 = reinterpret_cast<uint16_t*>(out16.data_ptr<at::BFloat16>());
-    if (to_res16) p.ws16 = reinterpret_cast<uint16_t*>(reserve16.data_ptr<at::BFloat16>());
+    if (to_out16) p.out16 = bf16_bits_of(out16);
+    if (to_res16) p.ws16 = bf16_bits_of(reserve16);
     p.ws = kOutputIsReserve ? p.out : ws.data_ptr<T>();
     p.ld_ws = kOutputIsReserve ? Hs : ws_cols;
     p.train = train;
@@ -349,7 +349,7 @@ LayerGrads backward_layer_op(const Cell& cell, const RnnShape& s, const StepSche
                                       dg_out->stride(0) >= Cell::kGradBlocks * H &&
                                       dg_out->scalar_type() == input.scalar_type()));
   at::Tensor dg = dg_given ? *dg_out : at::empty({N, Cell::kGradBlocks * H}, input.options());
-  if (!dg_given) prefault_for_write(dg.data_ptr(), dg.nbytes());
+  if (!dg_given) prefault_for_write(dg);
   const int64_t ld_dg = dg.stride(0);
   auto x = input.contiguous();
   auto h0 = hx.contiguous();

@@ -18,6 +18,7 @@
 // done, and the writes fault as before.
 #pragma once
 
+#include <ATen/ATen.h>
 #include <ATen/Parallel.h>
 
 #include <atomic>
@@ -60,5 +61,9 @@ inline void prefault_for_write(void* p, int64_t bytes) {
   (void)bytes;
 #endif
 }
+
+// The same for a tensor's storage from its data pointer on (a fresh
+// contiguous tensor: the whole of it).
+inline void prefault_for_write(const at::Tensor& t) { prefault_for_write(t.data_ptr(), t.nbytes()); }
 
 }  // namespace rnnattn::cpu

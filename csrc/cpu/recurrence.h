@@ -579,8 +579,7 @@ T* forward_layer(const Cell& cell, const RnnShape& s, const StepSchedule& sched,
       const bool keep = !(fused16 && (!train || Cell::kWsBlocks == 1 || p.ws16));
       row.ws = keep ? a.ws + r * p.ld_ws : nullptr;
       row.rest = keep ? a.rest + r * a.ld_rest : nullptr;
-      row.ws16 = fused16 && train && p.ws16 ? p.ws16 + (a.row0 + r) * Cell::kWsBlocks * H
-                                            : nullptr;
+      row.ws16 = fused16 && p.ws16 ? p.ws16 + (a.row0 + r) * Cell::kWsBlocks * H : nullptr;
       row.h_prev = cur + r * Hs;
       row.h16_out = row.a16 && p.out16 ? p.out16 + (a.row0 + r) * Hs : nullptr;
       row.h_out = proj             ? m + r * H
