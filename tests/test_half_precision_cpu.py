@@ -103,6 +103,45 @@ def test_layer_ops_in_half_precision(cell, shape, lengths, proj, dtype):
         torch.testing.assert_close(a.double(), b, **GRAD_TOL[dtype])
 
 
+def _transposed_layout(t):
+    """The same values stored column-major (a weight built as W^T and
+    transposed back, a state sliced from a (H, B) buffer): not contiguous."""
+    if not isinstance(t, torch.Tensor) or t.dim() != 2:
+        return t
+    return t.detach().T.contiguous().T.requires_grad_(t.requires_grad)
+
+
+@pytest.mark.parametrize("dtype", HALF)
+@pytest.mark.parametrize(
+    "cell,shape,lengths,proj",
+    [
+        ("rnn", (6, 3, 5, 9), None, 0),
+        ("gru", (6, 3, 5, 9), None, 0),
+        ("lstm", (6, 3, 5, 9), None, 0),
+        ("lstm", (None, None, 4, 17), [5, 3, 1], 3),
+        ("gru", (12, 16, 8, 256), None, 0),  # steps past small_gemm's size
+        ("rnn", (64, 4, 64, 256), None, 0),  # the input GEMM beside the walk
+    ],
+)
+def test_half_layer_ops_read_any_weight_and_state_layout(cell, shape, lengths, proj, dtype):
+    """Weights and states stored column-major give the very same outputs and
+    grads as the same values stored row-major (the float32 copies of half
+    weights are made contiguous: half.h up(); a transposed W_hh read as rows
+    gave errors of 0.1-2 at these shapes)."""
+    T, B, I, H = shape
+    args = layer_case(cell, T, B, I, H, dtype, lengths, proj)
+    strided = [_transposed_layout(a) for a in args]
+    assert any(isinstance(a, torch.Tensor) and not a.is_contiguous() for a in strided)
+    outs, souts = run_layer(cell, args, ops), run_layer(cell, strided, ops)
+    for o, so in zip(outs, souts):
+        assert torch.equal(o, so)
+    ws = [torch.randn_like(o) for o in outs]
+    leaves = [a for a in args if isinstance(a, torch.Tensor) and a.requires_grad]
+    sleaves = [a for a in strided if isinstance(a, torch.Tensor) and a.requires_grad]
+    g = torch.autograd.grad(sum((o * w).sum() for o, w in zip(outs, ws)), leaves)
+    sg = torch.autograd.grad(sum((o * w).sum() for o, w in zip(souts, ws)), sleaves)
+    for a, b in zip(g, sg):
+        assert torch.equal(a, b)
 
 
 def _up(args):

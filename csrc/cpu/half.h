@@ -43,10 +43,14 @@ inline bool is_half(const at::Tensor& t) {
   return t.scalar_type() == at::kBFloat16 || t.scalar_type() == at::kHalf;
 }
 
-// float32 copy of a half-precision tensor; any other tensor (float, the
-// int64 lengths, the bool mask, undefined) as it is.
+// float32 copy of a half-precision tensor, contiguous (the layer code reads
+// a weight's or a state's copy as plain rows: to() alone keeps a transposed
+// weight transposed); any other tensor (float, the int64 lengths, the bool
+// mask, undefined) as it is.
 inline at::Tensor up(const at::Tensor& t) {
-  return t.defined() && is_half(t) ? t.to(at::kFloat) : t;
+  return t.defined() && is_half(t)
+             ? t.to(at::kFloat, /*non_blocking=*/false, /*copy=*/false, at::MemoryFormat::Contiguous)
+             : t;
 }
 inline c10::optional<at::Tensor> up(const c10::optional<at::Tensor>& t) {
   return t.has_value() ? c10::optional<at::Tensor>(up(*t)) : t;
