@@ -32,7 +32,8 @@ struct AttnShape {
 };
 
 inline int64_t attn_num_chunks(int64_t steps, int64_t chunk_size) {
-  return chunk_size == 0 ? 1 : (steps + chunk_size - 1) / chunk_size;
+  // (steps + chunk_size - 1) / chunk_size without its overflow near INT64_MAX.
+  return chunk_size == 0 ? 1 : steps / chunk_size + (steps % chunk_size != 0);
 }
 
 namespace detail {
@@ -76,7 +77,10 @@ inline AttnShape check_common(const at::Tensor& input, int64_t heads,
     TORCH_CHECK(m.device() == input.device(), "rnnattn.", op, ": mask is on ", m.device(),
                 " but input is on ", input.device());
   }
-  const int64_t K = chunk_size == 0 ? std::max<int64_t>(T, 1) : chunk_size;
+  // A chunk longer than the sequence is the whole sequence: K <= max(T, 1),
+  // so that K * D * heads and the GPU's per-chunk plans stay in range.
+  const int64_t K = chunk_size == 0 ? std::max<int64_t>(T, 1)
+                                    : std::min(chunk_size, std::max<int64_t>(T, 1));
   return AttnShape{B, T, D, heads, K, attn_num_chunks(T, chunk_size)};
 }
 

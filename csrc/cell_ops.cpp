@@ -46,10 +46,18 @@ void check_dims(const char* cell, const char* what, const at::Tensor& t) {
                     " to be 1D or 2D, got ", t.dim(), "D instead");
 }
 
+// The weights' ranks, before their sizes are read (a module's are 2-D; the
+// operator may be called with anything).
+void check_weights(const char* cell, const at::Tensor& w_ih, const at::Tensor& w_hh) {
+  TORCH_CHECK_VALUE(w_ih.dim() == 2 && w_hh.dim() == 2, cell,
+                    ": weight_ih and weight_hh must be 2-D (gates * hidden_size, input_size / "
+                    "hidden_size), got ", w_ih.dim(), "-D and ", w_hh.dim(), "-D");
+}
+
 // ATen's checks of a batched step (check_rnn_cell_forward_input/_hidden),
 // with its messages, plus the dtype/device agreement the fused op needs.
-void check_step(const at::Tensor& input, const at::Tensor& h, const at::Tensor& w_ih,
-                int64_t hidden, const char* label, bool check_input) {
+void check_step(const char* cell, const at::Tensor& input, const at::Tensor& h,
+                const at::Tensor& w_ih, int64_t hidden, const char* label, bool check_input) {
   if (check_input)
     TORCH_CHECK(input.size(1) == w_ih.size(1), "input has inconsistent input_size: got ",
                 input.size(1), " expected ", w_ih.size(1));
@@ -57,7 +65,7 @@ void check_step(const at::Tensor& input, const at::Tensor& h, const at::Tensor& 
               " doesn't match hidden", label, " batch size ", h.size(0));
   TORCH_CHECK(h.size(1) == hidden, "hidden", label, " has inconsistent hidden_size: got ",
               h.size(1), ", expected ", hidden);
-  TORCH_CHECK(input.scalar_type() == w_ih.scalar_type(), "RNNCell input dtype (",
+  TORCH_CHECK(input.scalar_type() == w_ih.scalar_type(), cell, " input dtype (",
               input.scalar_type(), ") does not match weight dtype (", w_ih.scalar_type(), ")");
   TORCH_CHECK(h.scalar_type() == input.scalar_type(), "hx dtype (", h.scalar_type(),
               ") does not match input dtype (", input.scalar_type(), ")");
@@ -80,6 +88,7 @@ at::Tensor one_state_cell(const char* cell, const at::Tensor& input, const OptTe
                           const at::Tensor& w_ih, const at::Tensor& w_hh, bool rnn, Step step,
                           AtenStep aten_step) {
   check_dims(cell, "input", input);
+  check_weights(cell, w_ih, w_hh);
   const bool given = hx.has_value() && hx->defined();
   if (given) check_dims(cell, "hidden", *hx);
   const bool batched = input.dim() == 2;
@@ -88,7 +97,7 @@ at::Tensor one_state_cell(const char* cell, const at::Tensor& input, const OptTe
   const at::Tensor h = initial_state(hx, x, hidden, batched);
   at::Tensor out;
   if (fused_kernel(x, w_ih, rnn)) {
-    check_step(x, h, w_ih, hidden, "0", true);
+    check_step(cell, x, h, w_ih, hidden, "0", true);
     out = step(x.unsqueeze(0), h);
   } else {
     out = aten_step(x, h);
@@ -146,6 +155,7 @@ std::tuple<at::Tensor, at::Tensor> lstm_cell(const at::Tensor& input,
           const at::Tensor&, const at::Tensor&, const OptTensor&, const OptTensor&,
           const OptTensor&, bool, bool)>("rnnattn::lstm_forward");
   check_dims("LSTMCell", "input", input);
+  check_weights("LSTMCell", w_ih, w_hh);
   if (hx.has_value()) {
     for (size_t i = 0; i < hx->size(); ++i) {
       const std::string what = "hx[" + std::to_string(i) + "]";
@@ -163,8 +173,8 @@ std::tuple<at::Tensor, at::Tensor> lstm_cell(const at::Tensor& input,
   const at::Tensor c = hx.has_value() ? initial_state(c0, x, hidden, batched) : h;
   at::Tensor h_n, c_n;
   if (fused_kernel(x, w_ih, /*rnn=*/false)) {
-    check_step(x, h, w_ih, hidden, "0", true);
-    check_step(x, c, w_ih, hidden, "1", false);
+    check_step("LSTMCell", x, h, w_ih, hidden, "0", true);
+    check_step("LSTMCell", x, c, w_ih, hidden, "1", false);
     auto out = layer.call(x.unsqueeze(0), c10::nullopt, h, c, w_ih, w_hh, b_ih, b_hh,
                           c10::nullopt, false, at::GradMode::is_enabled());
     h_n = std::get<1>(out);

@@ -119,6 +119,9 @@ inline RnnShape check_recurrent_args(const at::Tensor& input,
   }
   const auto dtype = input.scalar_type();
   const auto device = input.device();
+  TORCH_CHECK(at::isFloatingType(dtype),
+              "rnnattn: input must be floating point (float32, float64, bfloat16 or float16), got ",
+              dtype);
   auto same = [&](const at::Tensor& t, const char* name) {
     TORCH_CHECK(t.scalar_type() == dtype, "rnnattn: ", name, " has dtype ", t.scalar_type(),
                 " but input has dtype ", dtype);

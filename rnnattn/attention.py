@@ -281,6 +281,13 @@ def _check_chunk_size(chunk_size) -> int:
 
 
 def _check_params(x: Tensor, weight: Tensor, bias, proj_weight, proj_bias) -> None:
+    for name, p, shape in (("weight", weight, "(heads, D)"), ("bias", bias, "(heads,)"),
+                           ("proj_weight", proj_weight, "(A, D)"), ("proj_bias", proj_bias, "(A,)")):
+        if not (isinstance(p, Tensor) or (p is None and name != "weight")):
+            raise TypeError(
+                f"AttentionPooling: {name} must be a {shape} tensor{'' if name == 'weight' else ' or None'}, "
+                f"got {type(p).__name__}"
+            )
     D = x.shape[-1]
     score_dim = proj_weight.shape[0] if proj_weight is not None else D
     if proj_weight is not None and (proj_weight.dim() != 2 or proj_weight.shape[1] != D):

@@ -25,6 +25,30 @@ def _params(weights: Sequence[Tensor], k: int, bias: bool, proj: bool = False):
     return w[0], w[1], b_ih, b_hh, (w[-1] if proj else None)
 
 
+def _check_stack(fn: str, states, weights: Sequence[Tensor], num_layers: int, bias: bool,
+                 directions: int, proj: bool = False) -> None:
+    """The counts the layers index by: ``num_layers``, the flat ``weights``
+    and the first dim of each state (``(num_layers * D, B, H)``). The layer
+    ops check the rest (each weight's and state's shape and dtype)."""
+    if isinstance(num_layers, bool) or not isinstance(num_layers, int) or num_layers < 1:
+        raise ValueError(f"{fn}: num_layers must be a positive int, got {num_layers!r}")
+    per = 2 + 2 * bool(bias) + bool(proj)
+    layout = "w_ih, w_hh" + (", b_ih, b_hh" if bias else "") + (", w_hr" if proj else "")
+    if len(weights) != num_layers * directions * per:
+        raise ValueError(
+            f"{fn}: expected {num_layers * directions * per} weights ({layout} for each of "
+            f"{num_layers} layer(s) x {directions} direction(s), torch's _flat_weights order), got {len(weights)}"
+        )
+    for name, h in states:
+        if not isinstance(h, Tensor):
+            raise TypeError(f"{fn}: {name} must be a Tensor, got {type(h).__name__}")
+        if h.dim() != 3 or h.size(0) != num_layers * directions:
+            raise ValueError(
+                f"{fn}: {name} must be (num_layers * num_directions, B, H) = ({num_layers * directions}, B, H), "
+                f"got {tuple(h.shape)}"
+            )
+
+
 def _stack(input: Tensor, num_layers: int, dropout: float, training: bool, run_layer):
     """Runs ``run_layer(x, l) -> (output, [states of each direction])`` for
     every layer, with dropout (as torch's modules) on the output of every
@@ -79,6 +103,7 @@ def rnn(
     and ``h_n`` ``(num_layers * D, B, H)``.
     """
     directions = 2 if bidirectional else 1
+    _check_stack("rnnattn.functional.rnn", [("hx", hx)], weights, num_layers, bias, directions)
 
     def run_one(x, k, reverse):
         w_ih, w_hh, b_ih, b_hh, _ = _params(weights, k, bias)
@@ -114,6 +139,7 @@ def gru(
     """A stack of GRU layers, as :func:`rnn` (``layer`` is
     :func:`rnnattn.ops.gru_layer` or the reference's). Returns ``(output, h_n)``."""
     directions = 2 if bidirectional else 1
+    _check_stack("rnnattn.functional.gru", [("hx", hx)], weights, num_layers, bias, directions)
 
     def run_one(x, k, reverse):
         w_ih, w_hh, b_ih, b_hh, _ = _params(weights, k, bias)
@@ -143,7 +169,11 @@ def lstm(
     ``proj`` says whether ``weights`` hold a ``w_hr`` per layer-direction
     (``proj_size > 0``). Returns ``(output, (h_n, c_n))``."""
     directions = 2 if bidirectional else 1
+    if not (isinstance(hx, (tuple, list)) and len(hx) == 2):
+        raise TypeError("rnnattn.functional.lstm: hx must be a pair (h_0, c_0) of tensors")
     h0, c0 = hx
+    _check_stack("rnnattn.functional.lstm", [("hx[0]", h0), ("hx[1]", c0)], weights, num_layers, bias,
+                 directions, proj)
 
     def run_one(x, k, reverse):
         w_ih, w_hh, b_ih, b_hh, w_hr = _params(weights, k, bias, proj)

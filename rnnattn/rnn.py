@@ -133,6 +133,11 @@ class _FusedRNNBase(nn.RNNBase):
         amp = cuda_autocast_dtype(device_type)
 
         lstm = self.mode == "LSTM"
+        if lstm and hx is not None:
+            if not isinstance(hx, (tuple, list)):
+                raise TypeError(f"rnnattn.LSTM: hx must be a tuple (h_0, c_0) of tensors, got {type(hx).__name__}")
+            if len(hx) != 2:
+                raise RuntimeError("lstm expects two hidden states")  # torch's words
         h_size = self.proj_size if lstm and self.proj_size > 0 else self.hidden_size
         orig_input = input
         if isinstance(orig_input, PackedSequence):
@@ -243,14 +248,17 @@ class RNN(_FusedRNNBase):
         bidirectional: bool = False,
         device=None,
         dtype=None,
+        **kwargs,
     ) -> None:
+        if "proj_size" in kwargs:  # torch's error; any other keyword is RNNBase's TypeError
+            raise ValueError("proj_size argument is only supported for LSTM, not RNN or GRU")
         modes = {"tanh": "RNN_TANH", "relu": "RNN_RELU"}
         if nonlinearity not in modes:
             raise ValueError(f"Unknown nonlinearity '{nonlinearity}'. Select from 'tanh' or 'relu'.")
         self.nonlinearity = nonlinearity
         super().__init__(
             modes[nonlinearity], input_size, hidden_size, num_layers, bias, batch_first, dropout,
-            bidirectional, device=device, dtype=dtype,
+            bidirectional, device=device, dtype=dtype, **kwargs,
         )
 
     _reference_layer = staticmethod(reference.rnn_layer)
@@ -258,7 +266,7 @@ class RNN(_FusedRNNBase):
     def _functional(self, input, batch_sizes, hx, weights, layer=ops.rnn_layer):
         return functional.rnn(
             input, batch_sizes, hx, weights, self.num_layers, self.bias, self.bidirectional,
-            relu=self.nonlinearity == "relu", dropout=self.dropout, training=self.training, layer=layer,
+            relu=self.mode == "RNN_RELU", dropout=self.dropout, training=self.training, layer=layer,
         )
 
     def _stack_serves(self) -> bool:
@@ -267,7 +275,9 @@ class RNN(_FusedRNNBase):
         return not (self.bidirectional and torch.is_grad_enabled())
 
     def _stack_cell(self) -> int:
-        return int(self.nonlinearity == "relu")
+        # self.mode, not self.nonlinearity: torch's forward reads the mode
+        # fixed at construction.
+        return int(self.mode == "RNN_RELU")
 
     def _layers(self, input, batch_sizes, hx, weights):
         if torch.compiler.is_compiling() or not self._stack_serves():
@@ -380,6 +390,24 @@ def _reference_step(module, layer, input: Tensor, hx, *flags):
     return h if batched else h.squeeze(0)
 
 
+def _cell_argument_error(module, input, hx, error: TypeError) -> TypeError:
+    """The error for a cell's binding refusing its arguments (pybind's
+    TypeError lists every overload and prints each weight): which argument
+    is not what the cell takes, or the binding's own error where both are
+    (a TypeError from inside the operator)."""
+    name = f"rnnattn.{type(module).__name__}"
+    if not isinstance(input, Tensor):
+        return TypeError(f"{name}: input must be a Tensor, got {type(input).__name__}")
+    if isinstance(module, nn.LSTMCell):
+        if hx is not None and not (
+            isinstance(hx, (tuple, list)) and all(isinstance(h, Tensor) for h in hx)
+        ):
+            return TypeError(f"{name}: hx must be a tuple (h_0, c_0) of tensors or None, got {type(hx).__name__}")
+    elif hx is not None and not isinstance(hx, Tensor):
+        return TypeError(f"{name}: hx must be a Tensor or None, got {type(hx).__name__}")
+    return error
+
+
 class RNNCell(nn.RNNCell):
     __doc__ = _cell_doc(nn.RNNCell, "one time step of :class:`rnnattn.RNN`")
 
@@ -389,8 +417,13 @@ class RNNCell(nn.RNNCell):
             return _reference_step(self, reference.rnn_layer, input, hx, self.nonlinearity == "relu")
         if path == "torch":
             return super().forward(input, hx)
-        cell = torch.ops.rnnattn.rnn_cell if torch.compiler.is_compiling() else _C.rnn_cell
-        return cell(input, hx, self.weight_ih, self.weight_hh, self.bias_ih, self.bias_hh, self.nonlinearity == "relu")
+        args = (input, hx, self.weight_ih, self.weight_hh, self.bias_ih, self.bias_hh, self.nonlinearity == "relu")
+        if torch.compiler.is_compiling():
+            return torch.ops.rnnattn.rnn_cell(*args)
+        try:
+            return _C.rnn_cell(*args)
+        except TypeError as e:
+            raise _cell_argument_error(self, input, hx, e) from None
 
 
 class GRUCell(nn.GRUCell):
@@ -402,8 +435,13 @@ class GRUCell(nn.GRUCell):
             return _reference_step(self, reference.gru_layer, input, hx)
         if path == "torch":
             return super().forward(input, hx)
-        cell = torch.ops.rnnattn.gru_cell if torch.compiler.is_compiling() else _C.gru_cell
-        return cell(input, hx, self.weight_ih, self.weight_hh, self.bias_ih, self.bias_hh)
+        args = (input, hx, self.weight_ih, self.weight_hh, self.bias_ih, self.bias_hh)
+        if torch.compiler.is_compiling():
+            return torch.ops.rnnattn.gru_cell(*args)
+        try:
+            return _C.gru_cell(*args)
+        except TypeError as e:
+            raise _cell_argument_error(self, input, hx, e) from None
 
 
 class LSTMCell(nn.LSTMCell):
@@ -415,8 +453,13 @@ class LSTMCell(nn.LSTMCell):
             return _reference_step(self, reference.lstm_layer, input, hx)
         if path == "torch":
             return super().forward(input, hx)
-        cell = torch.ops.rnnattn.lstm_cell if torch.compiler.is_compiling() else _C.lstm_cell
-        return cell(input, hx, self.weight_ih, self.weight_hh, self.bias_ih, self.bias_hh)
+        args = (input, hx, self.weight_ih, self.weight_hh, self.bias_ih, self.bias_hh)
+        if torch.compiler.is_compiling():
+            return torch.ops.rnnattn.lstm_cell(*args)
+        try:
+            return _C.lstm_cell(*args)
+        except TypeError as e:
+            raise _cell_argument_error(self, input, hx, e) from None
 
 
 def _check_same(input: Tensor, hx: Tensor) -> None:
