@@ -227,7 +227,7 @@ class RNNAttentionClassifier(nn.Module):
                 f"max {int(lengths.max())}"
             )
         lengths = lengths.long()
-        if _is_exporting():
+        if _is_exporting() or B == 0:  # (pack_padded_sequence refuses an empty batch)
             return x, lengths, T
         return pack_padded_sequence(x, lengths, batch_first=self.batch_first, enforce_sorted=False), lengths, T
 

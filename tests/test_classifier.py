@@ -150,6 +150,16 @@ def test_equal_lengths_without_lengths_argument():
     check_against_alone(model, xs, *model(x))
 
 
+@pytest.mark.parametrize("kw", [{}, dict(chunk_size=2, bidirectional=True)])
+def test_empty_batch_with_and_without_lengths(kw):
+    """B = 0 gives empty logits and weights either way (lengths of shape (0,)
+    were handed to pack_padded_sequence, which refuses an empty batch)."""
+    model = make(**kw)
+    x = torch.randn(0, 5, model.rnn.input_size, dtype=torch.float64)
+    for out in (model(x), model(x, torch.zeros(0, dtype=torch.long))):
+        assert [t.shape for t in out] == [(0, 4), (0, 5)]
+
+
 @pytest.mark.parametrize("packed", [False, True])
 def test_token_ids(packed):
     torch.manual_seed(0)
