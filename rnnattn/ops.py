@@ -319,4 +319,10 @@ def rnn_bidirectional_layer(
     ``weights_f`` / ``weights_b`` are ``(w_ih, w_hh, b_ih, b_hh)`` (biases may
     be None). Returns ``(output, h_n_forward, h_n_backward)`` with ``output``
     ``(..., 2H)``."""
-    return _BidirectionalLayer.apply(input, batch_sizes, hx_f, hx_b, relu, *weights_f, *weights_b)
+    args = (input, batch_sizes, hx_f, hx_b, relu, *weights_f, *weights_b)
+    if not (torch.is_grad_enabled() and any(isinstance(t, Tensor) and t.requires_grad for t in args)):
+        # No backward to keep the output for: the forward alone (which
+        # torch.compile traces; the Function it could not where no grad is
+        # needed).
+        return _BidirectionalLayer.forward(*args)
+    return _BidirectionalLayer.apply(*args)

@@ -3,6 +3,7 @@ module_db samples (torch.testing._internal.common_modules: packed sequences,
 unbatched input, h_0 given or None, dropout, both training modes) and its
 error samples, plus a grid of configurations, each against torch's module
 holding the same state_dict."""
+import contextlib
 import itertools
 
 import pytest
@@ -234,6 +235,23 @@ def test_torch_compile_fullgraph_module(cls):
     g = torch.autograd.grad(sum(o.sum() for o in out), [x])
     rg = torch.autograd.grad(sum(o.sum() for o in want), [x])
     torch.testing.assert_close(g[0], rg[0], **TOL64)
+
+
+@pytest.mark.parametrize("how", ["no_grad", "frozen"])
+@pytest.mark.parametrize("cls", [nn.RNN, nn.GRU, nn.LSTM])
+def test_torch_compile_fullgraph_inference(cls, how):
+    """A compiled bidirectional module where no grad is needed (under no_grad,
+    or every parameter frozen): the RNN's two-direction autograd.Function
+    made TorchDynamo fail there, so its forward runs alone (ops.py)."""
+    ref, ours = pair(cls, (4, 6, 2), dict(bidirectional=True))
+    if how == "frozen":
+        ours.requires_grad_(False)
+    x = torch.randn(5, 3, 4, dtype=torch.float64)
+    compiled = torch.compile(ours, fullgraph=True, backend="aot_eager")
+    with torch.no_grad() if how == "no_grad" else contextlib.nullcontext():
+        out = tensors(compiled(x))
+    for a, b in zip(out, tensors(ref(x))):
+        torch.testing.assert_close(a, b, **TOL64)
 
 
 def test_convert_swaps_all_six_and_keeps_the_parameters():
