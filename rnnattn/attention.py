@@ -73,12 +73,23 @@ def attention_pooling(
     x = src if src_batch_first else src.transpose(0, 1)
     B, T, D = x.shape
     additive = proj_weight is not None
-    _check_params(x, weight, bias, proj_weight, proj_bias)
+    # Under autocast the input may come in its dtype (a recurrent module's
+    # output) beside float32 parameters, as torch's own layers allow.
+    autocast = x.device.type in ("cpu", "cuda") and torch.is_autocast_enabled(x.device.type)
+    _check_params(x, weight, bias, proj_weight, proj_bias, same_dtype=not autocast)
     lengths = _as_lengths(lengths, B, x.device)
     mask = _as_mask(mask, B, T, x.device)
     fused = attention_ops.has_kernel(x.device, x.dtype) and not plain_torch_mode(x.device.type)
-    if not fused and lengths is not None and not _export.exporting():
-        # The fused ops check on their own; an exported graph cannot branch on values.
+    if fused and autocast:
+        # (CUDA) the fused ops take one dtype: the parameters in the input's,
+        # as autocast's products would take them. On the CPU, autocast runs
+        # the plain path, whose products autocast casts itself.
+        weight, bias, proj_weight, proj_bias = (
+            p if p is None else p.to(x.dtype) for p in (weight, bias, proj_weight, proj_bias)
+        )
+    if not fused and lengths is not None and not _export.exporting() and not torch.compiler.is_compiling():
+        # The fused ops check on their own; an exported or compiled graph
+        # cannot branch on values.
         _check_lengths_values(lengths, T)
 
     if not additive:
@@ -280,7 +291,7 @@ def _check_chunk_size(chunk_size) -> int:
     return chunk_size
 
 
-def _check_params(x: Tensor, weight: Tensor, bias, proj_weight, proj_bias) -> None:
+def _check_params(x: Tensor, weight: Tensor, bias, proj_weight, proj_bias, same_dtype: bool = True) -> None:
     for name, p, shape in (("weight", weight, "(heads, D)"), ("bias", bias, "(heads,)"),
                            ("proj_weight", proj_weight, "(A, D)"), ("proj_bias", proj_bias, "(A,)")):
         if not (isinstance(p, Tensor) or (p is None and name != "weight")):
@@ -297,7 +308,7 @@ def _check_params(x: Tensor, weight: Tensor, bias, proj_weight, proj_bias) -> No
     for name, p in (("weight", weight), ("bias", bias), ("proj.weight", proj_weight), ("proj.bias", proj_bias)):
         if p is None:
             continue
-        if p.dtype != x.dtype:
+        if same_dtype and p.dtype != x.dtype:
             raise RuntimeError(
                 f"AttentionPooling: input has dtype {x.dtype} but {name} has dtype {p.dtype}; "
                 "convert one of them (e.g. module.to(input.dtype))"

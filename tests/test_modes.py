@@ -55,6 +55,32 @@ def test_cpu_autocast_gives_torchs_dtypes_and_values(ours, theirs, kw):
         assert torch.equal(g, w)
 
 
+@pytest.mark.parametrize("score", ["linear", "additive"])
+def test_cpu_autocast_pooling_takes_half_input_beside_float32_parameters(score):
+    """Under autocast the pooling's input may be half precision (rnnattn.RNN's
+    output is bfloat16 there, by torch's rule) while its parameters stay
+    float32, as torch's layers allow: the pooling and the default classifier
+    (a bidirectional RNN) run, close to float32, compiled too (the lengths'
+    values are not checked in the graph)."""
+    torch.manual_seed(0)
+    p = rnnattn.AttentionPooling(6, heads=2, score=score)
+    H = torch.randn(3, 5, 6)
+    lengths = torch.tensor([5, 2, 4])
+    want = p(H, lengths)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        got = p(H.bfloat16(), lengths)
+        compiled = torch.compile(p, fullgraph=True, backend="aot_eager")(H, lengths)
+    for g, c, w in zip(got, compiled, want):
+        torch.testing.assert_close(g.float(), w, rtol=3e-2, atol=3e-2)
+        torch.testing.assert_close(c.float(), w, rtol=3e-2, atol=3e-2)
+    m = rnnattn.RNNAttentionClassifier(3, 4, 6)
+    x = torch.randn(2, 5, 4)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        logits, weights = m(x)
+    torch.testing.assert_close(logits.float(), m(x)[0], rtol=5e-2, atol=5e-2)
+    assert weights.shape == (2, 5)
+
+
 def test_modes_say_which_path():
     assert _modes.plain_path("cpu") is None and _modes.plain_step_path() is None
     with torch.autocast("cpu", dtype=torch.bfloat16):
