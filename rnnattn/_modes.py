@@ -16,7 +16,9 @@ own modules do:
   kernels.
 * ``"reference"``, rnnattn's plain-PyTorch reference (rnnattn/reference.py):
   under **torch.func transforms** (``grad``, ``vjp``, ``jacrev``, ``vmap``),
-  which cannot run a C++ ``autograd::Function``. torch's own modules are no
+  which cannot run a C++ ``autograd::Function``, and inside
+  ``torch.autograd.forward_ad.dual_level()`` (forward-mode AD: the fused
+  Functions have no jvp). torch's own modules are no
   help there: ``vmap`` has no batching rule for ``aten::rnn_tanh``,
   ``aten::lstm`` or ``aten::lstm_cell``; the reference is elementary ops.
 
@@ -39,6 +41,7 @@ _is_exporting = getattr(torch.compiler, "is_exporting", lambda: False)
 _any_autocast = torch._C._is_any_autocast_enabled
 _tracing = torch._C._is_tracing
 _functorch = torch._C._are_functorch_transforms_active
+_forward_ad = torch.autograd.forward_ad  # _current_level: -1 outside dual_level()
 
 
 def _path(autocast_device: Optional[str]) -> Optional[str]:
@@ -55,7 +58,7 @@ def _path(autocast_device: Optional[str]) -> Optional[str]:
         return "torch"
     if _tracing() or _is_exporting():
         return "torch"
-    if _functorch():
+    if _functorch() or getattr(_forward_ad, "_current_level", -1) >= 0:
         return "reference"
     return None
 

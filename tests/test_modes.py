@@ -81,6 +81,34 @@ def test_cpu_autocast_pooling_takes_half_input_beside_float32_parameters(score):
     assert weights.shape == (2, 5)
 
 
+@pytest.mark.parametrize("ours,theirs,kw", ALL, ids=_ids(ALL))
+def test_forward_mode_ad_matches_torch(ours, theirs, kw):
+    """Dual tensors (torch.autograd.forward_ad, outside torch.func): the
+    fused Functions have no jvp, so the modules run the reference there."""
+    import torch.autograd.forward_ad as fwAD
+
+    r, t = _pair(ours, theirs, kw)
+    x, v = _input(ours), _input(ours)
+    tangents = []
+    for m in (r, t):
+        with fwAD.dual_level():
+            tangents.append([fwAD.unpack_dual(o).tangent for o in _flat(m(fwAD.make_dual(x, v)))])
+    for g, w in zip(*tangents):
+        torch.testing.assert_close(g, w, rtol=1e-10, atol=1e-12)
+
+
+def test_forward_mode_ad_through_attention_pooling():
+    import torch.autograd.forward_ad as fwAD
+
+    torch.manual_seed(0)
+    p = rnnattn.AttentionPooling(3).double()
+    H, dH = torch.randn(2, 5, 3, dtype=torch.float64), torch.randn(2, 5, 3, dtype=torch.float64)
+    with fwAD.dual_level():
+        context = fwAD.unpack_dual(p(fwAD.make_dual(H, dH))[0]).tangent
+    want = torch.func.jvp(lambda H: rnnattn.reference.attention_pool(H, p.weight, None)[0].squeeze(1), (H,), (dH,))[1]
+    torch.testing.assert_close(context, want.reshape(context.shape), rtol=1e-10, atol=1e-12)
+
+
 def test_modes_say_which_path():
     assert _modes.plain_path("cpu") is None and _modes.plain_step_path() is None
     with torch.autocast("cpu", dtype=torch.bfloat16):
