@@ -42,6 +42,10 @@ _any_autocast = torch._C._is_any_autocast_enabled
 _tracing = torch._C._is_tracing
 _functorch = torch._C._are_functorch_transforms_active
 _forward_ad = torch.autograd.forward_ad  # _current_level: -1 outside dual_level()
+# Whether TorchDynamo reads _functorch() at trace time (a constant in the
+# graph): torch 2.13 does (tested); torch 2.4's breaks the graph on it. The
+# versions between are not known, so they keep the fused path while compiling.
+_dynamo_reads_functorch = torch.torch_version.TorchVersion(torch.__version__) >= (2, 13)
 
 
 def _path(autocast_device: Optional[str]) -> Optional[str]:
@@ -49,10 +53,14 @@ def _path(autocast_device: Optional[str]) -> Optional[str]:
     whose autocast sends a call to torch's module ("cpu" for the sequence
     modules on the CPU, None: any device, for the cells; "" none)."""
     if torch.compiler.is_compiling():
-        # torch.compile traces the ops themselves (and handles torch.func
-        # inside a compiled function on its own).
+        # torch.compile traces the ops themselves, but not through a torch.func
+        # transform inside the compiled function (TorchDynamo reads the flag
+        # below at trace time): the C++ Functions raise there, the Python one
+        # gave zero grads (torch.compile(torch.func.grad(f))).
         if _is_exporting() or _autocast(autocast_device):
             return "torch"
+        if _dynamo_reads_functorch and _functorch():
+            return "reference"
         return None
     if _any_autocast() and _autocast(autocast_device):
         return "torch"

@@ -15,12 +15,14 @@ def _walk(input, batch_sizes, states, reverse, step):
     states (their sequence ended, or with ``reverse`` has not started).
     Returns the output (``input``'s leading shape) and the final states."""
     if batch_sizes is None:
+        # (Sizes as ints, not a tensor read back: torch.compile traces a
+        # padded call, a torch.func transform in it included, in one graph.)
         T, B = input.shape[0], input.shape[1]
-        batch_sizes = torch.full((T,), B, dtype=torch.long)
+        sizes = [B] * T
         rows = input.reshape(T * B, -1)
     else:
         rows = input
-    sizes = [int(b) for b in batch_sizes]
+        sizes = [int(b) for b in batch_sizes]
     starts = [sum(sizes[:t]) for t in range(len(sizes))]
     outs = [None] * len(sizes)
     order = range(len(sizes) - 1, -1, -1) if reverse else range(len(sizes))

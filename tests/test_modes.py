@@ -109,6 +109,24 @@ def test_forward_mode_ad_through_attention_pooling():
     torch.testing.assert_close(context, want.reshape(context.shape), rtol=1e-10, atol=1e-12)
 
 
+@pytest.mark.skipif(not _modes._dynamo_reads_functorch, reason="TorchDynamo of this torch breaks the graph on the "
+                    "functorch flag: the fused path is kept while compiling (rnnattn/_modes.py)")
+@pytest.mark.parametrize("ours,theirs,kw", ALL, ids=_ids(ALL))
+def test_compiled_func_grad_matches_torch(ours, theirs, kw):
+    """torch.compile(torch.func.grad(f)): inside the compiled transform the
+    modules run the reference (the C++ Functions raised there, and the
+    bidirectional RNN's Python Function gave zero grads)."""
+    r, t = _pair(ours, theirs, kw)
+    x = _input(ours)
+
+    def loss(m):
+        return lambda x: sum(o.pow(2).sum() for o in _flat(m(x)))
+
+    torch._dynamo.reset()
+    got = torch.compile(grad(loss(r)), backend="aot_eager", fullgraph=True)(x)
+    torch.testing.assert_close(got, grad(loss(t))(x), rtol=1e-10, atol=1e-12)
+
+
 def test_modes_say_which_path():
     assert _modes.plain_path("cpu") is None and _modes.plain_step_path() is None
     with torch.autocast("cpu", dtype=torch.bfloat16):
