@@ -69,7 +69,10 @@ def test_cpu_autocast_pooling_takes_half_input_beside_float32_parameters(score):
     want = p(H, lengths)
     with torch.autocast("cpu", dtype=torch.bfloat16):
         got = p(H.bfloat16(), lengths)
-        compiled = torch.compile(p, fullgraph=True, backend="aot_eager")(H, lengths)
+        try:
+            compiled = torch.compile(p, fullgraph=True, backend="aot_eager")(H, lengths)
+        finally:
+            torch._dynamo.reset()
     for g, c, w in zip(got, compiled, want):
         torch.testing.assert_close(g.float(), w, rtol=3e-2, atol=3e-2)
         torch.testing.assert_close(c.float(), w, rtol=3e-2, atol=3e-2)
@@ -123,7 +126,10 @@ def test_compiled_func_grad_matches_torch(ours, theirs, kw):
         return lambda x: sum(o.pow(2).sum() for o in _flat(m(x)))
 
     torch._dynamo.reset()
-    got = torch.compile(grad(loss(r)), backend="aot_eager", fullgraph=True)(x)
+    try:
+        got = torch.compile(grad(loss(r)), backend="aot_eager", fullgraph=True)(x)
+    finally:
+        torch._dynamo.reset()  # (as test_drop_in_modules' compile tests: no frames left behind)
     torch.testing.assert_close(got, grad(loss(t))(x), rtol=1e-10, atol=1e-12)
 
 
