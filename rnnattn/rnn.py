@@ -408,6 +408,18 @@ def _cell_argument_error(module, input, hx, error: TypeError) -> TypeError:
     return error
 
 
+def _fused_step(module, op: str, args):
+    """One cell step on the fused operator ``op`` (``rnn_cell``, ...):
+    the registered operator while compiling, else its pybind entry point,
+    whose refusal of an argument's type is reported by name."""
+    if torch.compiler.is_compiling():
+        return getattr(torch.ops.rnnattn, op)(*args)
+    try:
+        return getattr(_C, op)(*args)
+    except TypeError as e:
+        raise _cell_argument_error(module, args[0], args[1], e) from None
+
+
 class RNNCell(nn.RNNCell):
     __doc__ = _cell_doc(nn.RNNCell, "one time step of :class:`rnnattn.RNN`")
 
@@ -418,12 +430,7 @@ class RNNCell(nn.RNNCell):
         if path == "torch":
             return super().forward(input, hx)
         args = (input, hx, self.weight_ih, self.weight_hh, self.bias_ih, self.bias_hh, self.nonlinearity == "relu")
-        if torch.compiler.is_compiling():
-            return torch.ops.rnnattn.rnn_cell(*args)
-        try:
-            return _C.rnn_cell(*args)
-        except TypeError as e:
-            raise _cell_argument_error(self, input, hx, e) from None
+        return _fused_step(self, "rnn_cell", args)
 
 
 class GRUCell(nn.GRUCell):
@@ -436,12 +443,7 @@ class GRUCell(nn.GRUCell):
         if path == "torch":
             return super().forward(input, hx)
         args = (input, hx, self.weight_ih, self.weight_hh, self.bias_ih, self.bias_hh)
-        if torch.compiler.is_compiling():
-            return torch.ops.rnnattn.gru_cell(*args)
-        try:
-            return _C.gru_cell(*args)
-        except TypeError as e:
-            raise _cell_argument_error(self, input, hx, e) from None
+        return _fused_step(self, "gru_cell", args)
 
 
 class LSTMCell(nn.LSTMCell):
@@ -454,12 +456,7 @@ class LSTMCell(nn.LSTMCell):
         if path == "torch":
             return super().forward(input, hx)
         args = (input, hx, self.weight_ih, self.weight_hh, self.bias_ih, self.bias_hh)
-        if torch.compiler.is_compiling():
-            return torch.ops.rnnattn.lstm_cell(*args)
-        try:
-            return _C.lstm_cell(*args)
-        except TypeError as e:
-            raise _cell_argument_error(self, input, hx, e) from None
+        return _fused_step(self, "lstm_cell", args)
 
 
 def _check_same(input: Tensor, hx: Tensor) -> None:
